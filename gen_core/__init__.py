@@ -1,0 +1,1 @@
+"""Generation core: Stable Diffusion on diffusers/transformers/torch (no Discord, no SQL)."""

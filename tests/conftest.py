@@ -1,0 +1,12 @@
+"""Shared fixtures: the tiny offline model is built once per test session."""
+
+from pathlib import Path
+
+import pytest
+
+from gen_core.tiny import ensure_tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
