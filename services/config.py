@@ -1,0 +1,221 @@
+"""Bot configuration: `config.toml` + environment overrides, validated into typed sections.
+
+Every key has a default here (the embedded defaults); `config.toml` documents each one.
+Unknown sections/keys and values of the wrong type are reported together, as one clear
+`ConfigError`, so an operator fixes the file in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_type_hints
+
+
+class ConfigError(ValueError):
+    """The configuration file or an environment override is invalid."""
+
+
+@dataclass
+class DiscordConfig:
+    token: str = ""
+    api_base: str = ""  # empty: the real Discord; set to an emulator's http://host:port/api/v10
+    gateway_url: str = ""  # empty: the real Discord gateway
+    sync_guild: int = 0  # 0: sync commands globally; otherwise only to this guild (instant)
+    guild_ready_timeout: float = 2.0
+
+
+@dataclass
+class ModelConfig:
+    path: str = ""  # empty: the tiny offline model, built on first use under data_dir
+    device: str = "auto"  # auto | cuda | mps | cpu
+    dtype: str = "auto"  # auto | fp16 | bf16 | fp32
+    attention: str = "sdpa"
+    channels_last: bool = True
+    compile: bool = False
+    clip_skip: int = 2
+    max_chunks: int = 3
+    inpaint_path: str = ""  # optional dedicated inpainting checkpoint
+
+
+@dataclass
+class StorageConfig:
+    url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/bot.db
+    data_dir: str = "data"
+
+
+@dataclass
+class WorkerConfig:
+    max_batch: int = 4
+    lease_s: float = 300.0
+    max_attempts: int = 3
+    poll_interval_s: float = 0.5
+    progress_interval_s: float = 3.0
+    preview_every: int = 5
+
+
+@dataclass
+class GenerationConfig:
+    default_steps: int = 28
+    default_cfg: float = 7.0
+    default_sampler: str = "Euler a"
+    default_aspect: str = "portrait"
+    max_area: int = 512 * 768  # largest bucket area; raise on big GPUs
+    quality_tags: str = "masterpiece, best quality"
+    undesired_light: str = "lowres, bad anatomy, bad hands, text, error, worst quality, low quality, jpeg artifacts"
+    undesired_heavy: str = (
+        "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
+        "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
+    )
+    variation_strength: float = 0.6
+    upscale_strength: float = 0.35
+
+
+@dataclass
+class LimitsConfig:
+    max_steps: int = 50
+    max_count: int = 4
+    max_queued_per_user: int = 5
+    max_permutations: int = 8
+    max_attachment_bytes: int = 10 * 1024 * 1024
+    max_input_pixels: int = 4096 * 4096
+
+
+@dataclass
+class CreditsConfig:
+    start_balance: int = 500
+    topup_floor: int = 100
+    topup_period_h: float = 24.0
+
+
+@dataclass
+class Config:
+    discord: DiscordConfig = field(default_factory=DiscordConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    worker: WorkerConfig = field(default_factory=WorkerConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    credits: CreditsConfig = field(default_factory=CreditsConfig)
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.storage.data_dir)
+
+    @property
+    def database_url(self) -> str:
+        return self.storage.url or f"sqlite+aiosqlite:///{self.data_dir / 'bot.db'}"
+
+    @property
+    def model_path(self) -> Path:
+        return Path(self.model.path) if self.model.path else self.data_dir / "models" / "tiny"
+
+
+# Environment variable -> (section, key)
+ENV_OVERRIDES: dict[str, tuple[str, str]] = {
+    "DISCORD_TOKEN": ("discord", "token"),
+    "DISCORD_API_BASE": ("discord", "api_base"),
+    "DISCORD_GATEWAY_URL": ("discord", "gateway_url"),
+    "DISCORD_SYNC_GUILD": ("discord", "sync_guild"),
+    "BOT_MODEL_PATH": ("model", "path"),
+    "BOT_DEVICE": ("model", "device"),
+    "BOT_DTYPE": ("model", "dtype"),
+    "BOT_DATABASE_URL": ("storage", "url"),
+    "BOT_DATA_DIR": ("storage", "data_dir"),
+}
+
+_CHOICES = {
+    ("model", "device"): {"auto", "cuda", "mps", "cpu"},
+    ("model", "dtype"): {"auto", "fp16", "bf16", "fp32"},
+}
+
+
+def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
+    if typ is bool:
+        if isinstance(value, str) and value.lower() in {"1", "true", "yes", "0", "false", "no"}:
+            return value.lower() in {"1", "true", "yes"}
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, bool):
+            pass
+        elif isinstance(value, int):
+            return value
+        elif isinstance(value, str) and value.strip().lstrip("-").isdigit():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif typ is str:
+        if isinstance(value, str):
+            return value
+    errors.append(f"{where}: expected {typ.__name__}, got {value!r}")
+    return None
+
+
+def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Config:
+    """Validate a parsed TOML mapping (+ environment) into a `Config`; raise `ConfigError` listing all problems."""
+    errors: list[str] = []
+    config = Config()
+    sections = {f.name: f for f in dataclasses.fields(Config)}
+    for section_name, values in data.items():
+        if section_name not in sections:
+            errors.append(f"unknown section [{section_name}] (known: {', '.join(sections)})")
+            continue
+        if not isinstance(values, dict):
+            errors.append(f"[{section_name}] must be a table")
+            continue
+        section = getattr(config, section_name)
+        hints = get_type_hints(type(section))
+        for key, value in values.items():
+            if key not in hints:
+                errors.append(f"unknown key {section_name}.{key} (known: {', '.join(hints)})")
+                continue
+            coerced = _coerce(value, hints[key], f"{section_name}.{key}", errors)
+            if coerced is not None:
+                setattr(section, key, coerced)
+    for var, (section_name, key) in ENV_OVERRIDES.items():
+        if env and env.get(var):
+            section = getattr(config, section_name)
+            coerced = _coerce(env[var], get_type_hints(type(section))[key], f"${var}", errors)
+            if coerced is not None:
+                setattr(section, key, coerced)
+    for (section_name, key), allowed in _CHOICES.items():
+        value = getattr(getattr(config, section_name), key)
+        if value not in allowed:
+            errors.append(f"{section_name}.{key} = {value!r}: choose one of {', '.join(sorted(allowed))}")
+    for section_name, key, low in (
+        ("worker", "max_batch", 1),
+        ("limits", "max_steps", 1),
+        ("limits", "max_count", 1),
+        ("model", "clip_skip", 1),
+        ("model", "max_chunks", 1),
+        ("generation", "max_area", 64 * 64),
+    ):
+        if getattr(getattr(config, section_name), key) < low:
+            errors.append(f"{section_name}.{key} must be at least {low}")
+    if errors:
+        raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
+    return config
+
+
+def load_config(path: str | Path | None, env: dict[str, str] | None = None) -> Config:
+    """Read `path` (missing file = embedded defaults) and apply environment overrides."""
+    env = dict(os.environ) if env is None else env
+    data: dict[str, Any] = {}
+    if path is not None and Path(path).exists():
+        try:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    elif path is not None and str(path) != "config.toml":
+        raise ConfigError(f"config file {path} does not exist")
+    return build_config(data, env)

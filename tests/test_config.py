@@ -1,0 +1,36 @@
+"""Configuration: the documented defaults, environment overrides and clear errors."""
+
+import pytest
+
+from services.config import Config, ConfigError, build_config, load_config
+
+
+def test_shipped_config_equals_embedded_defaults():
+    assert load_config("config.toml", env={}) == Config()
+
+
+def test_environment_overrides_file_values():
+    config = build_config({"discord": {"token": "from-file"}}, env={"DISCORD_TOKEN": "from-env", "DISCORD_SYNC_GUILD": "42"})
+    assert config.discord.token == "from-env"
+    assert config.discord.sync_guild == 42
+
+
+def test_unknown_keys_and_bad_values_are_reported_together():
+    with pytest.raises(ConfigError) as err:
+        build_config({"model": {"dtype": "fp8", "colour": "red"}, "workr": {}, "limits": {"max_steps": "many"}}, env={})
+    text = str(err.value)
+    assert "unknown key model.colour" in text
+    assert "unknown section [workr]" in text
+    assert "model.dtype = 'fp8'" in text
+    assert "limits.max_steps: expected int" in text
+
+
+def test_missing_explicit_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_default_database_lives_in_data_dir():
+    config = build_config({"storage": {"data_dir": "/srv/bot"}}, env={})
+    assert config.database_url == "sqlite+aiosqlite:////srv/bot/bot.db"
+    assert str(config.model_path) == "/srv/bot/models/tiny"
