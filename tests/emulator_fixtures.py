@@ -2,7 +2,7 @@
 
 Import them into a test module (or from ``tests/conftest.py``)::
 
-    from tests.emulator_fixtures import emulator, make_emulator  # noqa: F401
+    pytest_plugins = ["tests.emulator_fixtures"]   # in conftest.py (this project does so)
 
 ``emulator``: a started :class:`discord_emulator.Emulator` with the default world, discord.py pointed at
 it, stopped after the test. ``make_emulator(**settings)``: the same with custom

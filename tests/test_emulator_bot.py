@@ -15,11 +15,7 @@ from discord import app_commands
 from discord.ext import commands
 
 from discord_emulator import Emulator, InvokeError, Perm
-from tests import emulator_fixtures
 from tests.emulator_fixtures import run_discord_client
-
-emulator = emulator_fixtures.emulator  # pytest fixtures used by the tests below
-make_emulator = emulator_fixtures.make_emulator
 
 
 def tiny_png(width: int = 3, height: int = 2) -> bytes:

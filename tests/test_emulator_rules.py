@@ -12,11 +12,7 @@ import discord
 import pytest
 
 from discord_emulator import Emulator, InvokeError, Perm
-from tests import emulator_fixtures
 from tests.emulator_fixtures import run_discord_client
-
-emulator = emulator_fixtures.emulator  # pytest fixtures used by the tests below
-make_emulator = emulator_fixtures.make_emulator
 
 COMMANDS = [
     {"name": "imagine", "description": "Make an image", "options": [
