@@ -1,0 +1,134 @@
+"""Settings, moderation, hypernetwork modules, and the queue helpers the bot uses after a restart."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from sqlalchemy.exc import IntegrityError
+
+from storage import ModuleStatus, moderation, modules, settings
+from tests.test_storage_support import BACKENDS, environment, spec
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    return request.param
+
+
+async def test_guild_and_channel_settings(backend, tmp_path):
+    async with environment(backend, tmp_path) as env:
+        db = env.db
+        assert await settings.get_guild_settings(db, 1) == {}
+        assert await settings.update_guild_settings(db, 1, {"nsfw": False, "max_steps": 50}, actor_id=9) == {
+            "nsfw": False,
+            "max_steps": 50,
+        }
+        assert await settings.update_guild_settings(db, 1, {"max_steps": None, "model": "v1"}) == {
+            "nsfw": False,
+            "model": "v1",
+        }
+        assert await settings.get_guild_settings(db, 1) == {"nsfw": False, "model": "v1"}
+        overrides = await settings.set_guild_policy(db, 1, actor_id=9, base=2.0, multipliers={"mix": 2})
+        assert overrides == {"base": 2.0, "multipliers": {"mix": 2}}
+        policy = await settings.guild_policy(db, 1, env.policy)
+        assert policy.base == 2.0 and policy.multipliers["mix"] == 2.0 and policy.start_balance == 100
+        assert (await env.ledger.policy_for(1)).base == 2.0
+        assert await settings.set_guild_policy(db, 1, base=None) == {"multipliers": {"mix": 2}}
+        with pytest.raises(ValueError, match="unknown cost policy fields"):
+            await settings.set_guild_policy(db, 1, bogus=1)
+        assert (await settings.get_guild_settings(db, 1))["model"] == "v1"
+
+        assert await settings.get_channel_settings(db, 55) is None
+        channel = await settings.update_channel_settings(
+            db, 1, 55, nsfw=True, patch={"cooldown_s": 5}, actor_id=9
+        )
+        assert channel.enabled and channel.nsfw and channel.settings == {"cooldown_s": 5}
+        channel = await settings.update_channel_settings(db, 1, 55, enabled=False, patch={"cooldown_s": None})
+        assert not channel.enabled and channel.nsfw and channel.settings == {}
+        assert (await settings.get_channel_settings(db, 55)).enabled is False
+
+        await settings.touch_user(db, 123456789012345678, "Alice")
+        await settings.touch_user(db, 123456789012345678)  # keeps the name
+        await settings.touch_guild(db, 1, "Art Club")
+
+
+async def test_moderation(backend, tmp_path):
+    async with environment(backend, tmp_path) as env:
+        db = env.db
+        assert not await moderation.is_banned(db, 1, 2)
+        await moderation.ban(db, 1, 2, actor_id=9, reason="spam")
+        assert await moderation.is_banned(db, 1, 2) and not await moderation.is_banned(db, 3, 2)
+        assert (await moderation.get_ban(db, 1, 2)).reason == "spam"
+        await moderation.ban(
+            db, 1, 2, actor_id=9, reason="spam again", expires_at=env.clock.now + timedelta(hours=1)
+        )
+        assert (await moderation.get_ban(db, 1, 2)).reason == "spam again"
+        env.clock.advance(3601)
+        assert not await moderation.is_banned(db, 1, 2)  # expired
+        assert await moderation.unban(db, 1, 2) and not await moderation.unban(db, 1, 2)
+
+        assert await moderation.add_banned_word(db, 1, "  Gore ")
+        assert not await moderation.add_banned_word(db, 1, "gore")
+        assert await moderation.add_banned_word(db, 1, "blood", actor_id=9)
+        assert await moderation.banned_words(db, 1) == ["blood", "gore"]
+        assert await moderation.remove_banned_word(db, 1, "GORE")
+        assert await moderation.banned_words(db, 1) == ["blood"]
+        with pytest.raises(ValueError):
+            await moderation.add_banned_word(db, 1, "   ")
+
+        await moderation.audit(db, 1, 9, "credits.grant", target_user_id=2, details={"amount": 50})
+        await moderation.audit(db, 1, 9, "queue.pause")
+        await moderation.audit(db, 2, 9, "queue.pause")
+        entries = await moderation.audit_entries(db, 1)
+        assert [e.action for e in entries] == ["queue.pause", "credits.grant"]
+        assert entries[1].details == {"amount": 50} and entries[1].target_user_id == 2
+
+
+async def test_hypernetwork_modules(backend, tmp_path):
+    async with environment(backend, tmp_path) as env:
+        db = env.db
+        mine = await modules.register(db, 1, 10, "anime", "/m/anime.pt", "a" * 64, {"layers": [1, 2]})
+        theirs = await modules.register(db, 1, 20, "furry", "/m/furry.pt", "b" * 64)
+        await modules.register(db, 2, 20, "anime", "/m/anime2.pt", "c" * 64)  # same name, other guild: fine
+        with pytest.raises(IntegrityError):
+            await modules.register(db, 1, 30, "anime", "/m/x.pt", "d" * 64)
+        assert mine.status == ModuleStatus.PRIVATE and not mine.shared and mine.meta == {"layers": [1, 2]}
+        assert [m.name for m in await modules.visible(db, 1, 10)] == ["anime"]
+        await modules.update(db, theirs.id, shared=True, status=ModuleStatus.PENDING)
+        assert [m.name for m in await modules.visible(db, 1, 10)] == ["anime"]  # not approved yet
+        assert [m.name for m in await modules.list_all(db, 1, status="pending")] == ["furry"]
+        updated = await modules.update(db, theirs.id, status="approved", metadata={"note": "ok"})
+        assert updated.status == "approved" and updated.meta == {"note": "ok"}
+        assert [m.name for m in await modules.visible(db, 1, 10)] == ["anime", "furry"]
+        assert (await modules.get(db, 1, "furry")).sha256 == "b" * 64
+        assert (await modules.get_by_id(db, mine.id)).path == "/m/anime.pt"
+        assert await modules.update(db, 999_999, shared=True) is None
+        assert await modules.delete(db, mine.id) and not await modules.delete(db, mine.id)
+        assert await modules.get(db, 1, "anime") is None
+        with pytest.raises(ValueError):
+            await modules.update(db, theirs.id, status="bogus")
+
+
+async def test_string_request_keys_and_posting_helpers(backend, tmp_path):
+    async with environment(backend, tmp_path) as env:
+        q = env.queue
+        a, _ = await q.enqueue(spec(1, interaction_id="1234567890:0"))
+        b, _ = await q.enqueue(spec(1, interaction_id="1234567890:1"))
+        again, created = await q.enqueue(spec(1, interaction_id="1234567890:1"))
+        assert not created and again.id == b.id and b.interaction_id == "1234567890:1"
+        c, _ = await q.enqueue(spec(1, interaction_id=987654321098765432))
+        assert c.interaction_id == "987654321098765432"
+        assert (await q.enqueue(spec(1, interaction_id="987654321098765432")))[0].id == c.id
+        with pytest.raises(ValueError):
+            await q.enqueue(spec(1, interaction_id="x" * 201))
+
+        for job in await q.claim("w", max_batch=3):
+            await q.complete(job.id, {"images": []})
+        assert [j.id for j in await q.unposted()] == [a.id, b.id, c.id]
+        assert await q.mark_posted(b.id, 111)
+        assert [j.id for j in await q.unposted()] == [a.id, c.id]
+        assert (await q.by_message(111)).id == b.id and await q.by_message(222) is None
+        env.clock.advance(2 * 86_400)
+        assert await q.unposted() == []  # too old to post now
+        assert [j.id for j in await q.unposted(max_age_s=3 * 86_400)] == [a.id, c.id]

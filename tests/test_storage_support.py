@@ -1,0 +1,319 @@
+"""Helpers shared by the storage tests (imported by the test_storage_* modules), plus checks of the
+Database plumbing itself: pragmas, BEGIN IMMEDIATE, clocks.
+
+Backends: ``sqlite`` (units on the writer thread, the default), ``sqlite-async`` (units through
+``AsyncSession.run_sync`` on aiosqlite — the code path PostgreSQL takes) and ``postgres`` (a throwaway local
+cluster started once per test run when ``initdb``/``pg_ctl`` and ``asyncpg`` are installed, or the server in
+``STORAGE_TEST_PG_URL``; skipped otherwise).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import importlib.util
+import os
+import shutil
+import socket
+import sqlite3
+import subprocess
+import tempfile
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import text
+
+from storage import CostPolicy, Database, JobQueue, JobSpec, Ledger
+
+BACKENDS = ["sqlite", "sqlite-async", "postgres"]
+SQLITE_BACKENDS = ["sqlite", "sqlite-async"]
+
+
+class FakeClock:
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+# --- throwaway PostgreSQL ------------------------------------------------------------------------------------
+_pg: dict[str, object] = {}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pg_admin_url() -> str | None:
+    """``postgresql+asyncpg://…/postgres`` of a server tests may create databases on, or None."""
+    if "url" in _pg:
+        return _pg["url"]  # type: ignore[return-value]
+    _pg["url"] = None
+    if importlib.util.find_spec("asyncpg") is None:
+        _pg["why"] = "asyncpg is not installed"
+        return None
+    if os.environ.get("STORAGE_TEST_PG_URL"):
+        _pg["url"] = os.environ["STORAGE_TEST_PG_URL"]
+        return _pg["url"]  # type: ignore[return-value]
+    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+    if not initdb or not pg_ctl:
+        _pg["why"] = "no PostgreSQL server binaries (initdb, pg_ctl)"
+        return None
+    folder = Path(tempfile.mkdtemp(prefix="storage-pg-"))
+    prefix: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        if shutil.which("runuser") is None:
+            _pg["why"] = "running as root without runuser"
+            return None
+        shutil.chown(folder, user="postgres")
+        prefix = ["runuser", "-u", "postgres", "--"]
+    port = _free_port()
+    data, log = folder / "data", folder / "log"
+    try:
+        subprocess.run(
+            [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
+            check=True,
+            capture_output=True,
+            timeout=120,
+        )
+        options = (
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+        )
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(log), "-w", "start"],
+            check=True,
+            capture_output=True,
+            timeout=60,
+        )
+    except (subprocess.SubprocessError, OSError) as e:
+        _pg["why"] = f"could not start PostgreSQL: {e}"
+        shutil.rmtree(folder, ignore_errors=True)
+        return None
+
+    def stop() -> None:
+        subprocess.run(
+            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60
+        )
+        shutil.rmtree(folder, ignore_errors=True)
+
+    atexit.register(stop)
+    _pg["url"] = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    return _pg["url"]  # type: ignore[return-value]
+
+
+async def _pg_admin(sql: str) -> None:
+    import asyncpg
+
+    url = pg_admin_url()
+    assert url is not None
+    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+_created_pg_databases: dict[int, str] = {}
+
+
+async def close_database(db: Database) -> None:
+    """Close; a PostgreSQL test database is dropped as well."""
+    await db.close()
+    name = _created_pg_databases.pop(id(db), None)
+    if name is not None:
+        await _pg_admin(f"DROP DATABASE IF EXISTS {name}")
+
+
+async def open_database(
+    backend: str, tmp_path: Path, clock: FakeClock | None = None, *, upgrade: bool = True
+) -> Database:
+    if backend == "postgres":
+        admin = pg_admin_url()
+        if admin is None:
+            pytest.skip(f"PostgreSQL backend unavailable: {_pg.get('why')}")
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        await _pg_admin(f"CREATE DATABASE {name}")
+        db = Database(admin.rsplit("/", 1)[0] + f"/{name}", clock=clock)
+        _created_pg_databases[id(db)] = name
+    else:
+        db = Database(
+            f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", clock=clock, sqlite_threads=backend == "sqlite"
+        )
+    if upgrade:
+        await db.upgrade()
+    return db
+
+
+@dataclass
+class Env:
+    db: Database
+    clock: FakeClock
+    policy: CostPolicy
+    ledger: Ledger
+    queue: JobQueue
+
+    def with_policy(self, policy: CostPolicy) -> Env:
+        return Env(self.db, self.clock, policy, Ledger(self.db, policy), JobQueue(self.db, policy))
+
+
+DEFAULT_POLICY = CostPolicy(start_balance=100, topup_floor=0, topup_period_s=0, max_queued_per_user=50)
+
+
+@contextlib.asynccontextmanager
+async def environment(backend: str, tmp_path: Path, policy: CostPolicy = DEFAULT_POLICY):
+    """An upgraded database plus ledger and queue; on exit the ledger invariant must hold."""
+    clock = FakeClock()
+    db = await open_database(backend, tmp_path, clock)
+    env = Env(db, clock, policy, Ledger(db, policy), JobQueue(db, policy))
+    try:
+        yield env
+        problems = await env.ledger.check_invariant()
+        assert problems == [], problems
+    finally:
+        await close_database(db)
+
+
+_ids = iter(range(1, 10**9))
+
+
+def spec(
+    user_id: int = 1,
+    *,
+    guild_id: int = 100,
+    cost: int = 1,
+    batch_key: str = "k",
+    interaction_id: int | None = None,
+    kind: str = "imagine",
+    channel_id: int = 500,
+) -> JobSpec:
+    """A job spec with a fresh interaction id unless one is given."""
+    return JobSpec(
+        kind=kind,
+        guild_id=guild_id,
+        channel_id=channel_id,
+        user_id=user_id,
+        interaction_id=interaction_id if interaction_id is not None else next(_ids) + 10**12,
+        params={"prompt": "a cat", "seed": 1},
+        batch_key=batch_key,
+        cost=cost,
+    )
+
+
+# --- the Database plumbing ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("backend", SQLITE_BACKENDS)
+async def test_sqlite_pragmas(backend, tmp_path):
+    db = await open_database(backend, tmp_path)
+    try:
+        async with db.read() as s:
+            assert (await s.execute(text("PRAGMA journal_mode"))).scalar() == "wal"
+            assert (await s.execute(text("PRAGMA foreign_keys"))).scalar() == 1
+            assert (await s.execute(text("PRAGMA synchronous"))).scalar() == 1  # NORMAL
+            assert (await s.execute(text("PRAGMA busy_timeout"))).scalar() == 30_000
+
+        def pragmas(s):
+            return [
+                s.execute(text(f"PRAGMA {p}")).scalar()
+                for p in ("journal_mode", "foreign_keys", "synchronous")
+            ]
+
+        assert await db.run_write(pragmas) == ["wal", 1, 1]
+    finally:
+        await db.close()
+
+
+def _other_writer_blocked(path: Path) -> bool:
+    """Can another connection take the write lock right now? (timeout 0: no waiting)"""
+    other = sqlite3.connect(path, timeout=0, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("ROLLBACK")
+        return False
+    except sqlite3.OperationalError as e:
+        assert "locked" in str(e)
+        return True
+    finally:
+        other.close()
+
+
+@pytest.mark.parametrize("backend", SQLITE_BACKENDS)
+async def test_write_units_begin_immediate_and_reads_do_not(backend, tmp_path):
+    db = await open_database(backend, tmp_path)
+    path = tmp_path / "bot.db"
+    try:
+        # the write lock is held from the first statement of a write unit, even a read-only statement
+        async with db.write() as s:
+            await s.execute(text("SELECT 1"))
+            assert _other_writer_blocked(path)
+        assert await db.run_write(lambda s: (s.execute(text("SELECT 1")), _other_writer_blocked(path))[1])
+        # read units are deferred: they never take the write lock
+        async with db.read() as s:
+            await s.execute(text("SELECT count(*) FROM jobs"))
+            assert not _other_writer_blocked(path)
+        assert not await db.run_read(
+            lambda s: (s.execute(text("SELECT count(*) FROM jobs")), _other_writer_blocked(path))[1]
+        )
+        assert not _other_writer_blocked(path)
+    finally:
+        await db.close()
+
+
+@pytest.mark.parametrize("backend", SQLITE_BACKENDS)
+async def test_failed_write_unit_rolls_back(backend, tmp_path):
+    db = await open_database(backend, tmp_path)
+    try:
+        with pytest.raises(RuntimeError):
+            async with db.write() as s:
+                await s.execute(
+                    text("INSERT INTO users (id, created_at, updated_at) VALUES (1, '2026', '2026')")
+                )
+                raise RuntimeError("boom")
+
+        def boom(s):
+            s.execute(text("INSERT INTO users (id, created_at, updated_at) VALUES (2, '2026', '2026')"))
+            raise RuntimeError("boom")
+
+        with pytest.raises(RuntimeError):
+            await db.run_write(boom)
+        assert await db.run_read(lambda s: s.execute(text("SELECT count(*) FROM users")).scalar()) == 0
+    finally:
+        await db.close()
+
+
+async def test_database_creates_folder_and_uses_clock(tmp_path):
+    clock = FakeClock(datetime(2030, 5, 6, tzinfo=UTC))
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'a' / 'b' / 'bot.db'}", clock=clock)
+    try:
+        await db.upgrade()
+        assert (tmp_path / "a" / "b" / "bot.db").exists()
+        assert db.now() == clock.now
+        ledger = Ledger(db)
+        await ledger.balance(1, 2)
+        (entry,) = await ledger.entries(1, 2)
+        assert entry.created_at == clock.now and entry.created_at.tzinfo is not None
+    finally:
+        await db.close()
+
+
+def test_timestamps_are_stored_as_utc(tmp_path):
+    # naive datetimes are taken as UTC; aware ones are converted
+    from storage.models import UTCDateTime
+
+    t = UTCDateTime()
+
+    class D:
+        name = "sqlite"
+
+    aware = datetime(2026, 1, 1, 14, 0, tzinfo=UTC).astimezone(
+        __import__("datetime").timezone(timedelta(hours=2))
+    )
+    assert t.process_bind_param(aware, D()) == datetime(2026, 1, 1, 14, 0)
+    assert t.process_result_value(datetime(2026, 1, 1, 14, 0), D()) == datetime(2026, 1, 1, 14, 0, tzinfo=UTC)
