@@ -1,0 +1,131 @@
+"""Engine overhead: ``engine.generate`` vs a bare diffusers pipeline call.
+
+Both produce the same image (same prompt embeddings, size, steps, sampler and seed) on the tiny
+offline model; the bare call gets the embeddings precomputed, so the engine's prompt encoding,
+validation, scheduler set-up, generator set-up and result wrapping are all counted as overhead.
+A third variant adds a progress callback with previews every 5 steps.  Runs are interleaved
+(the order alternates each round) and medians reported; the target is a ratio <= 1.05.
+
+    python -m bench.engine_overhead [--size 512] [--steps 20] [--runs 7] [--model-dir DIR]
+
+``run(...)`` returns a dict for a bench runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+PROMPT = "masterpiece, best quality, a cat sitting on a wooden chair, (soft light:1.2), detailed fur"
+NEGATIVE = "lowres, blurry, bad anatomy, watermark"
+
+
+def run(
+    size: int = 512,
+    steps: int = 20,
+    runs: int = 7,
+    warmup: int = 2,
+    sampler: str = "Euler a",
+    seed: int = 1234,
+    model_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    from gen_core.engine import Engine
+    from gen_core.samplers import make_scheduler
+    from gen_core.tiny import ensure_tiny_model
+    from gen_core.types import EngineConfig, GenerationRequest
+
+    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
+        path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
+        engine = Engine.load(EngineConfig(model_path=str(path)))
+
+    request = GenerationRequest(
+        PROMPT, negative=NEGATIVE, width=size, height=size, steps=steps, cfg=7.0, sampler=sampler, seed=seed
+    )
+    pipe = engine.txt2img
+    with torch.inference_mode():
+        cond, uncond = engine.encoder.encode_pair(PROMPT, NEGATIVE, clip_skip=request.clip_skip)
+    bare_scheduler = make_scheduler(sampler, pipe.scheduler.config)
+
+    def bare():
+        pipe.scheduler = bare_scheduler  # the engine installs its own on every call
+        return pipe(
+            prompt_embeds=cond,
+            negative_prompt_embeds=uncond,
+            height=size,
+            width=size,
+            num_inference_steps=steps,
+            guidance_scale=7.0,
+            generator=torch.Generator("cpu").manual_seed(seed),
+        ).images[0]
+
+    def ours():
+        return engine.generate(request).images[0].image
+
+    def ours_progress():
+        return engine.generate(request, progress=lambda p: None, preview_every=5).images[0].image
+
+    variants = {"bare": bare, "engine": ours, "engine_progress": ours_progress}
+    identical = np.array_equal(np.asarray(bare()), np.asarray(ours()))
+    for _ in range(warmup):
+        for fn in variants.values():
+            fn()
+
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    names = list(variants)
+    for i in range(runs):
+        for name in names if i % 2 == 0 else reversed(names):
+            t0 = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - t0)
+
+    med = {name: statistics.median(values) for name, values in times.items()}
+    return {
+        "bench": "engine_overhead",
+        "model": "tiny (diffusers layout, random weights)",
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+        "size": f"{size}x{size}",
+        "steps": steps,
+        "sampler": sampler,
+        "runs": runs,
+        "identical_pixels": bool(identical),
+        "median_s_bare": round(med["bare"], 4),
+        "median_s_engine": round(med["engine"], 4),
+        "median_s_engine_progress": round(med["engine_progress"], 4),
+        "ratio_engine_over_bare": round(med["engine"] / med["bare"], 3),
+        "ratio_engine_progress_over_bare": round(med["engine_progress"] / med["bare"], 3),
+        "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--runs", type=int, default=7)
+    parser.add_argument("--sampler", default="Euler a")
+    parser.add_argument("--model-dir", default=None, help="existing/created tiny model directory")
+    args = parser.parse_args(argv)
+    result = run(
+        size=args.size, steps=args.steps, runs=args.runs, sampler=args.sampler, model_dir=args.model_dir
+    )
+    print(json.dumps(result, indent=2))
+    print(
+        f"engine.generate {result['median_s_engine'] * 1000:.1f} ms vs bare diffusers "
+        f"{result['median_s_bare'] * 1000:.1f} ms: ratio {result['ratio_engine_over_bare']:.3f} "
+        f"(with progress+previews {result['ratio_engine_progress_over_bare']:.3f}; target <= 1.05; "
+        f"medians of {result['runs']} interleaved runs, identical pixels: {result['identical_pixels']})"
+    )
+
+
+if __name__ == "__main__":
+    main()

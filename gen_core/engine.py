@@ -1,0 +1,612 @@
+"""The generation engine: one loaded Stable Diffusion model, txt2img and img2img, batched.
+
+The engine is synchronous; the bot runs it on one dedicated thread (calls are serialised by a lock
+anyway).  It drives the stock diffusers pipelines with precomputed ``prompt_embeds`` (from
+:class:`gen_core.prompts.PromptEncoder`: A1111 emphasis, chunking and clip skip), per-image CPU
+generators (image ``i`` of a request uses ``seed + i``) and ``callback_on_step_end`` for progress,
+previews and cancellation, so the overhead over a bare diffusers call stays negligible
+(see ``bench/engine_overhead.py``).
+
+Reproducibility: noise comes from CPU generators, so the initial noise for a seed is the same on
+every device; pixels are identical for the same seed, settings, device and dtype.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import importlib
+import logging
+import math
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from PIL import Image
+
+from gen_core import prompts
+from gen_core.preview import latents_to_images, side_by_side
+from gen_core.samplers import canonical_sampler, make_scheduler
+from gen_core.types import (
+    Cancelled,
+    EngineConfig,
+    GeneratedImage,
+    GenerationRequest,
+    GenerationResult,
+    Progress,
+)
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[Progress], Any]
+CancelLike = threading.Event | Callable[[], bool] | None
+
+DEFAULT_PREVIEW_EVERY = 5
+MAX_SEED = 2**63 - 1
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+# Preference order of the UNet weight file hashed for a diffusers folder's model hash.
+_UNET_WEIGHT_FILES = (
+    "diffusion_pytorch_model.safetensors",
+    "diffusion_pytorch_model.fp16.safetensors",
+    "diffusion_pytorch_model.bin",
+    "diffusion_pytorch_model.fp16.bin",
+    "diffusion_pytorch_model.safetensors.index.json",
+)
+_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+# diffusers renamed the loading keyword torch_dtype -> dtype (the old one warns); older releases
+# only know torch_dtype.
+_DTYPE_KW = (
+    "dtype"
+    if hasattr(importlib.import_module("diffusers.utils.deprecation_utils"), "_resolve_dtype")
+    else "torch_dtype"
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` -> cuda if available, else mps, else cpu; anything else as given."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``"auto"`` -> fp16 on cuda, fp32 elsewhere; or ``"fp16"``/``"bf16"``/``"fp32"``."""
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise ValueError(f"Unknown dtype {name!r}; use one of auto, {', '.join(_DTYPES)}") from None
+
+
+def file_sha256(path: Path, block: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(block):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def short_hash(path: Path) -> str:
+    """A1111's short model hash: the first 10 hex digits of the file's sha256."""
+    return file_sha256(path)[:10]
+
+
+def effective_img2img_steps(steps: int, strength: float) -> int:
+    """Denoising steps img2img runs: ``int(steps * strength)`` clamped to ``[1, steps]``.
+
+    diffusers runs ``int(steps * strength)`` steps and fails on zero, so a strength below
+    ``1 / steps`` is clamped to one step at the lowest noise level, which returns the init image
+    almost unchanged (its VAE round trip).  A tiny epsilon absorbs float error (0.29 * 100).
+    """
+    return min(steps, max(1, int(steps * strength + 1e-6)))
+
+
+def _pipeline_strength(steps: int, denoise_steps: int) -> float:
+    # The strength that makes diffusers' int(steps * strength) land exactly on denoise_steps.
+    return 1.0 if denoise_steps >= steps else (denoise_steps + 0.5) / steps
+
+
+def _is_cancelled(cancel: CancelLike) -> bool:
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if is_set is not None else cancel())
+
+
+def _find_unet_weights(folder: Path) -> Path | None:
+    for name in _UNET_WEIGHT_FILES:
+        candidate = folder / "unet" / name
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+class _DropMessage(logging.Filter):
+    def __init__(self, fragment: str) -> None:
+        super().__init__()
+        self.fragment = fragment
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return self.fragment not in record.getMessage()
+
+
+def _derive_pipeline(cls, pipe, dtype: torch.dtype):
+    """``cls.from_pipe(pipe)``: a pipeline sharing every component of ``pipe`` (no second UNet).
+
+    The dtype must be passed: from_pipe casts the (shared!) modules to it, fp32 by default.  That
+    cast is a no-op here, so its "modules that should be kept in float32: []" warning is dropped.
+    """
+    quiet = _DropMessage("should be kept in float32")
+    target = logging.getLogger("diffusers.models.modeling_utils")
+    target.addFilter(quiet)
+    try:
+        return cls.from_pipe(pipe, **{_DTYPE_KW: dtype})
+    finally:
+        target.removeFilter(quiet)
+
+
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:.2f}".rstrip("0").rstrip(".")
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+class Engine:
+    """A loaded model.  Create with :meth:`Engine.load`."""
+
+    def __init__(
+        self,
+        pipe: StableDiffusionPipeline,
+        config: EngineConfig,
+        *,
+        model_name: str,
+        hash_file: Path | None = None,
+    ) -> None:
+        self.config = config
+        self.txt2img = pipe
+        self.device = pipe.unet.device
+        self.dtype = pipe.unet.dtype
+        self.img2img = _derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
+        for p in (self.txt2img, self.img2img):
+            p.set_progress_bar_config(disable=True)
+        self.encoder = prompts.PromptEncoder(
+            pipe.tokenizer, pipe.text_encoder, clip_skip=config.clip_skip, max_chunks=config.max_chunks
+        )
+        self.model_name = model_name
+        self._scheduler_config = dict(pipe.scheduler.config)
+        self._lock = threading.RLock()
+        self._hash_file = hash_file
+        self._model_hash: str | None = None
+        self._hash_lock = threading.Lock()
+        self._empty_chunks: dict[int, torch.Tensor] = {}
+        if hash_file is not None:
+            # Hash in the background: a multi-GB checkpoint takes seconds; the first image waits.
+            threading.Thread(target=self._hash_in_background, name="model-hash", daemon=True).start()
+
+    def _hash_in_background(self) -> None:
+        try:
+            self.model_hash  # noqa: B018 - computes and caches
+        except OSError:
+            log.exception("hashing %s failed", self._hash_file)
+
+    # ------------------------------------------------------------------ loading
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> Engine:
+        """Load the model once: a diffusers folder, a single ``.safetensors``/``.ckpt`` file or a hub id."""
+        started = time.perf_counter()
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        if dtype == torch.float16 and device.type == "cpu":
+            log.warning("fp16 on the CPU is slow and partly unsupported; consider dtype='fp32'")
+        kwargs: dict[str, Any] = {_DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
+        path = Path(config.model_path).expanduser()
+        hash_file: Path | None
+        if path.is_dir():
+            pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
+            hash_file, name = _find_unet_weights(path), path.name
+        elif path.is_file():
+            if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+                raise ValueError(f"{path}: expected a diffusers folder or a .safetensors/.ckpt checkpoint")
+            if config.single_file_config:
+                kwargs["config"] = config.single_file_config
+            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            hash_file, name = path, path.stem
+        elif _HUB_ID.match(str(config.model_path)) and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
+            pipe = StableDiffusionPipeline.from_pretrained(str(config.model_path), **kwargs)  # hub id
+            hash_file, name = None, str(config.model_path).split("/")[-1]
+        else:
+            raise FileNotFoundError(f"Model not found: {config.model_path}")
+
+        pipe.to(device)
+        cls._configure_modules(pipe, config, device)
+        engine = cls(pipe, config, model_name=name, hash_file=hash_file)
+        log.info(
+            "loaded %s on %s (%s) in %.1fs",
+            name,
+            device,
+            str(dtype).removeprefix("torch."),
+            time.perf_counter() - started,
+        )
+        return engine
+
+    @staticmethod
+    def _configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
+        from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+        if config.attention == "sdpa":
+            pipe.unet.set_attn_processor(AttnProcessor2_0())
+            pipe.vae.set_attn_processor(AttnProcessor2_0())
+        elif config.attention == "eager":
+            pipe.unet.set_attn_processor(AttnProcessor())
+            pipe.vae.set_attn_processor(AttnProcessor())
+        elif config.attention == "xformers":
+            pipe.enable_xformers_memory_efficient_attention()
+        else:
+            raise ValueError(f"Unknown attention {config.attention!r}; use sdpa, eager or xformers")
+        if config.vae_slicing and hasattr(pipe.vae, "enable_slicing"):
+            # Decode (and encode) a batch one image at a time: a 16-image batch would otherwise need
+            # gigabytes of activations at once; it also makes decoding independent of the batch.
+            pipe.vae.enable_slicing()
+        channels_last = device.type == "cuda" if config.channels_last is None else config.channels_last
+        if channels_last:
+            pipe.unet.to(memory_format=torch.channels_last)
+        if config.compile:
+            pipe.unet.compile()  # in place: the same module object stays shared by all pipelines
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def unet(self):
+        return self.txt2img.unet
+
+    @property
+    def vae(self):
+        return self.txt2img.vae
+
+    @property
+    def tokenizer(self):
+        return self.txt2img.tokenizer
+
+    @property
+    def text_encoder(self):
+        return self.txt2img.text_encoder
+
+    @property
+    def model_hash(self) -> str | None:
+        """A1111-style short hash (10 hex digits of sha256) of the checkpoint / UNet weights file."""
+        if self._hash_file is None:
+            return None
+        with self._hash_lock:
+            if self._model_hash is None:
+                self._model_hash = short_hash(self._hash_file)
+            return self._model_hash
+
+    def count_tokens(self, text: str) -> int:
+        return prompts.count_tokens(text, self.tokenizer)
+
+    # ------------------------------------------------------------------ requests
+
+    @staticmethod
+    def batch_key(req: GenerationRequest) -> tuple:
+        """Requests with equal keys can share one UNet batch (prompts, seeds, count, init images,
+        extra noise and ``extra`` may differ).  For img2img the key holds the number of denoising
+        steps that the strength gives, not the strength itself."""
+        if req.init_image is not None:
+            mode, denoise = "img2img", effective_img2img_steps(req.steps, req.strength)
+        else:
+            mode, denoise = "txt2img", None
+        return (
+            mode,
+            req.width,
+            req.height,
+            req.steps,
+            canonical_sampler(req.sampler),
+            float(req.cfg),
+            req.clip_skip,
+            denoise,
+        )
+
+    def validate(self, req: GenerationRequest) -> None:
+        """Raise ``ValueError`` with a user-facing message if the request cannot run."""
+        cfg = self.config
+        if not isinstance(req.prompt, str) or not isinstance(req.negative, str):
+            raise ValueError("prompt and negative prompt must be text")
+        for label, value in (("Width", req.width), ("Height", req.height)):
+            if not isinstance(value, int) or value < 64:
+                raise ValueError(f"{label} must be a whole number of at least 64 pixels (got {value!r})")
+            if value % 8:
+                raise ValueError(f"{label} must be a multiple of 8 (64 recommended); got {value}")
+        if req.width * req.height > cfg.max_area:
+            side = int(math.isqrt(cfg.max_area))
+            raise ValueError(
+                f"Size {req.width}×{req.height} ({_megapixels(req.width * req.height)} MP) is over the limit "
+                f"of {_megapixels(cfg.max_area)} MP (about {side}×{side})"
+            )
+        if not isinstance(req.steps, int) or not 1 <= req.steps <= cfg.max_steps:
+            raise ValueError(f"Steps must be between 1 and {cfg.max_steps} (got {req.steps!r})")
+        if not isinstance(req.count, int) or not 1 <= req.count <= cfg.max_count:
+            raise ValueError(f"Image count must be between 1 and {cfg.max_count} (got {req.count!r})")
+        if not isinstance(req.cfg, int | float) or not math.isfinite(req.cfg) or not 0 <= req.cfg <= 30:
+            raise ValueError(f"CFG scale must be between 0 and 30 (got {req.cfg!r})")
+        canonical_sampler(req.sampler)
+        layers = self.text_encoder.config.num_hidden_layers
+        if not isinstance(req.clip_skip, int) or not 1 <= req.clip_skip <= layers:
+            raise ValueError(f"Clip skip must be between 1 and {layers} (got {req.clip_skip!r})")
+        if req.seed is not None and (
+            not isinstance(req.seed, int) or req.seed < 0 or req.seed + req.count - 1 > MAX_SEED
+        ):
+            raise ValueError(f"Seed must be a whole number from 0 to {MAX_SEED} (got {req.seed!r})")
+        if req.init_image is not None:
+            if not isinstance(req.init_image, Image.Image):
+                raise ValueError("init_image must be a PIL image")
+            if not 0.0 <= req.strength <= 1.0:
+                raise ValueError(f"Strength must be between 0 and 1 (got {req.strength!r})")
+            if not 0.0 <= req.noise <= 1.0:
+                raise ValueError(f"Noise must be between 0 and 1 (got {req.noise!r})")
+        if not isinstance(req.extra, dict):
+            raise ValueError("extra must be a dict")
+
+    def _resolve(self, req: GenerationRequest) -> GenerationRequest:
+        self.validate(req)
+        seed = secrets.randbits(32) if req.seed is None else req.seed
+        return dataclasses.replace(req, seed=seed, sampler=canonical_sampler(req.sampler))
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(
+        self,
+        req: GenerationRequest,
+        progress: ProgressFn | None = None,
+        cancel: CancelLike = None,
+        preview_every: int = DEFAULT_PREVIEW_EVERY,
+    ) -> GenerationResult:
+        """Generate ``req.count`` images of one request (see :meth:`generate_batch`)."""
+        return self.generate_batch([req], progress=progress, cancel=cancel, preview_every=preview_every)[0]
+
+    def generate_batch(
+        self,
+        reqs: Sequence[GenerationRequest],
+        progress: ProgressFn | None = None,
+        cancel: CancelLike = None,
+        preview_every: int = DEFAULT_PREVIEW_EVERY,
+    ) -> list[GenerationResult]:
+        """Generate several requests, sharing UNet batches between compatible ones.
+
+        All requests are validated and their prompts encoded before any denoising, so a bad
+        request (``ValueError``; ``prompts.PromptTooLong`` is one) fails the call early.  Requests
+        with equal :meth:`batch_key` run as one pipeline call (at most ``config.max_count`` images,
+        whole requests) with per-image generators, so every image is the one its seed gives alone.
+        A request's prompt and negative are padded to a common number of 77-token chunks; by default
+        requests whose padded lengths differ run as separate UNet batches, because padding with
+        empty chunks changes the image slightly.  With ``config.pad_prompts_in_batch`` they share
+        the batch (as A1111 does) at that cost.
+
+        ``progress`` is called after every step of every UNet batch (exceptions propagate);
+        previews are computed every ``preview_every`` steps (0 = never).  ``cancel`` (an Event or
+        a callable) is checked before each batch and after each step; when set, :class:`Cancelled`
+        is raised and no results are returned.  Results are in request order; each result's
+        ``request`` has its seed resolved.
+        """
+        if not reqs:
+            return []
+        resolved = [self._resolve(r) for r in reqs]
+        with self._lock, torch.inference_mode():
+            if _is_cancelled(cancel):
+                raise Cancelled()
+            embeds = self._encode_all(resolved)
+            results: list[GenerationResult | None] = [None] * len(resolved)
+            try:
+                for group in self._plan(resolved, embeds):
+                    if _is_cancelled(cancel):
+                        raise Cancelled()
+                    images = self._run_group(group, resolved, embeds, progress, cancel, preview_every)
+                    for index in group:
+                        results[index] = GenerationResult(images=images[index], request=resolved[index])
+            except torch.cuda.OutOfMemoryError:
+                # Give the cached blocks back so the next (smaller) job can run; the caller decides.
+                torch.cuda.empty_cache()
+                raise
+        return results  # type: ignore[return-value]
+
+    # ------------------------------------------------------------------ internals
+
+    def _encode_all(self, reqs: list[GenerationRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        # encode_pair per request (cached per distinct prompt/negative/clip skip) gives exactly the
+        # embeddings a request gets alone; padding across requests is done in _run_group.
+        cache: dict[tuple[str, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        out = []
+        for r in reqs:
+            key = (r.prompt, r.negative, r.clip_skip)
+            if key not in cache:
+                cond, uncond = self.encoder.encode_pair(r.prompt, r.negative, clip_skip=r.clip_skip)
+                cache[key] = (cond.to(self.device), uncond.to(self.device))
+            out.append(cache[key])
+        return out
+
+    def _plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
+        """Indices grouped into UNet batches, in order of first appearance."""
+        groups: dict[tuple, list[int]] = {}
+        for i, r in enumerate(reqs):
+            key = self.batch_key(r)
+            if not self.config.pad_prompts_in_batch:
+                key += (embeds[i][0].shape[1],)
+            groups.setdefault(key, []).append(i)
+        batches: list[list[int]] = []
+        limit = self.config.max_count
+        for members in groups.values():
+            current: list[int] = []
+            size = 0
+            for i in members:
+                if current and size + reqs[i].count > limit:
+                    batches.append(current)
+                    current, size = [], 0
+                current.append(i)
+                size += reqs[i].count
+            batches.append(current)
+        return batches
+
+    def _empty_chunk(self, clip_skip: int) -> torch.Tensor:
+        if clip_skip not in self._empty_chunks:
+            self._empty_chunks[clip_skip] = self.encoder.encode("", clip_skip=clip_skip)[:, :77].to(
+                self.device
+            )
+        return self._empty_chunks[clip_skip]
+
+    def _pad(self, emb: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
+        missing = (length - emb.shape[1]) // 77
+        if missing <= 0:
+            return emb
+        return torch.cat([emb, self._empty_chunk(clip_skip).repeat(1, missing, 1)], dim=1)
+
+    def _init_latents(self, req: GenerationRequest) -> torch.Tensor:
+        """The init image encoded to (scaled) latents with the VAE mean: deterministic."""
+        image = req.init_image
+        if image.mode != "RGB":
+            from gen_core.images import to_rgb
+
+            image = to_rgb(image)
+        if image.size != (req.width, req.height):
+            image = image.resize((req.width, req.height), Image.Resampling.LANCZOS)
+        pixels = self.img2img.image_processor.preprocess(image).to(self.device, self.vae.dtype)
+        latents = self.vae.encode(pixels).latent_dist.mode()
+        return latents * self.vae.config.scaling_factor
+
+    def _run_group(
+        self,
+        group: list[int],
+        reqs: list[GenerationRequest],
+        embeds,
+        progress: ProgressFn | None,
+        cancel: CancelLike,
+        preview_every: int,
+    ) -> dict[int, list[GeneratedImage]]:
+        first = reqs[group[0]]
+        length = max(embeds[i][0].shape[1] for i in group)
+        conds, unconds, generators, counts = [], [], [], []
+        for i in group:
+            r = reqs[i]
+            cond, uncond = (self._pad(e, length, r.clip_skip) for e in embeds[i])
+            conds.append(cond.expand(r.count, -1, -1))
+            unconds.append(uncond.expand(r.count, -1, -1))
+            generators += [torch.Generator("cpu").manual_seed(s) for s in r.image_seeds()]
+            counts.append(r.count)
+        call: dict[str, Any] = {
+            "prompt_embeds": torch.cat(conds),
+            "negative_prompt_embeds": torch.cat(unconds),
+            "height": first.height,
+            "width": first.width,
+            "num_inference_steps": first.steps,
+            "guidance_scale": first.cfg,
+            "generator": generators,
+            "output_type": "pil",
+        }
+        if first.init_image is None:
+            pipe = self.txt2img
+        else:
+            pipe = self.img2img
+            latents = []
+            g = 0
+            for i in group:
+                r = reqs[i]
+                base = self._init_latents(r)
+                for _ in range(r.count):
+                    lat = base
+                    if r.noise > 0:  # NovelAI-style extra noise on the init latents
+                        extra = torch.randn(base.shape, generator=generators[g], dtype=torch.float32)
+                        lat = base + r.noise * extra.to(base.device, base.dtype)
+                    latents.append(lat)
+                    g += 1
+            call["image"] = torch.cat(latents)
+            call["strength"] = _pipeline_strength(
+                first.steps, effective_img2img_steps(first.steps, first.strength)
+            )
+        pipe.scheduler = make_scheduler(first.sampler, self._scheduler_config)
+        if progress is not None or cancel is not None:
+            call["callback_on_step_end"] = self._step_callback(
+                tuple(group), counts, progress, cancel, preview_every
+            )
+        images = pipe(**call).images
+
+        out: dict[int, list[GeneratedImage]] = {}
+        pos = 0
+        for i in group:
+            r = reqs[i]
+            out[i] = [
+                GeneratedImage(image=images[pos + k], seed=seed, parameters=self._parameters(r, seed))
+                for k, seed in enumerate(r.image_seeds())
+            ]
+            pos += r.count
+        return out
+
+    def _step_callback(self, indices, counts, progress, cancel, preview_every):
+        def on_step_end(pipe, step_index, timestep, tensors):
+            if _is_cancelled(cancel):
+                raise Cancelled()
+            if progress is not None:
+                step = step_index + 1
+                preview, previews = None, ()
+                if preview_every > 0 and step % preview_every == 0:
+                    images = latents_to_images(self._preview_latents(pipe, tensors["latents"]))
+                    preview = side_by_side(images)
+                    bounds = [0]
+                    for c in counts:
+                        bounds.append(bounds[-1] + c)
+                    previews = tuple(
+                        side_by_side(images[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
+                    )
+                progress(Progress(step, pipe.num_timesteps, indices, preview, previews))
+            return {}
+
+        return on_step_end
+
+    @staticmethod
+    def _preview_latents(pipe, latents: torch.Tensor) -> torch.Tensor:
+        # Sigma-space (k-diffusion style) samplers hold latents of std sqrt(1 + sigma^2); bring them
+        # back to unit scale so early previews are not saturated noise.
+        scheduler = pipe.scheduler
+        index = getattr(scheduler, "step_index", None)
+        if float(scheduler.init_noise_sigma) > 1.0 and index is not None and hasattr(scheduler, "sigmas"):
+            sigma = float(scheduler.sigmas[min(index, len(scheduler.sigmas) - 1)])
+            latents = latents / math.sqrt(sigma * sigma + 1.0)
+        return latents
+
+    def _parameters(self, r: GenerationRequest, seed: int) -> dict[str, Any]:
+        params: dict[str, Any] = {
+            "prompt": r.prompt,
+            "negative_prompt": r.negative,
+            "steps": r.steps,
+            "sampler": r.sampler,
+            "cfg_scale": r.cfg,
+            "seed": seed,
+            "width": r.width,
+            "height": r.height,
+        }
+        if self.model_hash:
+            params["model_hash"] = self.model_hash
+        params["model"] = self.model_name
+        params["clip_skip"] = r.clip_skip
+        if r.init_image is not None:
+            params["denoising_strength"] = r.strength
+            if r.noise:
+                params["extra_noise"] = r.noise
+        for key, value in r.extra.items():
+            params.setdefault(key, value)
+        return params
