@@ -1,0 +1,111 @@
+"""/credits and /history: a member's balance, ledger and past generations."""
+
+from __future__ import annotations
+
+import io
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+from PIL import Image
+
+from services import ui
+
+HISTORY_PAGE = 5
+
+
+def thumbnail(data: bytes, size: int = 128) -> bytes:
+    image = Image.open(io.BytesIO(data))
+    image.thumbnail((size, size))
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class HistoryPage(discord.ui.DynamicItem[discord.ui.Button], template=r"history:(?P<user>[0-9]+):(?P<page>[0-9]+)"):
+    """◀ / ▶ under a /history page; pages belong to the member who asked."""
+
+    def __init__(self, user_id: int, page: int, **button) -> None:
+        self.user_id, self.page = user_id, page
+        super().__init__(discord.ui.Button(custom_id=f"history:{user_id}:{page}", **button))
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(int(match["user"]), int(match["page"]))
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.user_id:
+            await ui.refuse(interaction, "That is someone else's history; run `/history` for yours.")
+            return
+        cog: Account = interaction.client.get_cog("Account")
+        await interaction.response.defer(ephemeral=True)
+        await interaction.edit_original_response(**await cog.history_page(interaction.guild_id, self.user_id, self.page))
+
+
+class Account(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @property
+    def s(self):
+        return self.bot.services
+
+    @app_commands.command(name="credits", description="Your credit balance, next top-up and recent charges")
+    async def credits(self, interaction: discord.Interaction) -> None:
+        if interaction.guild_id is None:
+            await ui.refuse(interaction, "Credits belong to a server: use `/credits` in a server channel.")
+            return
+        guild_id, user_id = interaction.guild_id, interaction.user.id
+        balance = await self.s.ledger.balance(guild_id, user_id)
+        entries = await self.s.ledger.entries(guild_id, user_id, limit=10)
+        next_topup = await self.s.ledger.next_topup(guild_id, user_id)
+        embed = discord.Embed(title="Your credits", description=f"**{balance}** credits on this server")
+        if next_topup:
+            embed.add_field(name="Next top-up", value=discord.utils.format_dt(next_topup, "R"), inline=False)
+        if entries:
+            lines = [
+                f"`{e.delta:+6d}` {e.kind}" + (f" · job #{e.job_id}" if e.job_id else "") + (f" · {e.reason}" if e.reason else "")
+                for e in entries
+            ]
+            embed.add_field(name="Recent", value=ui.clip("\n".join(lines), 1024), inline=False)
+        await interaction.response.send_message(embed=embed, ephemeral=True)
+
+    async def history_page(self, guild_id: int, user_id: int, page: int) -> dict:
+        rows = await self.s.images.history(guild_id, user_id, limit=HISTORY_PAGE + 1, offset=page * HISTORY_PAGE)
+        more, rows = len(rows) > HISTORY_PAGE, rows[:HISTORY_PAGE]
+        if not rows:
+            return {"content": "No images yet. Try `/imagine`!" if page == 0 else "No more images.", "embeds": [], "attachments": [], "view": None}
+        embeds, files = [], []
+        view = discord.ui.View(timeout=None)
+        rerolls: set[int] = set()
+        for i, row in enumerate(rows):
+            params = row.params or {}
+            name = f"thumb{i}.png"
+            files.append(ui.png_file(thumbnail(await self.s.store.get(row.key)), name))
+            embed = discord.Embed(
+                title=f"#{row.job_id} · seed {row.seed}",
+                description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),
+            )
+            embed.set_thumbnail(url=f"attachment://{name}")
+            embeds.append(embed)
+            if row.job_id not in rerolls:  # custom_ids must be unique within a message
+                rerolls.add(row.job_id)
+                view.add_item(ui.JobButton(row.job_id, "reroll", label=f"🔄 #{row.job_id}", row=0))
+        if page > 0:
+            view.add_item(HistoryPage(user_id, page - 1, label="◀", row=2))
+        if more:
+            view.add_item(HistoryPage(user_id, page + 1, label="▶", row=2))
+        return {"content": f"Your images, page {page + 1}", "embeds": embeds, "attachments": files, "view": view}
+
+    @app_commands.command(name="history", description="Your recent images; reroll any of them")
+    async def history(self, interaction: discord.Interaction) -> None:
+        if interaction.guild_id is None:
+            await ui.refuse(interaction, "History belongs to a server: use `/history` in a server channel.")
+            return
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        await interaction.edit_original_response(**await self.history_page(interaction.guild_id, interaction.user.id, 0))
+
+
+async def setup(bot: commands.Bot) -> None:
+    bot.add_dynamic_items(HistoryPage)
+    await bot.add_cog(Account(bot))

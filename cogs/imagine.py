@@ -1,0 +1,128 @@
+"""/imagine (text-to-image) and /cost, plus the reactions on result messages."""
+
+from __future__ import annotations
+
+import discord
+from discord import app_commands
+from discord.ext import commands
+
+from gen_core.buckets import bucket_choices
+from gen_core.samplers import SAMPLERS
+from services import ui
+from services.jobs import ImagineOptions, UserError
+
+# Option descriptions shared by /imagine and /cost.
+DESCRIBE = {
+    "prompt": "What to draw. (x) / [x] / (x:1.3) for emphasis, BREAK for a new chunk, {a, b} for variants",
+    "negative": "What to avoid",
+    "aspect": "A bucket (portrait/landscape/square) or W:H like 2:3",
+    "steps": "Denoising steps",
+    "cfg": "How closely to follow the prompt (CFG scale, default 7)",
+    "sampler": "Sampler",
+    "seed": "Seed (image i uses seed+i); empty = random",
+    "count": "Number of images (1-4)",
+    "clip_skip": "CLIP layer: 1 = last, 2 = penultimate (NovelAI default)",
+    "quality": "Prepend the quality tags (default on)",
+    "undesired": "Negative-tag preset: heavy, light (default) or none",
+}
+SAMPLER_CHOICES = [app_commands.Choice(name=s, value=s) for s in SAMPLERS][:25]
+UNDESIRED_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("heavy", "light", "none")]
+
+
+def options(
+    prompt: str, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired
+) -> ImagineOptions:
+    return ImagineOptions(
+        prompt=prompt,
+        negative=negative,
+        aspect=aspect,
+        steps=steps,
+        cfg=cfg,
+        sampler=sampler,
+        seed=int(seed) if seed is not None else None,
+        count=count or 1,
+        clip_skip=clip_skip,
+        quality=True if quality is None else quality,
+        undesired=undesired or "light",
+    )
+
+
+class Imagine(commands.Cog):
+    def __init__(self, bot: commands.Bot) -> None:
+        self.bot = bot
+
+    @property
+    def s(self):
+        return self.bot.services
+
+    async def _aspect_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.s.jobs.buckets)]
+        current = current.strip().lower()
+        matching = [c for c in choices if current in c.name.lower() or current in c.value]
+        if current and ":" in current and not matching:
+            matching = [app_commands.Choice(name=f"Custom ratio {current}", value=current)]
+        return matching[:25]
+
+    @app_commands.command(name="imagine", description="Create images from a text prompt")
+    @app_commands.describe(**DESCRIBE)
+    @app_commands.choices(sampler=SAMPLER_CHOICES, undesired=UNDESIRED_CHOICES)
+    async def imagine(
+        self,
+        interaction: discord.Interaction,
+        prompt: str,
+        negative: str | None = None,
+        aspect: str | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        cfg: app_commands.Range[float, 1.0, 30.0] | None = None,
+        sampler: str | None = None,
+        seed: app_commands.Range[int, 0, 4294967295] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+        clip_skip: app_commands.Range[int, 1, 12] | None = None,
+        quality: bool | None = None,
+        undesired: str | None = None,
+    ) -> None:
+        opts = options(prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired)
+        try:
+            await self.s.guard(interaction)
+            params_list = self.s.jobs.imagine_params(opts)
+        except UserError as exc:
+            await ui.refuse(interaction, str(exc))
+            return
+        await self.s.submit_from_interaction(interaction, "imagine", params_list)
+
+    imagine.autocomplete("aspect")(_aspect_autocomplete)
+
+    @app_commands.command(name="cost", description="What an /imagine would cost, without running it")
+    @app_commands.describe(**{k: DESCRIBE[k] for k in ("prompt", "aspect", "steps", "count")})
+    async def cost(
+        self,
+        interaction: discord.Interaction,
+        prompt: str = "a cat",
+        aspect: str | None = None,
+        steps: app_commands.Range[int, 1, 150] | None = None,
+        count: app_commands.Range[int, 1, 4] | None = None,
+    ) -> None:
+        opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None)
+        try:
+            params_list = self.s.jobs.imagine_params(opts)
+        except UserError as exc:
+            await ui.refuse(interaction, str(exc))
+            return
+        total = sum(self.s.jobs.cost("imagine", p) for p in params_list)
+        balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
+        p = params_list[0]
+        await interaction.response.send_message(
+            f"💰 {len(params_list)} job(s) of {p['count']} image(s) at {p['width']}×{p['height']}, {p['steps']} steps "
+            f"would cost **{total}** credits. Your balance: {balance}.",
+            ephemeral=True,
+        )
+
+    cost.autocomplete("aspect")(_aspect_autocomplete)
+
+    @commands.Cog.listener()
+    async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
+        await self.s.actions.on_reaction(payload)
+
+
+async def setup(bot: commands.Bot) -> None:
+    await bot.add_cog(Imagine(bot))

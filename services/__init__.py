@@ -1,0 +1,1 @@
+"""Services between the cogs and the core: configuration, job submission, rendering, actions."""

@@ -1,0 +1,172 @@
+"""The services a running bot is made of, wired together once: storage, worker, jobs, rendering."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from gen_core.images import ImageInputError, load_image
+from services import ui
+from services.actions import Actions
+from services.config import Config
+from services.jobs import JobService, UserError
+from services.publisher import DiscordPublisher
+from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
+from worker import Worker
+from worker.handlers import HANDLERS
+
+log = logging.getLogger(__name__)
+
+
+def default_engine_loader(config: Config):
+    """Load the configured checkpoint (the tiny offline model when none is configured)."""
+
+    def load():
+        from gen_core.engine import Engine
+        from gen_core.tiny import ensure_tiny_model
+        from gen_core.types import EngineConfig
+
+        path = config.model_path if config.model.path else ensure_tiny_model(config.model_path)
+        m = config.model
+        return Engine.load(
+            EngineConfig(
+                model_path=str(path),
+                device=m.device,
+                dtype=m.dtype,
+                attention=m.attention,
+                channels_last=m.channels_last,
+                compile=m.compile,
+                clip_skip=m.clip_skip,
+                max_chunks=m.max_chunks,
+                max_area=config.generation.max_area * 4,
+            )
+        )
+
+    return load
+
+
+class Services:
+    def __init__(self, bot: discord.Client, config: Config, engine_loader: Any = None) -> None:
+        self.bot = bot
+        self.config = config
+        Path(config.data_dir).mkdir(parents=True, exist_ok=True)
+        credits = config.credits
+        self.policy = CostPolicy(
+            start_balance=credits.start_balance,
+            topup_floor=credits.topup_floor,
+            topup_period_s=credits.topup_period_h * 3600,
+            max_queued_per_user=config.limits.max_queued_per_user,
+        )
+        self.db = Database(config.database_url)
+        self.ledger = Ledger(self.db, self.policy)
+        self.queue = JobQueue(self.db, self.policy)
+        self.store = ImageStore(config.data_dir / "images")
+        self.images = self.queue.images
+        self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
+        w = config.worker
+        self.worker = Worker(
+            queue=self.queue,
+            store=self.store,
+            images=self.images,
+            publisher=self.publisher,
+            engine_loader=engine_loader or default_engine_loader(config),
+            handlers=HANDLERS,
+            load_inputs=self.load_inputs,
+            max_batch=w.max_batch,
+            lease_s=w.lease_s,
+            max_attempts=w.max_attempts,
+            poll_interval_s=w.poll_interval_s,
+            preview_every=w.preview_every,
+        )
+        self.jobs = JobService(config, self.queue, self.ledger, self.worker)
+        self.actions = Actions(self)
+
+    async def start(self) -> None:
+        await self.db.upgrade()
+        await self.worker.start()
+        self.jobs.count_tokens = self.worker.engine.count_tokens
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.db.close()
+
+    # -- inputs ------------------------------------------------------------------------------------
+    async def load_inputs(self, job: Any) -> dict[str, Any]:
+        """Decode a job's stored input images (capped), resized to the job's size."""
+        key = job.params.get("init_image")
+        if not key:
+            return {}
+        image = load_image(await self.store.get(key), max_pixels=self.config.limits.max_input_pixels)
+        size = (job.params["width"], job.params["height"])
+        if image.size != size:
+            from PIL import Image
+
+            image = image.resize(size, Image.Resampling.LANCZOS)
+        return {"init_image": image}
+
+    async def read_attachment(self, attachment: discord.Attachment) -> Any:
+        """Download and decode an uploaded image, refusing oversized or non-image files clearly."""
+        limit = self.config.limits.max_attachment_bytes
+        if attachment.size > limit:
+            raise UserError(f"`{attachment.filename}` is {attachment.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        try:
+            return load_image(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
+        except ImageInputError as exc:
+            raise UserError(str(exc)) from None
+
+    # -- checks before anything is charged -------------------------------------------------
+    async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:
+        if guild_id is None:
+            return "Image generation works in servers, not in DMs. Use the commands in a server channel."
+        return None
+
+    async def guard(self, interaction: discord.Interaction) -> None:
+        """Raise `UserError` when this interaction may not start a job here."""
+        reason = await self.refusal_for(interaction.guild_id, interaction.user.id, interaction.channel_id)
+        if reason:
+            raise UserError(reason)
+        perms = interaction.app_permissions
+        if not (perms.send_messages and perms.attach_files and perms.view_channel):
+            raise UserError(
+                "I can't post images in this channel (I need View Channel, Send Messages and Attach Files). "
+                "Ask a server admin to allow them, or use another channel."
+            )
+
+    # -- submission from an interaction ---------------------------------------------------------
+    async def submit_from_interaction(self, interaction: discord.Interaction, kind: str, params_list: list[dict]) -> list[Any]:
+        """Acknowledge at once (ephemeral), then reserve credits and enqueue; refusals cost nothing."""
+        await interaction.response.defer(ephemeral=True, thinking=True)
+        try:
+            jobs = await self.jobs.submit(
+                kind=kind,
+                params_list=params_list,
+                guild_id=interaction.guild_id,
+                channel_id=interaction.channel_id,
+                user_id=interaction.user.id,
+                request_key=str(interaction.id),
+            )
+        except UserError as exc:
+            await ui.refuse(interaction, str(exc))
+            return []
+        await self.announce_queued(jobs, interaction=interaction)
+        return jobs
+
+    async def announce_queued(self, jobs: list[Any], *, interaction: discord.Interaction | None = None, message: discord.Message | None = None) -> None:
+        lines = []
+        for job in jobs:
+            self.publisher.track(job.id, interaction=interaction, message=message)
+            position = await self.queue.position(job.id)
+            eta = await self.queue.eta(job.id, self.worker.stats.seconds_per_cost)
+            lines.append(f"⏳ Job #{job.id} queued — position {position}, about {eta:.0f} s · {job.cost} credits")
+        text = "\n".join(lines)
+        view = ui.cancel_view(jobs[0].id) if len(jobs) == 1 else None
+        try:
+            if interaction is not None:
+                await interaction.edit_original_response(content=text, view=view)
+            elif message is not None:
+                await message.edit(content=f"{message.content}\n{text}", view=view)
+        except discord.HTTPException as exc:
+            log.info("could not show the queue position: %s", exc)

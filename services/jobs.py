@@ -1,0 +1,200 @@
+"""Job submission: validate options into job parameters, price them, enqueue them.
+
+Cogs call this; it knows the queue, the ledger and the configuration but nothing of how a
+result is rendered.  Every refusal is a `UserError` whose text goes to the user as is.
+"""
+
+from __future__ import annotations
+
+import itertools
+import random
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from gen_core.buckets import parse_aspect, scale_buckets
+from gen_core.samplers import SAMPLERS
+from services.config import Config
+from storage import InsufficientCredits, JobSpec, QueueFull, compute_cost
+from worker.handlers import batch_key
+
+
+class UserError(Exception):
+    """A request the bot refuses; the message says what was wrong and what to do."""
+
+
+UNDESIRED_PRESETS = ("heavy", "light", "none")
+_PERMUTATION = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+def expand_permutations(prompt: str, limit: int) -> list[str]:
+    """Midjourney-style `{a, b}` groups (containing a comma) → one prompt per combination."""
+    groups = [[part.strip() for part in m.group(1).split(",")] for m in _PERMUTATION.finditer(prompt)]
+    if not groups:
+        return [prompt]
+    total = 1
+    for g in groups:
+        total *= len(g)
+    if total > limit:
+        raise UserError(f"That prompt expands to {total} prompts; the limit is {limit}. Use fewer `{{a, b}}` options.")
+    pieces = _PERMUTATION.split(prompt)  # text, group, text, group, ..., text
+    prompts = []
+    for combo in itertools.product(*groups):
+        out = pieces[0]
+        for choice, tail in zip(combo, pieces[2::2], strict=True):
+            out += choice + tail
+        prompts.append(out)
+    return prompts
+
+
+def new_seed() -> int:
+    return random.randrange(0, 2**32)
+
+
+@dataclass
+class ImagineOptions:
+    prompt: str
+    negative: str | None = None
+    aspect: str | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    sampler: str | None = None
+    seed: int | None = None
+    count: int = 1
+    clip_skip: int | None = None
+    quality: bool = True
+    undesired: str = "light"
+
+
+class JobService:
+    def __init__(self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None) -> None:
+        self.config = config
+        self.queue = queue
+        self.ledger = ledger
+        self.worker = worker
+        self.count_tokens = count_tokens  # set once the engine is loaded
+        self.buckets = scale_buckets(config.generation.max_area)
+
+    # -- parameters ---------------------------------------------------------------------------
+    def imagine_params(self, o: ImagineOptions) -> list[dict[str, Any]]:
+        """Validate /imagine options into one parameter dict per expanded prompt."""
+        gen, limits = self.config.generation, self.config.limits
+        prompt = o.prompt.strip()
+        if not prompt:
+            raise UserError("The prompt is empty. Describe the image you want, e.g. `a cat in a spacesuit`.")
+        try:
+            width, height = parse_aspect(o.aspect or gen.default_aspect, self.buckets)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        steps = o.steps or gen.default_steps
+        if not 1 <= steps <= limits.max_steps:
+            raise UserError(f"Steps must be between 1 and {limits.max_steps} on this server (you asked for {steps}).")
+        count = o.count or 1
+        if not 1 <= count <= limits.max_count:
+            raise UserError(f"You can ask for 1 to {limits.max_count} images at once (you asked for {count}).")
+        cfg = gen.default_cfg if o.cfg is None else o.cfg
+        if not 1.0 <= cfg <= 30.0:
+            raise UserError(f"CFG scale must be between 1 and 30 (you asked for {cfg}).")
+        sampler = o.sampler or gen.default_sampler
+        if sampler not in SAMPLERS:
+            raise UserError(f"Unknown sampler {sampler!r}. Choose one of: {', '.join(SAMPLERS)}.")
+        clip_skip = o.clip_skip or self.config.model.clip_skip
+        if not 1 <= clip_skip <= 12:
+            raise UserError("clip_skip must be between 1 and 12 (2 = NovelAI's penultimate layer).")
+        undesired = (o.undesired or "light").lower()
+        if undesired not in UNDESIRED_PRESETS:
+            raise UserError(f"undesired must be one of {', '.join(UNDESIRED_PRESETS)}.")
+        preset = {"heavy": gen.undesired_heavy, "light": gen.undesired_light, "none": ""}[undesired]
+        negative = ", ".join(p for p in (preset, (o.negative or "").strip()) if p)
+        seed = new_seed() if o.seed is None else o.seed
+        if not 0 <= seed < 2**32:
+            raise UserError("seed must be between 0 and 4294967295.")
+        out = []
+        for text in expand_permutations(prompt, limits.max_permutations):
+            full = f"{gen.quality_tags}, {text}" if o.quality and gen.quality_tags else text
+            self.check_tokens(full)
+            self.check_tokens(negative)
+            out.append(
+                {
+                    "prompt": full,
+                    "user_prompt": text,
+                    "negative": negative,
+                    "width": width,
+                    "height": height,
+                    "steps": steps,
+                    "cfg": cfg,
+                    "sampler": sampler,
+                    "seed": seed,
+                    "count": count,
+                    "clip_skip": clip_skip,
+                }
+            )
+        return out
+
+    def check_tokens(self, text: str) -> None:
+        if self.count_tokens is None or not text:
+            return
+        limit = 75 * self.config.model.max_chunks
+        n = self.count_tokens(text)
+        if n > limit:
+            raise UserError(f"That prompt is {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
+
+    def cost(self, kind: str, params: dict[str, Any]) -> int:
+        return compute_cost(
+            kind,
+            params["width"],
+            params["height"],
+            params["steps"],
+            count=params.get("count", 1),
+            strength=params.get("strength") if params.get("init_image") else None,
+        )
+
+    # -- submission -------------------------------------------------------------------------------
+    async def submit(
+        self, *, kind: str, params_list: list[dict[str, Any]], guild_id: int, channel_id: int, user_id: int, request_key: str
+    ) -> list[Any]:
+        """Reserve credits and enqueue one job per parameter set; all or nothing on credits.
+
+        `request_key` identifies the Discord request (interaction id, or reaction + message):
+        a retry of the same request returns the same jobs and charges nothing more.
+        """
+        total = sum(self.cost(kind, p) for p in params_list)
+        balance = await self.ledger.balance(guild_id, user_id)
+        if total > balance:
+            raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
+        jobs = []
+        try:
+            for i, params in enumerate(params_list):
+                spec = JobSpec(
+                    kind=kind,
+                    guild_id=guild_id,
+                    channel_id=channel_id,
+                    user_id=user_id,
+                    interaction_id=f"{request_key}:{i}",
+                    params=params,
+                    batch_key=batch_key(kind, params),
+                    cost=self.cost(kind, params),
+                )
+                job, _created = await self.queue.enqueue(spec)
+                jobs.append(job)
+        except InsufficientCredits as exc:
+            await self._cancel_all(jobs, user_id)
+            raise UserError(f"This costs {total} credits and you have {exc.balance}.") from None
+        except QueueFull as exc:
+            await self._cancel_all(jobs, user_id)
+            raise UserError(
+                f"You already have {exc.limit} jobs waiting. Wait for them to finish or cancel one."
+            ) from None
+        if self.worker:
+            self.worker.wake()
+        return jobs
+
+    async def _cancel_all(self, jobs: list[Any], actor_id: int) -> None:
+        for job in jobs:
+            await self.queue.cancel(job.id, actor_id)
+
+    async def cancel(self, job_id: int, actor_id: int) -> bool:
+        cancelled = await self.queue.cancel(job_id, actor_id)
+        if cancelled and self.worker:
+            self.worker.request_cancel(job_id)
+        return cancelled

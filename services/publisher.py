@@ -1,0 +1,149 @@
+"""Rendering of queued/running/finished jobs in Discord: progress edits, results, failures.
+
+Progress goes to the job's *status message* — the deferred interaction response while its token
+is alive (15 min), or a channel message for jobs started by a reaction — edited at most every
+`progress_interval_s`.  Results are always posted as new channel messages (not through the
+interaction token, which may have expired), carrying the job id in their buttons, so after a
+crash the bot recognises a result it already posted instead of posting it twice.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import discord
+
+from gen_core.types import Progress
+from services import ui
+
+log = logging.getLogger(__name__)
+
+TOKEN_LIFETIME_S = 14 * 60  # stop using an interaction token a minute before Discord does
+
+
+@dataclass
+class StatusTarget:
+    """Where a job's progress is shown."""
+
+    interaction: discord.Interaction | None = None
+    message: discord.Message | None = None
+    created: float = 0.0
+    last_edit: float = 0.0
+
+    async def edit(self, **kwargs: Any) -> None:
+        if self.interaction is not None and time.monotonic() - self.created < TOKEN_LIFETIME_S:
+            await self.interaction.edit_original_response(**kwargs)
+        elif self.message is not None:
+            await self.message.edit(**kwargs)
+
+    async def delete(self) -> None:
+        if self.interaction is not None and time.monotonic() - self.created < TOKEN_LIFETIME_S:
+            await self.interaction.delete_original_response()
+        elif self.message is not None:
+            await self.message.delete()
+
+
+class DiscordPublisher:
+    def __init__(self, bot: discord.Client, ledger: Any, progress_interval_s: float = 3.0) -> None:
+        self.bot = bot
+        self.ledger = ledger
+        self.progress_interval_s = progress_interval_s
+        self.status: dict[int, StatusTarget] = {}
+
+    # -- status messages ---------------------------------------------------------------------------
+    def track(self, job_id: int, *, interaction: discord.Interaction | None = None, message: discord.Message | None = None) -> None:
+        self.status[job_id] = StatusTarget(interaction=interaction, message=message, created=time.monotonic())
+
+    async def progress(self, job: Any, p: Progress) -> None:
+        target = self.status.get(job.id)
+        now = time.monotonic()
+        if target is None or (now - target.last_edit < self.progress_interval_s and p.step < p.total):
+            return
+        target.last_edit = now
+        text = f"🎨 **Generating** `{ui.clip(job.params.get('user_prompt', job.params['prompt']), 120)}`\n" \
+               f"`{ui.progress_bar(p.step, p.total)}` step {p.step}/{p.total}"
+        kwargs: dict[str, Any] = {"content": text, "view": ui.cancel_view(job.id)}
+        if p.preview is not None:
+            buf = io.BytesIO()
+            p.preview.save(buf, format="PNG")
+            kwargs["attachments"] = [ui.png_file(buf.getvalue(), "preview.png")]
+        try:
+            await target.edit(**kwargs)
+        except discord.HTTPException as exc:
+            log.info("progress edit for job %s failed: %s", job.id, exc)
+            self.status.pop(job.id, None)
+
+    # -- results ---------------------------------------------------------------------------------
+    async def _channel(self, channel_id: int) -> discord.abc.Messageable:
+        return self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
+
+    async def find_posted(self, job: Any, limit: int = 50) -> int | None:
+        """The id of a result message for `job` already in its channel (crash recovery)."""
+        channel = await self._channel(job.channel_id)
+        async for message in channel.history(limit=limit):
+            if message.author.id == self.bot.user.id and ui.job_id_from_message(message) == job.id:
+                return message.id
+        return None
+
+    async def result(self, job: Any, images: list[dict[str, Any]]) -> int | None:
+        existing = await self.find_posted(job)
+        if existing:
+            return existing
+        store = self.bot.services.store
+        files = [ui.png_file(await store.get(img["key"]), f"job{job.id}_{i + 1}_{img['seed']}.png") for i, img in enumerate(images)]
+        balance = await self.ledger.balance(job.guild_id, job.user_id)
+        params = job.params
+        seeds = ", ".join(str(img["seed"]) for img in images)
+        content = (
+            f"<@{job.user_id}> **{ui.clip(params.get('user_prompt', params['prompt']), 300)}**\n"
+            f"{params['width']}×{params['height']} · {params['steps']} steps · {params['sampler']} · CFG {params['cfg']}"
+            f" · seed {seeds}\n"
+            f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
+        )
+        channel = await self._channel(job.channel_id)
+        message = await channel.send(
+            content=content,
+            files=files,
+            view=ui.result_view(job.id, len(images)),
+            allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
+        )
+        try:
+            await message.add_reaction(ui.REROLL)
+        except discord.HTTPException:
+            log.info("could not add the reroll reaction to %s", message.id)
+        await self._close_status(job.id)
+        return message.id
+
+    async def failure(self, job: Any, error: str) -> None:
+        text = f"❌ <@{job.user_id}> job #{job.id} failed: {error}\nYour {job.cost} credits were refunded."
+        target = self.status.get(job.id)
+        try:
+            if target is not None:
+                await target.edit(content=text, view=None, attachments=[])
+                self.status.pop(job.id, None)
+                return
+        except discord.HTTPException:
+            pass
+        channel = await self._channel(job.channel_id)
+        await channel.send(text, allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]))
+
+    async def cancelled(self, job_id: int) -> None:
+        target = self.status.pop(job_id, None)
+        if target is not None:
+            try:
+                await target.edit(content=f"🛑 Job #{job_id} cancelled; credits refunded.", view=None, attachments=[])
+            except discord.HTTPException:
+                pass
+
+    async def _close_status(self, job_id: int) -> None:
+        target = self.status.pop(job_id, None)
+        if target is None:
+            return
+        try:
+            await target.delete()
+        except discord.HTTPException:
+            log.info("could not remove the status message of job %s", job_id)

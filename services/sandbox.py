@@ -1,0 +1,132 @@
+"""`python bot.py --sandbox`: the real bot against the local Discord emulator, driven from a terminal.
+
+No Discord account and no download: the emulator plays Discord, the tiny model is built on first
+use, SQLite lives in the data folder.  Type slash commands as you would in Discord
+(`/imagine prompt:a cat count:2`); the bot's messages are printed and their images saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from services.config import Config
+
+log = logging.getLogger(__name__)
+
+_OPTION = re.compile(r"(?:^|\s)([a-z_]+):")
+
+HELP = """\
+Sandbox ready — you are {user} in #{channel} of "{guild}".
+Type a slash command, e.g.
+  /imagine prompt:a cat in a spacesuit count:2 aspect:landscape
+  /credits      /history      /cost prompt:a cat steps:40
+  react N 🔄     (react to the N-th last bot message; ❌ ⭐ ✉️ work too)
+  click N LABEL  (press a button of the N-th last bot message, e.g. click 1 V1)
+  quit
+Images are saved to {out}.
+"""
+
+
+def parse_command_line(line: str) -> tuple[str, dict[str, Any]]:
+    """`/imagine prompt:a cat count:2` → ("imagine", {"prompt": "a cat", "count": 2})."""
+    line = line.strip().lstrip("/")
+    matches = list(_OPTION.finditer(line))
+    name = (line[: matches[0].start()] if matches else line).strip()
+    options: dict[str, Any] = {}
+    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
+        raw = line[m.end() : nxt.start() if nxt else len(line)].strip()
+        options[m.group(1)] = _value(raw)
+    return name, options
+
+
+def _value(raw: str) -> Any:
+    if re.fullmatch(r"-?\d+", raw):
+        return int(raw)
+    if re.fullmatch(r"-?\d+\.\d*", raw):
+        return float(raw)
+    if raw.lower() in ("true", "false"):
+        return raw.lower() == "true"
+    return raw
+
+
+async def run_sandbox(config: Config, lines: Any = None) -> None:
+    """Start the emulator and the bot; read commands from `lines` (default: stdin) until EOF/quit."""
+    from bot import DiffusionBot, point_at
+    from discord_emulator import Emulator
+
+    emu = Emulator()
+    await emu.start()
+    config.discord.api_base, config.discord.gateway_url = emu.api_base, emu.gateway_url
+    config.discord.token, config.discord.guild_ready_timeout = emu.bot_token, 0.2
+    if config.storage.data_dir == "data":
+        config.storage.data_dir = "data/sandbox"
+    out = Path(config.data_dir) / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    point_at(config)
+    bot = DiffusionBot(config)
+    runner = asyncio.create_task(bot.start(config.discord.token))
+    await bot.wait_until_ready()
+    guild = emu.guilds[0]
+    channel, user = guild.channel("general"), emu.user("alice")
+    print(HELP.format(user=user.username, channel=channel.name, guild=guild.name, out=out.resolve()), flush=True)
+    seen: set[int] = set()
+    printer = asyncio.create_task(_print_messages(emu, channel, user, out, seen))
+    try:
+        async for line in lines or _stdin_lines():
+            line = line.strip()
+            if not line:
+                continue
+            if line in ("quit", "exit"):
+                break
+            try:
+                await _do(emu, channel, user, line)
+            except Exception as exc:  # a typo must not end the sandbox
+                print(f"! {exc}", flush=True)
+    finally:
+        printer.cancel()
+        await bot.close()
+        runner.cancel()
+        await emu.stop()
+
+
+async def _do(emu: Any, channel: Any, user: Any, line: str) -> None:
+    words = line.split()
+    bot_messages = [m for m in emu.channel_messages(channel) if m.author.bot and not m.deleted]
+    if words[0] in ("react", "click"):
+        message = bot_messages[-int(words[1])]
+        if words[0] == "react":
+            await emu.add_reaction(user, message, words[2])
+        else:
+            button = next(b for b in message.buttons if (b.label or b.emoji_name) == words[2])
+            await emu.click(user, message, button.custom_id)
+        return
+    name, options = parse_command_line(line)
+    await emu.invoke(user, channel, name, options)
+
+
+async def _print_messages(emu: Any, channel: Any, user: Any, out: Path, seen: set[int]) -> None:
+    while True:
+        for message in emu.channel_messages(channel):
+            if message.id in seen or not message.author.bot or not message.visible_to(user) or message.loading:
+                continue
+            seen.add(message.id)
+            print(f"\n[{'only you' if message.ephemeral else 'bot'}] {message.content}", flush=True)
+            for att in message.attachments:
+                path = out / att.filename
+                path.write_bytes(await emu.read_attachment(att))
+                print(f"  saved {path}", flush=True)
+        await asyncio.sleep(0.3)
+
+
+async def _stdin_lines():
+    loop = asyncio.get_running_loop()
+    while True:
+        line = await loop.run_in_executor(None, sys.stdin.readline)
+        if not line:
+            return
+        yield line
