@@ -38,9 +38,9 @@ def parse_command_line(line: str) -> tuple[str, dict[str, Any]]:
     matches = list(_OPTION.finditer(line))
     name = (line[: matches[0].start()] if matches else line).strip()
     options: dict[str, Any] = {}
-    for m, nxt in zip(matches, [*matches[1:], None], strict=True):
-        raw = line[m.end() : nxt.start() if nxt else len(line)].strip()
-        options[m.group(1)] = _value(raw)
+    ends = [m.start() for m in matches[1:]] + [len(line)] * bool(matches)
+    for m, end in zip(matches, ends, strict=True):
+        options[m.group(1)] = _value(line[m.end() : end].strip())
     return name, options
 
 
@@ -70,10 +70,13 @@ async def run_sandbox(config: Config, lines: Any = None) -> None:
     point_at(config)
     bot = DiffusionBot(config)
     runner = asyncio.create_task(bot.start(config.discord.token))
-    await bot.wait_until_ready()
-    guild = emu.guilds[0]
+    while not bot.is_ready():
+        if runner.done():
+            runner.result()  # start-up failed: raise its error
+        await asyncio.sleep(0.05)
+    guild = emu.guild()
     channel, user = guild.channel("general"), emu.user("alice")
-    print(HELP.format(user=user.username, channel=channel.name, guild=guild.name, out=out.resolve()), flush=True)
+    print(HELP.format(user=user.name, channel=channel.name, guild=guild.name, out=out.resolve()), flush=True)
     seen: set[int] = set()
     printer = asyncio.create_task(_print_messages(emu, channel, user, out, seen))
     try:
@@ -102,7 +105,7 @@ async def _do(emu: Any, channel: Any, user: Any, line: str) -> None:
         if words[0] == "react":
             await emu.add_reaction(user, message, words[2])
         else:
-            button = next(b for b in message.buttons if (b.label or b.emoji_name) == words[2])
+            button = next(b for b in message.buttons if words[2] in (b.label, b.emoji))
             await emu.click(user, message, button.custom_id)
         return
     name, options = parse_command_line(line)
