@@ -89,19 +89,13 @@ class Worker:
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
-        self.ready = asyncio.Event()
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.engine = await loop.run_in_executor(self.gpu, self.engine_loader)
-        requeued, failed = await self.queue.requeue_expired(max_attempts=self.max_attempts)
-        if requeued or failed:
-            log.info("reaper: %s job(s) re-queued, %s failed after too many attempts", requeued, failed)
-        for job in failed if isinstance(failed, list) else []:
-            await self._announce_failure(job, "the bot restarted too many times while running this job")
+        await self._reap()
         self._task = asyncio.create_task(self._loop(), name="gpu-worker")
-        self.ready.set()
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; let the running batch finish (or release it after `timeout`)."""
@@ -138,7 +132,7 @@ class Worker:
             try:
                 if time.monotonic() - last_reap > self.lease_s / 2:
                     last_reap = time.monotonic()
-                    await self.queue.requeue_expired(max_attempts=self.max_attempts)
+                    await self._reap()
                 jobs = await self.queue.claim(self.worker_id, max_batch=self.max_batch, lease_s=self.lease_s)
             except Exception:  # the database is briefly unavailable: retry, don't die
                 log.exception("claiming jobs failed")
@@ -193,6 +187,14 @@ class Worker:
             if job.id in self._cancelled:
                 continue  # cancelled while batched with others: already refunded
             await self._finish(job, images)
+
+    async def _reap(self) -> None:
+        """Re-queue jobs whose worker died; tell the owners of those that ran out of attempts."""
+        requeued, failed = await self.queue.requeue_expired(max_attempts=self.max_attempts)
+        if requeued or failed:
+            log.info("reaper: %s job(s) re-queued, %s failed after too many attempts", len(requeued), len(failed))
+        for job in failed:
+            await self._announce_failure(job, "the bot stopped too many times while running this job")
 
     async def _keep_lease(self, ids: list[int]) -> None:
         while True:
