@@ -9,6 +9,7 @@ from discord.ext import commands
 from gen_core.buckets import bucket_choices
 from gen_core.samplers import SAMPLERS
 from services import ui
+from services.edit import EDIT_PRESET_CHOICES, edit_cost_line
 from services.jobs import ImagineOptions, UserError
 
 # Option descriptions shared by /imagine and /cost.
@@ -93,7 +94,11 @@ class Imagine(commands.Cog):
     imagine.autocomplete("aspect")(_aspect_autocomplete)
 
     @app_commands.command(name="cost", description="What an /imagine would cost, without running it")
-    @app_commands.describe(**{k: DESCRIBE[k] for k in ("prompt", "aspect", "steps", "count")})
+    @app_commands.describe(
+        **{k: DESCRIBE[k] for k in ("prompt", "aspect", "steps", "count")},
+        edit="Also price an /edit of that size with this preset",
+    )
+    @app_commands.choices(edit=EDIT_PRESET_CHOICES)
     async def cost(
         self,
         interaction: discord.Interaction,
@@ -101,6 +106,7 @@ class Imagine(commands.Cog):
         aspect: str | None = None,
         steps: app_commands.Range[int, 1, 150] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        edit: str | None = None,
     ) -> None:
         opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None)
         try:
@@ -108,12 +114,14 @@ class Imagine(commands.Cog):
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        total = sum(self.s.jobs.cost("imagine", p) for p in params_list)
+        policy = await self.s.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
+        total = sum(self.s.jobs.cost("imagine", p, policy) for p in params_list)
         balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]
         await interaction.response.send_message(
             f"💰 {len(params_list)} job(s) of {p['count']} image(s) at {p['width']}×{p['height']}, {p['steps']} steps "
-            f"would cost **{total}** credits. Your balance: {balance}.",
+            f"would cost **{total}** credits. Your balance: {balance}."
+            + (edit_cost_line(self.s.jobs, edit, p, policy) if edit else ""),
             ephemeral=True,
         )
 

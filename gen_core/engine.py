@@ -434,6 +434,9 @@ class Engine:
         cache: dict[tuple[str, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
         out = []
         for r in reqs:
+            if r.prompt_embeds is not None:
+                out.append(tuple(e.to(self.device, self.dtype) for e in r.prompt_embeds))
+                continue
             key = (r.prompt, r.negative, r.clip_skip)
             if key not in cache:
                 cond, uncond = self.encoder.encode_pair(r.prompt, r.negative, clip_skip=r.clip_skip)

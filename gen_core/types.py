@@ -27,6 +27,8 @@ class GenerationRequest:
     another size is stretched to ``width`` x ``height``; fit it first (``buckets.fit_to_bucket``)
     and pass its size to keep the aspect ratio.
     ``extra`` holds our own fields (job id, kind, ...) that are embedded in the PNG metadata.
+    ``prompt_embeds``, when set, is a ``(cond, uncond)`` pair of tensors used instead of encoding
+    ``prompt``/``negative`` (Imagic's interpolated embedding); the texts still go to the metadata.
     """
 
     prompt: str
@@ -43,6 +45,7 @@ class GenerationRequest:
     strength: float = 0.7
     noise: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
+    prompt_embeds: Any = None
 
     @property
     def is_img2img(self) -> bool:
@@ -98,6 +101,8 @@ class Progress:
     ``preview`` (only every ``preview_every`` steps, else ``None``) shows all images of the batch
     side by side at latent resolution (1/8 of the output size); ``previews`` has one such image per
     request of ``request_indices`` (its own images side by side), for per-user progress messages.
+    ``stage`` names the phase of a multi-stage job (Imagic: embedding, fine-tune, sampling); empty
+    for plain generation.
     """
 
     step: int
@@ -105,6 +110,7 @@ class Progress:
     request_indices: tuple[int, ...]
     preview: Image.Image | None = None
     previews: tuple[Image.Image, ...] = ()
+    stage: str = ""
 
     @property
     def fraction(self) -> float:
@@ -147,3 +153,4 @@ class EngineConfig:
     single_file_config: str | None = None
     vae_slicing: bool = True
     pad_prompts_in_batch: bool = False
+    inpaint_path: str = ""  # a dedicated inpainting checkpoint (9-channel UNet); see gen_core.outpaint

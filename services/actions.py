@@ -12,7 +12,9 @@ import discord
 
 from gen_core.metadata import format_parameters
 from services import ui
+from services.edit import EDIT_KINDS, remix_params
 from services.jobs import UserError, new_seed
+from services.mix import sweep_params
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +26,8 @@ def derive_params(job: Any, action: str, index: int | None, generation: Any) -> 
     params.pop("mode", None)
     if action == "reroll":
         return params
+    if action == "sweep":  # /mix results: the same seed at several weights between the first two prompts
+        return sweep_params(job.params, job.params["seed"])
     images = (job.result or {}).get("images", [])
     if index is None or not 0 <= index < len(images):
         raise UserError("That image no longer exists.")
@@ -56,12 +60,15 @@ class Actions:
         return job
 
     async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
-        params = derive_params(job, action, index, self.s.config.generation)
-        area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)
-        if params["width"] * params["height"] > area_limit:
-            raise UserError(f"That image is too large to {action} on this server.")
+        if job.kind in EDIT_KINDS:  # re-mix the kept tuned state: no optimisation again
+            kind, params = "edit_remix", remix_params(job, action, index)
+        else:
+            kind, params = job.kind, derive_params(job, action, index, self.s.config.generation)
+            area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)
+            if params["width"] * params["height"] > area_limit:
+                raise UserError(f"That image is too large to {action} on this server.")
         return await self.s.jobs.submit(
-            kind=job.kind, params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
+            kind=kind, params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
         )
 
     # -- buttons ----------------------------------------------------------------------------------
@@ -69,7 +76,7 @@ class Actions:
         try:
             await self.s.guard(interaction)
             job = await self._job(job_id)
-            if action in ("reroll", "var", "up"):
+            if action in ("reroll", "var", "up", "sweep", "eta"):
                 await interaction.response.defer(ephemeral=True, thinking=True)
                 jobs = await self.derive_and_submit(
                     job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)

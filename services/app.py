@@ -8,15 +8,17 @@ from typing import Any
 
 import discord
 
-from gen_core.images import ImageInputError, load_image
+from gen_core.images import ImageInputError, load_image, load_image_rgba
+from gen_core.imagic import TunedCache
 from services import ui
 from services.actions import Actions
 from services.config import Config
 from services.jobs import JobService, UserError
+from services.moderation import Moderation
 from services.publisher import DiscordPublisher
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
-from worker.handlers import HANDLERS
+from worker.handlers import HANDLERS, RAW_INPUT_KINDS, edit_handlers
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +44,7 @@ def default_engine_loader(config: Config):
                 clip_skip=m.clip_skip,
                 max_chunks=m.max_chunks,
                 max_area=config.generation.max_area * 4,
+                inpaint_path=m.inpaint_path,
             )
         )
 
@@ -66,6 +69,9 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
+        self.moderation = Moderation(self)
+        self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
+        self.edit_cache.cleanup()
         w = config.worker
         self.worker = Worker(
             queue=self.queue,
@@ -73,15 +79,16 @@ class Services:
             images=self.images,
             publisher=self.publisher,
             engine_loader=engine_loader or default_engine_loader(config),
-            handlers=HANDLERS,
+            handlers={**HANDLERS, **edit_handlers(self.edit_cache)},
             load_inputs=self.load_inputs,
             max_batch=w.max_batch,
             lease_s=w.lease_s,
             max_attempts=w.max_attempts,
             poll_interval_s=w.poll_interval_s,
             preview_every=w.preview_every,
+            screen=self.moderation.screen,
         )
-        self.jobs = JobService(config, self.queue, self.ledger, self.worker)
+        self.jobs = JobService(config, self.queue, self.ledger, self.worker, moderation=self.moderation)
         self.actions = Actions(self)
 
     async def start(self) -> None:
@@ -100,6 +107,12 @@ class Services:
         if not key:
             return {}
         image = load_image(await self.store.get(key), max_pixels=self.config.limits.max_input_pixels)
+        if job.kind in RAW_INPUT_KINDS:  # outpaint/inpaint: the original pixels, and the stored mask
+            mask_key = job.params.get("mask")
+            if mask_key:
+                mask = load_image(await self.store.get(mask_key), max_pixels=self.config.limits.max_input_pixels)
+                return {"init_image": image, "mask": mask.convert("L")}
+            return {"init_image": image}
         size = (job.params["width"], job.params["height"])
         if image.size != size:
             from PIL import Image
@@ -107,13 +120,15 @@ class Services:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return {"init_image": image}
 
-    async def read_attachment(self, attachment: discord.Attachment) -> Any:
-        """Download and decode an uploaded image, refusing oversized or non-image files clearly."""
+    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False) -> Any:
+        """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
+        oversized or non-image files clearly."""
         limit = self.config.limits.max_attachment_bytes
         if attachment.size > limit:
             raise UserError(f"`{attachment.filename}` is {attachment.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
         try:
-            return load_image(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
+            decode = load_image_rgba if rgba else load_image
+            return decode(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
 
@@ -121,7 +136,7 @@ class Services:
     async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:
         if guild_id is None:
             return "Image generation works in servers, not in DMs. Use the commands in a server channel."
-        return None
+        return await self.moderation.refusal(guild_id, user_id, channel_id)
 
     async def guard(self, interaction: discord.Interaction) -> None:
         """Raise `UserError` when this interaction may not start a job here."""
@@ -137,8 +152,10 @@ class Services:
 
     # -- submission from an interaction ---------------------------------------------------------
     async def submit_from_interaction(self, interaction: discord.Interaction, kind: str, params_list: list[dict]) -> list[Any]:
-        """Acknowledge at once (ephemeral), then reserve credits and enqueue; refusals cost nothing."""
-        await interaction.response.defer(ephemeral=True, thinking=True)
+        """Acknowledge at once (ephemeral; unless the cog already has), then reserve credits and
+        enqueue; refusals cost nothing."""
+        if not interaction.response.is_done():
+            await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             jobs = await self.jobs.submit(
                 kind=kind,

@@ -72,6 +72,10 @@ class GenerationConfig:
     )
     variation_strength: float = 0.6
     upscale_strength: float = 0.35
+    outpaint_pixels: int = 256  # default border added by /outpaint
+    outpaint_strength: float = 1.0  # denoising strength of /outpaint (below 1 starts from the edge-extended fill)
+    inpaint_strength: float = 0.75  # default strength of /inpaint
+    mask_blur: int = 16  # feather (pixels) of outpaint/inpaint masks into the kept area
 
 
 @dataclass
@@ -82,6 +86,27 @@ class LimitsConfig:
     max_permutations: int = 8
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_input_pixels: int = 4096 * 4096
+    max_train_images: int = 64
+    max_train_steps: int = 2000
+    max_mix_prompts: int = 4
+
+
+@dataclass
+class ModerationConfig:
+    nsfw_terms: str = "nsfw, nude, nudity, naked, explicit, porn, hentai, sex, topless, genitals"
+    sfw_negative: str = "nsfw, nude, nudity, naked, explicit, sexual"
+    image_check: bool = True
+
+
+@dataclass
+class EditConfig:
+    default_eta: float = 0.7
+    sampler: str = "DDIM"
+    cache_mb: int = 2048
+    fast_embed_steps: int = 50
+    fast_tune_steps: int = 100
+    quality_embed_steps: int = 500
+    quality_tune_steps: int = 750
 
 
 @dataclass
@@ -100,6 +125,8 @@ class Config:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
+    edit: EditConfig = field(default_factory=EditConfig)
+    moderation: ModerationConfig = field(default_factory=ModerationConfig)
 
     @property
     def data_dir(self) -> Path:

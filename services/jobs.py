@@ -15,7 +15,7 @@ from typing import Any
 from gen_core.buckets import parse_aspect, scale_buckets
 from gen_core.samplers import SAMPLERS
 from services.config import Config
-from storage import InsufficientCredits, JobSpec, QueueFull, compute_cost
+from storage import CostPolicy, InsufficientCredits, JobSpec, QueueFull, compute_cost
 from worker.handlers import batch_key
 
 
@@ -67,8 +67,11 @@ class ImagineOptions:
 
 
 class JobService:
-    def __init__(self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None) -> None:
+    def __init__(
+        self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None, moderation: Any = None
+    ) -> None:
         self.config = config
+        self.moderation = moderation  # services.moderation.Moderation: the server's rules, applied in submit()
         self.queue = queue
         self.ledger = ledger
         self.worker = worker
@@ -82,6 +85,19 @@ class JobService:
         prompt = o.prompt.strip()
         if not prompt:
             raise UserError("The prompt is empty. Describe the image you want, e.g. `a cat in a spacesuit`.")
+        settings = self.common_params(o)
+        out = []
+        for text in expand_permutations(prompt, limits.max_permutations):
+            full = f"{gen.quality_tags}, {text}" if o.quality and gen.quality_tags else text
+            self.check_tokens(full)
+            self.check_tokens(settings["negative"])
+            out.append({"prompt": full, "user_prompt": text, **settings})
+        return out
+
+    def common_params(self, o: ImagineOptions) -> dict[str, Any]:
+        """Validate the options every txt2img-like command shares (all but the prompt): size, steps,
+        count, CFG, sampler, clip skip, seed and the negative prompt with its undesired preset."""
+        gen, limits = self.config.generation, self.config.limits
         try:
             width, height = parse_aspect(o.aspect or gen.default_aspect, self.buckets)
         except ValueError as exc:
@@ -109,27 +125,17 @@ class JobService:
         seed = new_seed() if o.seed is None else o.seed
         if not 0 <= seed < 2**32:
             raise UserError("seed must be between 0 and 4294967295.")
-        out = []
-        for text in expand_permutations(prompt, limits.max_permutations):
-            full = f"{gen.quality_tags}, {text}" if o.quality and gen.quality_tags else text
-            self.check_tokens(full)
-            self.check_tokens(negative)
-            out.append(
-                {
-                    "prompt": full,
-                    "user_prompt": text,
-                    "negative": negative,
-                    "width": width,
-                    "height": height,
-                    "steps": steps,
-                    "cfg": cfg,
-                    "sampler": sampler,
-                    "seed": seed,
-                    "count": count,
-                    "clip_skip": clip_skip,
-                }
-            )
-        return out
+        return {
+            "negative": negative,
+            "width": width,
+            "height": height,
+            "steps": steps,
+            "cfg": cfg,
+            "sampler": sampler,
+            "seed": seed,
+            "count": count,
+            "clip_skip": clip_skip,
+        }
 
     def check_tokens(self, text: str) -> None:
         if self.count_tokens is None or not text:
@@ -139,14 +145,18 @@ class JobService:
         if n > limit:
             raise UserError(f"That prompt is {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
 
-    def cost(self, kind: str, params: dict[str, Any]) -> int:
+    def cost(self, kind: str, params: dict[str, Any], policy: CostPolicy | None = None) -> int:
+        """The price under `policy` (the guild's, from `Ledger.policy_for`; default: the built-in one)."""
         return compute_cost(
             kind,
             params["width"],
             params["height"],
-            params["steps"],
-            count=params.get("count", 1),
+            # plus optimisation work in sampling-step equivalents (an /edit's Imagic stages 1-2)
+            params["steps"] + params.get("work_steps", 0),
+            # UNet evaluations per output image and step: 2 with CFG (a /mix sweep or composable mix runs more)
+            count=params.get("count", 1) * params.get("unet_passes", 2) / 2,
             strength=params.get("strength") if params.get("init_image") else None,
+            policy=policy,
         )
 
     # -- submission -------------------------------------------------------------------------------
@@ -158,7 +168,12 @@ class JobService:
         `request_key` identifies the Discord request (interaction id, or reaction + message):
         a retry of the same request returns the same jobs and charges nothing more.
         """
-        total = sum(self.cost(kind, p) for p in params_list)
+        if self.moderation is not None:  # the server's limits, banned words, negatives and NSFW rules
+            params_list = await self.moderation.apply(guild_id, channel_id, kind, params_list)
+            for params in params_list:
+                self.check_tokens(params.get("negative", ""))
+        policy = await self.ledger.policy_for(guild_id)
+        total = sum(self.cost(kind, p, policy) for p in params_list)
         balance = await self.ledger.balance(guild_id, user_id)
         if total > balance:
             raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
@@ -173,7 +188,7 @@ class JobService:
                     interaction_id=f"{request_key}:{i}",
                     params=params,
                     batch_key=batch_key(kind, params),
-                    cost=self.cost(kind, params),
+                    cost=self.cost(kind, params, policy),
                 )
                 job, _created = await self.queue.enqueue(spec)
                 jobs.append(job)

@@ -65,7 +65,7 @@ class DiscordPublisher:
             return
         target.last_edit = now
         text = f"🎨 **Generating** `{ui.clip(job.params.get('user_prompt', job.params['prompt']), 120)}`\n" \
-               f"`{ui.progress_bar(p.step, p.total)}` step {p.step}/{p.total}"
+               f"`{ui.progress_bar(p.step, p.total)}` {p.stage + ' · ' if p.stage else ''}step {p.step}/{p.total}"
         kwargs: dict[str, Any] = {"content": text, "view": ui.cancel_view(job.id)}
         if p.preview is not None:
             buf = io.BytesIO()
@@ -101,14 +101,14 @@ class DiscordPublisher:
         content = (
             f"<@{job.user_id}> **{ui.clip(params.get('user_prompt', params['prompt']), 300)}**\n"
             f"{params['width']}×{params['height']} · {params['steps']} steps · {params['sampler']} · CFG {params['cfg']}"
-            f" · seed {seeds}\n"
+            f" · seed {seeds}" + (f" · η {params['eta']}" if "eta" in params else "") + "\n"
             f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
         )
         channel = await self._channel(job.channel_id)
         message = await channel.send(
             content=content,
             files=files,
-            view=ui.result_view(job.id, len(images)),
+            view=ui.result_view_for(job.kind, job.id, len(images)),
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
         )
         try:

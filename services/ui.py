@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+from collections.abc import Callable
 from typing import Any
 
 import discord
@@ -48,6 +49,15 @@ def result_view(job_id: int, n_images: int, actions: tuple[str, ...] = ("reroll"
             for i in range(n_images):
                 view.add_item(JobButton(job_id, action, i, label=f"{prefix}{i + 1}", row=row))
     return view
+
+
+# Result views of job kinds whose buttons differ from `result_view` (each registered by its cog).
+RESULT_VIEWS: dict[str, Callable[[int, int], discord.ui.View]] = {}
+
+
+def result_view_for(kind: str, job_id: int, n_images: int) -> discord.ui.View:
+    build = RESULT_VIEWS.get(kind)
+    return build(job_id, n_images) if build else result_view(job_id, n_images)
 
 
 def cancel_view(job_id: int) -> discord.ui.View:

@@ -101,9 +101,9 @@ Images
 Other repositories (module functions taking ``db``)
 ---------------------------------------------------
 * ``storage.settings``: touch_user, touch_guild, get_guild_settings, update_guild_settings, set_guild_policy,
-  guild_policy, get_channel_settings, update_channel_settings.
+  guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
-  remove_banned_word, banned_words.
+  remove_banned_word, banned_words, bans.
 * ``storage.modules`` (hypernetworks): register, get, get_by_id, visible, list_all, update, delete.
 """
 

@@ -138,3 +138,14 @@ async def remove_banned_word(db: Database, guild_id: int, word: str) -> bool:
 async def banned_words(db: Database, guild_id: int) -> list[str]:
     stmt = select(BannedWord.word).where(BannedWord.guild_id == guild_id).order_by(BannedWord.word)
     return await db.run_read(lambda s: list(s.scalars(stmt)))
+
+
+async def bans(db: Database, guild_id: int) -> list[Ban]:
+    """The guild's active bans, oldest first (expired ones are left out)."""
+    now = db.now()
+    stmt = (
+        select(Ban)
+        .where(Ban.guild_id == guild_id, (Ban.expires_at.is_(None)) | (Ban.expires_at > now))
+        .order_by(Ban.created_at, Ban.user_id)
+    )
+    return await db.run_read(lambda s: list(s.scalars(stmt)))

@@ -187,7 +187,7 @@ _ENQUEUE_CHECKS = select(
 _QUEUED_OF_USER = (
     select(func.count())
     .select_from(jobs)
-    .where(jobs.c.user_id == bindparam("p_user_id"), jobs.c.status == QUEUED)
+    .where(jobs.c.guild_id == bindparam("p_guild_id"), jobs.c.user_id == bindparam("p_user_id"), jobs.c.status == QUEUED)
 )
 _INSERT_JOB = jobs.insert().returning(jobs.c.id)
 _CLAIMABLE = (jobs.c.status == QUEUED, jobs.c.guild_id.not_in(_paused_guilds()))
@@ -328,7 +328,7 @@ class SqlJobQueue(JobQueue):
         policy = _sql.policy_from_settings(self.policy, settings)
         # the account row lock (PostgreSQL) serialises this user's enqueues in the guild before counting
         account = _sql.open_account(s, spec.guild_id, spec.user_id, policy, now, lock=True)
-        if s.scalar(_QUEUED_OF_USER, {"p_user_id": spec.user_id}) >= policy.max_queued_per_user:
+        if s.scalar(_QUEUED_OF_USER, {"p_guild_id": spec.guild_id, "p_user_id": spec.user_id}) >= policy.max_queued_per_user:
             raise QueueFull(policy.max_queued_per_user)
         if account.balance < spec.cost:
             raise InsufficientCredits(spec.cost, account.balance)

@@ -126,3 +126,9 @@ async def update_channel_settings(
         return row
 
     return await db.run_write(unit)
+
+
+async def guild_channel_settings(db: Database, guild_id: int) -> list[ChannelSettings]:
+    """Every channel of the guild that has its own settings row."""
+    stmt = select(ChannelSettings).where(ChannelSettings.guild_id == guild_id).order_by(ChannelSettings.channel_id)
+    return await db.run_read(lambda s: list(s.scalars(stmt)))

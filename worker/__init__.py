@@ -67,6 +67,7 @@ class Worker:
         max_attempts: int = 3,
         poll_interval_s: float = 0.5,
         preview_every: int = 5,
+        screen: Callable[[Any, list[GeneratedImage]], Awaitable[list[GeneratedImage]]] | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -80,6 +81,7 @@ class Worker:
         self.max_attempts = max_attempts
         self.poll_interval_s = poll_interval_s
         self.preview_every = preview_every
+        self.screen = screen  # e.g. an image safety check: may replace images before they are stored
         self.worker_id = f"worker-{uuid.uuid4().hex[:8]}"
         self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
         self.engine: Any = None
@@ -214,8 +216,13 @@ class Worker:
 
     # -- outcomes ------------------------------------------------------------------------------
     async def _finish(self, job: Any, images: list[GeneratedImage]) -> None:
+        if self.screen is not None:
+            images = await self.screen(job, images)
         stored = []
         for gen in images:
+            params = dict(gen.parameters)
+            if job.params.get("user_prompt"):  # what the user typed, without the quality tags: /history shows it
+                params["user_prompt"] = job.params["user_prompt"]
             data = gen.png_bytes()
             key = await self.store.put(data)
             await self.images.record(
@@ -226,7 +233,7 @@ class Worker:
                 width=gen.image.width,
                 height=gen.image.height,
                 seed=gen.seed,
-                params=gen.parameters,
+                params=params,
             )
             stored.append({"key": key, "seed": gen.seed, "width": gen.image.width, "height": gen.image.height})
         await self.queue.complete(job.id, {"images": stored})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import uuid
 from typing import Any
 
 from gen_core.types import GeneratedImage, GenerationRequest
@@ -12,6 +14,10 @@ BATCH_FIELDS = ("width", "height", "steps", "sampler", "cfg", "clip_skip", "stre
 
 
 def batch_key(kind: str, params: dict[str, Any]) -> str:
+    if kind == "edit":  # an optimisation is never shared: each edit runs alone
+        return f"edit:{uuid.uuid4().hex}"
+    if kind == "edit_remix":  # re-mixes of one tuned state share a sampling pass
+        kind = f"edit_remix:{params['source_job']}"
     mode = "img2img" if params.get("init_image") else "txt2img"
     values = ":".join(str(params.get(f)) for f in BATCH_FIELDS if mode == "img2img" or f != "strength")
     return f"{kind}:{mode}:{values}"
@@ -47,4 +53,104 @@ def run_imagine(
     return [result.images for result in results]
 
 
-HANDLERS = {"imagine": run_imagine}
+def _outpaint_request(job: Any, image: Any) -> Any:
+    from gen_core.outpaint import InpaintRequest, OutpaintPlan, outpaint_inputs
+
+    p = job.params
+    plan = OutpaintPlan(canvas=(p["width"], p["height"]), box=tuple(p["box"]), downscaled=False)
+    canvas, mask = outpaint_inputs(image, plan, p["mask_blur"], seed=p["seed"])
+    return InpaintRequest(request_from_params({**p, "mode": "outpaint"}, canvas, job.id), mask)
+
+
+def _inpaint_request(job: Any, image: Any, mask: Any) -> Any:
+    from gen_core.outpaint import InpaintRequest, feather_mask, fill_masked
+
+    p = job.params
+    filled = fill_masked(image, mask, p.get("fill", "original"), seed=p["seed"])
+    return InpaintRequest(request_from_params({**p, "mode": "inpaint"}, filled, job.id), feather_mask(mask, p["mask_blur"]))
+
+
+def run_inpaint(
+    engine: Any, jobs: list[Any], inputs: dict[int, dict[str, Any]], progress, cancel, preview_every: int
+) -> list[list[GeneratedImage]]:
+    """Outpaint and inpaint jobs: one batched inpainting call; outputs keep the original pixels."""
+    from gen_core.outpaint import inpaint_batch
+
+    items = [
+        _outpaint_request(job, inputs[job.id]["init_image"])
+        if job.kind == "outpaint"
+        else _inpaint_request(job, inputs[job.id]["init_image"], inputs[job.id]["mask"])
+        for job in jobs
+    ]
+    return inpaint_batch(engine, items, progress=progress, cancel=cancel, preview_every=preview_every)
+
+
+def run_mix(
+    engine: Any, jobs: list[Any], inputs: dict[int, dict[str, Any]], progress, cancel, preview_every: int
+) -> list[list[GeneratedImage]]:
+    """/mix jobs (embedding blends, composable prompts, sweeps), one after the other."""
+    from gen_core.mix import MixRequest, generate_mix, parts_from_pairs
+
+    requests = [
+        MixRequest(
+            base=request_from_params(job.params, job_id=job.id),
+            parts=parts_from_pairs(job.params["parts"]),
+            mode=job.params["mix_mode"],
+            normalize=job.params.get("normalize", True),
+            sweep=tuple(job.params.get("sweep", ())),
+        )
+        for job in jobs
+    ]
+    results = generate_mix(engine, requests, progress=progress, cancel=cancel, preview_every=preview_every)
+    return [result.images for result in results]
+
+
+def run_edit(
+    cache: Any, engine: Any, jobs: list[Any], inputs: dict[int, dict[str, Any]], progress, cancel, preview_every: int
+) -> list[list[GeneratedImage]]:
+    """/edit jobs one by one: Imagic stages 1-2 (state kept in `cache` under the job id), then a sample."""
+    from gen_core import imagic
+
+    out = []
+    for job in jobs:
+        p = job.params
+        preset = imagic.PRESETS[p["preset"]].with_steps(p["embed_steps"], p["tune_steps"])
+        request = request_from_params({**p, "mode": "edit"}, job_id=job.id)
+        state, _log = imagic.tune(engine, inputs[job.id]["init_image"], request, preset, progress=progress, cancel=cancel)
+        cache.put(job.id, state)
+        results = imagic.remix(engine, state, [request], [p["eta"]], progress=progress, cancel=cancel, preview_every=preview_every)
+        out.append(results[0].images)
+    return out
+
+
+def run_edit_remix(
+    cache: Any, engine: Any, jobs: list[Any], inputs: dict[int, dict[str, Any]], progress, cancel, preview_every: int
+) -> list[list[GeneratedImage]]:
+    """Re-mixes (another η or seed) from kept tuned states: one sampling pass per source edit."""
+    from gen_core import imagic
+
+    by_source: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        by_source.setdefault(job.params["source_job"], []).append(i)
+    out: list[list[GeneratedImage]] = [[] for _ in jobs]
+    for source, members in by_source.items():
+        state = cache.get(source)
+        if state is None:
+            raise ValueError(f"the tuned state of edit #{source} is no longer kept; run /edit again to re-mix it")
+        requests = [request_from_params({**jobs[i].params, "mode": "edit remix"}, job_id=jobs[i].id) for i in members]
+        etas = [jobs[i].params["eta"] for i in members]
+        results = imagic.remix(engine, state, requests, etas, progress=progress, cancel=cancel, preview_every=preview_every)
+        for i, result in zip(members, results, strict=True):
+            out[i] = result.images
+    return out
+
+
+def edit_handlers(cache: Any) -> dict[str, Any]:
+    """The /edit handlers bound to the on-disk cache of tuned states (a `gen_core.imagic.TunedCache`)."""
+    return {"edit": functools.partial(run_edit, cache), "edit_remix": functools.partial(run_edit_remix, cache)}
+
+
+# Kinds whose input images reach the handler at their stored size (not resized to the job's size).
+RAW_INPUT_KINDS = ("outpaint", "inpaint")
+
+HANDLERS = {"imagine": run_imagine, "outpaint": run_inpaint, "inpaint": run_inpaint, "mix": run_mix}

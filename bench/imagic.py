@@ -1,0 +1,175 @@
+"""/edit (Imagic) cost: img2img vs /edit fast vs /edit quality vs a re-mix, same size and steps.
+
+All four run on one engine in this process, side by side: an img2img of the input image (strength
+1.0, so it denoises every step, the same number as the edit's sampling pass), an Imagic edit with
+the ``fast`` and the ``quality`` preset (stages 1-3), and a re-mix of the fast state with another
+η (stage 3 only).  Times are reported as ratios to the img2img; the η=0 reconstruction PSNR of
+each preset (against the input image) is reported next to the img2img's.  The ``fast`` preset
+targets ≤ 10× an img2img.
+
+On the tiny model (default) the images are noise and the PSNRs only show that tuning moves the
+output towards the input.  ``--sd15`` builds Stable Diffusion 1.5-sized random weights instead
+(compute does not depend on the values; for a GPU) and also reports the peak GPU memory of the fast
+edit, whose target is < 24 GB at 512×512.
+
+    python -m bench.imagic [--size 128] [--steps 20] [--quality-scale 1.0] [--sd15] [--model-dir DIR]
+
+``run(...)`` returns a dict for a bench runner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+PROMPT = "a photo of a pistachio cake"
+
+
+def _input_image(size: int) -> Image.Image:
+    # Smooth colour fields with a few edges: something a denoiser can learn to reconstruct.
+    y, x = np.mgrid[0:size, 0:size] / size
+    rgb = np.stack([x, y, 0.5 + 0.5 * np.sin(6 * x * y)], axis=-1)
+    rgb[size // 4 : size // 2, size // 3 : 2 * size // 3] = (0.9, 0.2, 0.1)
+    return Image.fromarray((rgb * 255).astype(np.uint8))
+
+
+def sd15_sized_pipeline(seed: int = 0):
+    """A Stable Diffusion 1.5-sized pipeline with random weights (UNet 860M, VAE, CLIP ViT-L text)."""
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from gen_core.tiny import build_tiny_pipeline
+
+    tiny = build_tiny_pipeline(seed)  # its real CLIP tokenizer and SD scheduler
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512),
+        layers_per_block=2,
+        latent_channels=4,
+        sample_size=512,
+    )
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+            num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
+        )
+    )  # fmt: skip
+    return StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=tiny.tokenizer, unet=unet, scheduler=tiny.scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+
+
+def _engine(sd15: bool, model_dir: str | Path | None):
+    from gen_core.engine import Engine, resolve_device, resolve_dtype
+    from gen_core.tiny import ensure_tiny_model
+    from gen_core.types import EngineConfig
+
+    if not sd15:
+        with tempfile.TemporaryDirectory(prefix="bench-imagic-") as tmp:
+            path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
+            return Engine.load(EngineConfig(model_path=str(path)))
+    config = EngineConfig(model_path="sd15-sized-random")
+    device = resolve_device(config.device)
+    pipe = sd15_sized_pipeline().to(device, resolve_dtype(config.dtype, device))
+    Engine._configure_modules(pipe, config, device)
+    return Engine(pipe, config, model_name="sd15-sized-random")
+
+
+def _timed(fn) -> tuple[float, Any]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - started, out
+
+
+def run(
+    size: int = 128,
+    steps: int = 20,
+    quality_scale: float = 1.0,
+    sd15: bool = False,
+    runs: int = 3,
+    seed: int = 1234,
+    model_dir: str | Path | None = None,
+) -> dict[str, Any]:
+    """``quality_scale`` shrinks the quality preset's step counts (for quick runs); img2img and re-mix
+    times are medians of ``runs``; each edit runs once (it is ~10-100 sampling passes long)."""
+    from gen_core import imagic
+    from gen_core.types import GenerationRequest
+
+    engine = _engine(sd15, model_dir)
+    source = _input_image(size)
+    request = GenerationRequest(PROMPT, width=size, height=size, steps=steps, sampler="DDIM", cfg=7.0, seed=seed)
+    quality = imagic.QUALITY.with_steps(
+        max(1, round(imagic.QUALITY.embed_steps * quality_scale)), max(1, round(imagic.QUALITY.tune_steps * quality_scale))
+    )
+    img2img = dataclasses.replace(request, init_image=source, strength=1.0)
+    warm_state, _ = imagic.tune(engine, source, request, imagic.FAST.with_steps(1, 1))  # warm-up of every path
+    imagic.remix(engine, warm_state, [request], [0.5])
+    timings = [_timed(lambda: engine.generate(img2img)) for _ in range(runs + 1)]
+    img2img_s, i2i = statistics.median(t for t, _ in timings[1:]), timings[-1][1]
+    out: dict[str, Any] = {
+        "size": size, "steps": steps, "runs": runs, "device": str(engine.device), "dtype": str(engine.dtype).removeprefix("torch."),
+        "model": engine.model_name, "img2img_s": img2img_s,
+        "img2img_psnr": imagic.psnr(source, i2i.images[0].image),
+    }  # fmt: skip
+    states = {}
+    for preset in (imagic.FAST, quality):
+        if torch.cuda.is_available():
+            torch.cuda.reset_peak_memory_stats()
+
+        def edit(preset=preset):
+            state, _ = imagic.tune(engine, source, request, preset)
+            return state, imagic.remix(engine, state, [request], [0.7])
+
+        seconds, (state, _) = _timed(edit)
+        states[preset.name] = state
+        reconstruction = imagic.remix(engine, state, [request], [0.0])[0].images[0].image
+        out[f"{preset.name}_s"] = seconds
+        out[f"{preset.name}_steps"] = [preset.embed_steps, preset.tune_steps]
+        out[f"ratio_{preset.name}_over_img2img"] = seconds / img2img_s
+        out[f"{preset.name}_psnr_eta0"] = imagic.psnr(source, reconstruction)
+        if torch.cuda.is_available():
+            out[f"{preset.name}_peak_gpu_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    remix_s = statistics.median(_timed(lambda: imagic.remix(engine, states["fast"], [request], [0.9]))[0] for _ in range(runs))
+    out["remix_s"] = remix_s
+    out["ratio_remix_over_img2img"] = remix_s / img2img_s
+    out["fast_target_met"] = out["ratio_fast_over_img2img"] <= 10.0
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--quality-scale", type=float, default=1.0)
+    parser.add_argument("--sd15", action="store_true", help="SD 1.5-sized random weights (GPU)")
+    parser.add_argument("--model-dir")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING)
+    result = run(args.size, args.steps, args.quality_scale, args.sd15, model_dir=args.model_dir)
+    for name in ("fast", "quality", "remix"):
+        print(f"{name:>8}: {result[f'ratio_{name}_over_img2img']:.2f}x img2img")  # noqa: T201 - CLI output
+    print(json.dumps(result, indent=2))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,371 @@
+"""Run every benchmark with small settings and write ``bench/RESULTS.md``.
+
+    python -m bench [--only NAME ...] [--quick] [--threads N] [--output PATH]
+
+Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic (each also runs
+alone as ``python -m bench.NAME``).  They run one after another in this process on one tiny model
+built once; a benchmark that fails is reported as such and the others still run.  The results file
+has one row per measurement with its target and pass/miss, the machine and the versions, and
+every benchmark's full result dict.  The exit status is 1 if a benchmark failed to run (a missed
+target is a result, not a failure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+BENCHMARKS = ("engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic")
+DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
+
+# Settings per benchmark: normal (`python -m bench`) and --quick.  Both are far smaller than the
+# benchmarks' own defaults so that the whole run stays within a few minutes on two CPU cores.
+SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
+    "engine_overhead": {
+        "normal": {"size": 512, "steps": 20, "runs": 5, "warmup": 1},
+        "quick": {"size": 256, "steps": 10, "runs": 3, "warmup": 1},
+    },
+    "prompt_encoding": {
+        "normal": {"runs": 20, "warmup": 2},
+        "quick": {"runs": 8, "warmup": 1},
+    },
+    "storage_queue": {
+        "normal": {"n_jobs": 1000},
+        "quick": {"n_jobs": 300},
+    },
+    "batching": {
+        "normal": {"size": 512, "steps": 20, "runs": 5},
+        "quick": {"size": 512, "steps": 10, "runs": 3, "stage_split": False},
+    },
+    "mix": {
+        "normal": {"size": 256, "steps": 10, "runs": 5},
+        "quick": {"size": 128, "steps": 10, "runs": 3},
+    },
+    "imagic": {
+        "normal": {"size": 128, "steps": 20, "quality_scale": 0.2},
+        "quick": {"size": 64, "steps": 10, "quality_scale": 0.1},
+    },
+    "bot_e2e": {
+        "normal": {"size": 512, "steps": 20, "runs": 5, "n_jobs": 200, "n_users": 20, "busy_steps": 150},
+        "quick": {"size": 512, "steps": 10, "runs": 3, "n_jobs": 200, "n_users": 20, "busy_steps": 100},
+    },
+}
+
+
+@dataclass
+class Row:
+    bench: str
+    measurement: str
+    value: str
+    target: str = "—"
+    verdict: str = "info"  # pass | miss | info
+    note: str = ""
+
+
+def _check(ok: bool) -> str:
+    return "pass" if ok else "miss"
+
+
+def _spread(values: list[float], unit: str = "s") -> str:
+    if not values:
+        return ""
+    scale = 1000 if unit == "ms" else 1
+    return f"runs {min(values) * scale:.3g}–{max(values) * scale:.3g} {unit}"
+
+
+# ----------------------------------------------------------------------------- rows per benchmark
+
+
+def rows_engine_overhead(r: dict[str, Any]) -> list[Row]:
+    note = f"{r['size']}, {r['steps']} steps, {r['sampler']}; medians of {r['runs']} interleaved runs"
+    return [
+        Row("engine_overhead", "engine.generate / bare diffusers call", f"{r['ratio_engine_over_bare']:.3f}×",
+            "≤ 1.05×", _check(r["ratio_engine_over_bare"] <= 1.05),
+            f"{note}; {r['median_s_engine'] * 1000:.0f} vs {r['median_s_bare'] * 1000:.0f} ms; "
+            f"identical pixels: {r['identical_pixels']}"),
+        Row("engine_overhead", "… with progress callback + previews every 5 steps",
+            f"{r['ratio_engine_progress_over_bare']:.3f}×", "≤ 1.05×",
+            _check(r["ratio_engine_progress_over_bare"] <= 1.05),
+            f"{r['median_s_engine_progress'] * 1000:.0f} ms"),
+    ]
+
+
+def rows_prompt_encoding(r: dict[str, Any]) -> list[Row]:
+    return [
+        Row("prompt_encoding", f"encode {r['tokens_long']}-token prompt with emphasis ({r['chunks_long']} chunks)",
+            f"{r['median_ms_225_emphasis']:.2f} ms", note=f"medians of {r['runs']} interleaved runs"),
+        Row("prompt_encoding", f"encode {r['tokens_short']}-token prompt (1 chunk)", f"{r['median_ms_75']:.2f} ms"),
+        Row("prompt_encoding", "225-token / 75-token", f"{r['ratio_225_over_75']:.2f}×",
+            note="3 chunks in one encoder pass; no target set for this benchmark"),
+        Row("prompt_encoding", "225 tokens, one encoder pass per chunk (comparison)",
+            f"{r['median_ms_225_one_pass_per_chunk']:.2f} ms",
+            note=f"tokenizing alone: {r['median_ms_225_tokenize_only']:.2f} ms"),
+    ]
+
+
+def rows_storage_queue(r: dict[str, Any]) -> list[Row]:
+    ok = r["jobs_per_s"] >= 500 and not r["ledger_problems"] and r["done"] == r["jobs"]
+    return [
+        Row("storage_queue", "enqueue + claim + complete throughput (SQLite)", f"{r['jobs_per_s']:.0f} jobs/s",
+            "≥ 500 jobs/s", _check(ok),
+            f"{r['jobs']} jobs, {r['producers']} producers, batches of ≤ {r['max_batch']} "
+            f"(mean {r['mean_batch']}), {r['path']}; ledger problems: {r['ledger_problems']}"),
+        Row("storage_queue", "enqueue latency p50 / p99", f"{r['enqueue_p50_ms']:.2f} / {r['enqueue_p99_ms']:.2f} ms",
+            note="under 8 concurrent producers + the consumer"),
+    ]
+
+
+def rows_batching(r: dict[str, Any]) -> list[Row]:
+    rows = [
+        Row("batching", f"{r['requests']} requests: generate_batch vs {r['requests']}× generate (throughput)",
+            f"{r['throughput_ratio']:.2f}×", f"≥ {r['target_ratio']}×", _check(r["throughput_ratio"] >= r["target_ratio"]),
+            f"{r['size']}, {r['steps']} steps, {r['unet_batches']} UNet batch(es); "
+            f"{r['images_per_s_batched']:.2f} vs {r['images_per_s_sequential']:.2f} img/s; medians of {r['runs']} "
+            f"interleaved runs ({_spread(r['all_s']['batched'])} batched, {_spread(r['all_s']['sequential'])} one by one); "
+            f"max pixel difference {r['max_pixel_diff']}/255"),
+    ]
+    stages = r.get("stages")
+    if stages:
+        rows.append(Row(
+            "batching", "UNet forward, 8 rows (4 images + CFG) / 2 rows (1 image)", f"{stages['unet_rows8_over_rows2']:.2f}×",
+            note=f"{stages['unet_forward_ms_rows8']:.0f} vs {stages['unet_forward_ms_rows2']:.0f} ms "
+                 f"(4.0× = no gain from batching); VAE decode {stages['vae_decode_ms_1']:.0f} ms/image, never batched",
+        ))
+    return rows
+
+
+def rows_bot_e2e(r: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    a = r.get("overhead")
+    if a:
+        rows += [
+            Row("bot_e2e", "generation inside the bot / bare engine.generate", f"{a['ratio_generation_over_bare']:.3f}×",
+                f"≤ {a['target_generation_ratio']}×", _check(a["ratio_generation_over_bare"] <= a["target_generation_ratio"]),
+                f"/imagine {a['size']}, {a['steps']} steps, fixed seed; worker's engine call (progress + previews every "
+                f"5 steps) {a['median_s_bot_generation'] * 1000:.0f} ms vs {a['median_s_bare_generate'] * 1000:.0f} ms; "
+                f"medians of {a['runs']} interleaved runs; identical pixels: {a['identical_pixels']}"),
+            Row("bot_e2e", "end to end (invoke → result message) / bare engine.generate",
+                f"{a['ratio_end_to_end_over_bare']:.3f}×",
+                note=f"{a['median_s_end_to_end'] * 1000:.0f} ms end to end ({_spread(a['all_s']['end_to_end'])})"),
+            Row("bot_e2e", "fixed overhead (end to end − generation)", f"{a['fixed_overhead_ms']:.0f} ms",
+                note=f"invoke → engine call {a['median_ms_invoke_to_generation']:.0f} ms, engine call → result posted "
+                     f"{a['median_ms_generation_to_result']:.0f} ms; ack {a['median_ms_ack']:.1f} ms; "
+                     f"emulator failures: {a['emulator_failures']}"),
+        ]
+    for key, label in (("ack_load", "paced"), ("ack_burst", "burst")):
+        b = r.get(key)
+        if not b:
+            continue
+        how = (f"{b['jobs']} invokes {b['invoke_interval_s'] * 1000:.0f} ms apart ({b['invoke_phase_s']:.1f} s)"
+               if b["invoke_interval_s"] > 0 else f"{b['jobs']} invokes at once")
+        ok = b["acked"] == b["jobs"] and b["ack_p99_ms"] < b["target_ack_p99_ms"]
+        rows += [
+            Row("bot_e2e", f"ack latency under load, {label}: p99", f"{b['ack_p99_ms']:.1f} ms",
+                f"< {b['target_ack_p99_ms']:.0f} ms", _check(ok),
+                f"{how} from {b['users']} users while the worker generates ({b['busy_job']}; busy throughout: "
+                f"{b['worker_busy_whole_invoke_phase']}); {b['acked']}/{b['jobs']} acked; "
+                f"failures: {b['interaction_failures']}"),
+            Row("bot_e2e", f"ack latency under load, {label}: p50", f"{b['ack_p50_ms']:.1f} ms",
+                note=f"p90 {b['ack_p90_ms']:.1f} ms, max {b['ack_max_ms']} ms"),
+            Row("bot_e2e", f"'queued' notice under load, {label}: p50 / p99",
+                f"{b['queued_notice_p50_ms']:.0f} / {b['queued_notice_p99_ms']:.0f} ms",
+                note=f"{b['queued_after']} jobs queued afterwards"),
+        ]
+    return rows
+
+
+def rows_mix(r: dict[str, Any]) -> list[Row]:
+    where = f"{r['size']}, {r['steps']} steps, medians of {r['runs']} interleaved runs"
+    return [
+        Row("mix", "one-prompt mix (own loop) / engine.generate (diffusers pipeline)", f"{r['loop_over_pipeline']:.3f}×",
+            note=f"{where}; identical pixels: {r['identical_pixels']}"),
+        Row("mix", "composable / blend, two prompts", f"{r['composable_over_blend']:.3f}×",
+            note="3 vs 2 UNet evaluations per step"),
+        Row("mix", "sweep grid (one batch of 5) / five separate renders", f"{r['sweep_over_five_renders']:.3f}×", note=where),
+    ]
+
+
+def rows_imagic(r: dict[str, Any]) -> list[Row]:
+    where = f"{r['size']}, {r['steps']} steps, {r['device']} {r['dtype']}, model {r['model']}"
+    return [
+        Row("imagic", f"/edit fast ({r['fast_steps'][0]} + {r['fast_steps'][1]} steps) / img2img",
+            f"{r['ratio_fast_over_img2img']:.1f}×", "≤ 10×", _check(r["fast_target_met"]),
+            f"{where}; η=0 PSNR {r['fast_psnr_eta0']:.2f} dB vs img2img {r['img2img_psnr']:.2f} dB"),
+        Row("imagic", f"/edit quality ({r['quality_steps'][0]} + {r['quality_steps'][1]} steps) / img2img",
+            f"{r['ratio_quality_over_img2img']:.1f}×", note=f"η=0 PSNR {r['quality_psnr_eta0']:.2f} dB"),
+        Row("imagic", "re-mix (η button) / img2img", f"{r['ratio_remix_over_img2img']:.2f}×",
+            note="one sampling pass with the kept adapters, no optimisation"),
+    ]
+
+
+ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
+    "engine_overhead": rows_engine_overhead,
+    "prompt_encoding": rows_prompt_encoding,
+    "storage_queue": rows_storage_queue,
+    "batching": rows_batching,
+    "bot_e2e": rows_bot_e2e,
+    "mix": rows_mix,
+    "imagic": rows_imagic,
+}
+
+
+# ----------------------------------------------------------------------------- running
+
+
+def run_one(name: str, settings: dict[str, Any], model_dir: Path, threads: int | None) -> dict[str, Any]:
+    import importlib
+
+    module = importlib.import_module(f"bench.{name}")
+    kwargs = dict(settings)
+    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic"):
+        kwargs["model_dir"] = model_dir
+    if name in ("batching", "bot_e2e", "mix") and threads:
+        kwargs["threads"] = threads
+    return module.run(**kwargs)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "not installed"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _loadavg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def environment(load_before: str = "") -> dict[str, str]:
+    import torch
+
+    affinity = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cpu": f"{_cpu_model()}, {os.cpu_count()} logical CPUs ({affinity} usable)",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none (CPU only)",
+        "torch threads": str(torch.get_num_threads()),
+        "load average (1/5/15 min)": f"before the run {load_before}; after {_loadavg()} "
+                                     "(other processes on the machine add noise)",
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "diffusers": _version("diffusers"),
+        "transformers": _version("transformers"),
+        "discord.py": _version("discord.py"),
+    }
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render(rows: list[Row], results: dict[str, Any], errors: dict[str, str], env: dict[str, str],
+           mode: str, seconds: dict[str, float]) -> str:
+    passed = sum(r.verdict == "pass" for r in rows)
+    missed = sum(r.verdict == "miss" for r in rows)
+    out = [
+        "# Benchmark results",
+        "",
+        f"`python -m bench{' --quick' if mode == 'quick' else ''}` — {env['date']}. "
+        f"{passed} targets met, {missed} missed"
+        + (f", {len(errors)} benchmark(s) failed to run" if errors else "") + ".",
+        "",
+        "All models are the tiny offline model (random weights, SD 1.x layout), so absolute times say little "
+        "about a real checkpoint; the ratios compare two ways of doing the same work on the same machine, "
+        "measured interleaved (medians).",
+        "",
+        "| Benchmark | Measurement | Value | Target | Result | Notes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        verdict = {"pass": "✅ pass", "miss": "❌ miss", "info": "info"}[r.verdict]
+        out.append(f"| {r.bench} | {_cell(r.measurement)} | {_cell(r.value)} | {_cell(r.target)} | {verdict} | {_cell(r.note)} |")
+    for name, error in errors.items():
+        out.append(f"| {name} | failed to run | — | — | ❌ error | {_cell(error.strip().splitlines()[-1])} |")
+    out += ["", "## Machine and versions", "", "| | |", "|---|---|"]
+    out += [f"| {k} | {_cell(v)} |" for k, v in env.items()]
+    out += ["", "## Settings and time taken", "", "| Benchmark | Settings | Seconds |", "|---|---|---|"]
+    for name in seconds:
+        settings = ", ".join(f"{k}={v}" for k, v in SETTINGS[name][mode].items())
+        out.append(f"| {name} | {settings} | {seconds[name]:.0f} |")
+    out += ["", "## Raw results", ""]
+    for name, result in results.items():
+        out += [f"<details><summary>{name}</summary>", "", "```json", json.dumps(result, indent=2), "```", "", "</details>", ""]
+    for name, error in errors.items():
+        out += [f"<details><summary>{name} (error)</summary>", "", "```", error.strip(), "```", "", "</details>", ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--only", action="append", choices=BENCHMARKS, metavar="NAME",
+                        help=f"run only this benchmark (repeatable): {', '.join(BENCHMARKS)}")
+    parser.add_argument("--quick", action="store_true", help="even smaller settings (a smoke run)")
+    parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT, help=f"results file (default: {DEFAULT_OUTPUT})")
+    parser.add_argument("--model-dir", type=Path, default=None, help="existing/created tiny model directory")
+    args = parser.parse_args(argv)
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    import torch
+
+    from gen_core.tiny import ensure_tiny_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    mode = "quick" if args.quick else "normal"
+    names = [n for n in BENCHMARKS if not args.only or n in args.only]
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    rows: list[Row] = []
+    load_before = _loadavg()
+    with tempfile.TemporaryDirectory(prefix="bench-") as tmp:
+        model_dir = ensure_tiny_model(args.model_dir or Path(tmp) / "tiny")
+        for name in names:
+            print(f"== {name} ({mode}) ...", file=sys.stderr, flush=True)
+            t0 = time.perf_counter()
+            try:
+                results[name] = run_one(name, SETTINGS[name][mode], model_dir, args.threads)
+                rows += ROWS[name](results[name])
+            except Exception:
+                errors[name] = traceback.format_exc()
+                print(errors[name], file=sys.stderr)
+            seconds[name] = time.perf_counter() - t0
+            print(f"   {name} took {seconds[name]:.0f} s", file=sys.stderr, flush=True)
+
+    text = render(rows, results, errors, environment(load_before), mode, seconds)
+    args.output.write_text(text, encoding="utf-8")
+    width = max((len(r.measurement) for r in rows), default=10)
+    for r in rows:
+        print(f"{r.bench:<16} {r.measurement:<{width}}  {r.value:>18}  {r.target:>14}  {r.verdict}")
+    for name in errors:
+        print(f"{name:<16} FAILED (see {args.output})")
+    print(f"wrote {args.output}")
+    return 1 if errors else 0

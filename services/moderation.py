@@ -1,0 +1,252 @@
+"""Server rules applied to every request: bans, channel allow/deny, per-guild and per-channel limits,
+banned words and regexes, the server negative prompt, NSFW gating and the optional image safety check.
+
+Two hooks carry them to every command: `Services.refusal_for` asks `refusal()` (bans, channels) before
+anything else, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
+negatives, NSFW) before pricing it.  Settings live in storage: the guild's settings blob (``limits``,
+``negative``, ``nsfw``), channel rows (``enabled`` = not denied, blob ``allowed`` / ``limits``), bans and
+banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``
+through their ``train_images`` (a count or a list) and ``train_steps`` parameters.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PIL import Image, ImageFilter
+from sqlalchemy import select
+
+from gen_core.types import GeneratedImage
+from services.jobs import UserError
+from storage import moderation
+from storage.models import Ban, BannedWord, ChannelSettings, GuildSettings
+
+SafetyCheck = Callable[[Image.Image], bool]
+"""An image safety check: True means the image must not be shown in a non-NSFW channel."""
+
+REGEX_PREFIX = "re:"
+POLICY_KEY = "cost_policy"  # the guild settings key of the cost policy overrides (storage.settings.set_guild_policy)
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_steps: int
+    max_area: int
+    max_count: int
+    max_queued: int
+    max_train_images: int
+    max_train_steps: int
+
+    def describe(self) -> str:
+        return "\n".join(f"`{k}` = {v}" for k, v in dataclasses.asdict(self).items())
+
+
+@dataclass(frozen=True)
+class NsfwRules:
+    terms: tuple[str, ...]
+    negative: str
+    image_check: bool
+
+
+@dataclass(frozen=True)
+class Rules:
+    """Everything that applies to one request in one channel."""
+
+    limits: Limits
+    banned: tuple[str, ...]
+    negative: str
+    nsfw: NsfwRules
+    nsfw_channel: bool
+
+
+def split_terms(text: str) -> tuple[str, ...]:
+    return tuple(t.strip().casefold() for t in text.split(",") if t.strip())
+
+
+def word_pattern(entry: str) -> re.Pattern[str]:
+    """A banned entry as a case-insensitive pattern: ``re:<regex>`` as is, a word or phrase as a whole word."""
+    if entry.startswith(REGEX_PREFIX):
+        return re.compile(entry[len(REGEX_PREFIX):], re.IGNORECASE)
+    return re.compile(rf"(?<!\w){re.escape(entry)}(?!\w)", re.IGNORECASE)
+
+
+def validate_banned_entry(entry: str) -> str:
+    """The entry as it will be stored, or `UserError` saying what is wrong with it."""
+    entry = entry.strip()
+    if not entry:
+        raise UserError("Give a word, a phrase, or a regex written as `re:<pattern>`.")
+    if entry.startswith(REGEX_PREFIX):
+        if entry != entry.casefold():
+            raise UserError("Regexes are matched ignoring case and stored in lower case: write it in lower case "
+                            "(for `\\W`, `\\S`, `\\D` use `[^\\w]`, `[^\\s]`, `[^\\d]`).")
+        try:
+            word_pattern(entry)
+        except re.error as exc:
+            raise UserError(f"`{entry[len(REGEX_PREFIX):]}` is not a valid regex: {exc}.") from None
+    return entry.casefold()
+
+
+def _first_match(text: str, entries: tuple[str, ...]) -> str | None:
+    return next((e for e in entries if word_pattern(e).search(text)), None)
+
+
+def _join(*parts: str) -> str:
+    return ", ".join(p for p in parts if p)
+
+
+def ban_message(reason: str | None) -> str:
+    why = f" ({reason})" if reason else ""
+    return f"You are banned from using this bot on this server{why}. Ask a server admin if you think this is a mistake."
+
+
+def blurred(image: GeneratedImage) -> GeneratedImage:
+    """The image made unrecognisable (what a failed safety check posts instead), saying so in its metadata."""
+    radius = max(image.image.size) / 8
+    return dataclasses.replace(
+        image,
+        image=image.image.filter(ImageFilter.GaussianBlur(radius)),
+        parameters={**image.parameters, "Safety check": "blurred"},
+    )
+
+
+class Moderation:
+    def __init__(self, services: Any) -> None:
+        self.s = services
+        self.safety_check: SafetyCheck | None = None  # installed in code: services.moderation.safety_check = fn
+
+    @property
+    def db(self) -> Any:
+        return self.s.db
+
+    # -- reading the rules -----------------------------------------------------------------------
+    def default_limits(self, max_queued: int) -> dict[str, int]:
+        limits = self.s.config.limits
+        return {
+            "max_steps": limits.max_steps,
+            "max_area": self.s.config.generation.max_area,
+            "max_count": limits.max_count,
+            "max_queued": max_queued,
+            "max_train_images": limits.max_train_images,
+            "max_train_steps": limits.max_train_steps,
+        }
+
+    def is_nsfw_channel(self, channel_id: int | None) -> bool:
+        channel = self.s.bot.get_channel(channel_id) if channel_id else None
+        return bool(getattr(channel, "nsfw", False))
+
+    async def rules(self, guild_id: int, channel_id: int | None) -> Rules:
+        def read(s: Any) -> tuple[dict[str, Any], ChannelSettings | None, list[str]]:
+            blob = s.scalar(select(GuildSettings.settings).where(GuildSettings.guild_id == guild_id)) or {}
+            channel = s.get(ChannelSettings, channel_id) if channel_id else None
+            words = list(s.scalars(select(BannedWord.word).where(BannedWord.guild_id == guild_id)))
+            return blob, channel, words
+
+        blob, channel, words = await self.db.run_read(read)
+        policy = self.s.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
+        values = self.default_limits(policy.max_queued_per_user)
+        values.update(blob.get("limits", {}))
+        if channel is not None:
+            values.update((channel.settings or {}).get("limits", {}))
+        conf = self.s.config.moderation
+        nsfw = blob.get("nsfw", {})
+        return Rules(
+            limits=Limits(**values),
+            banned=tuple(words),
+            negative=blob.get("negative", ""),
+            nsfw=NsfwRules(
+                terms=split_terms(nsfw.get("terms", conf.nsfw_terms)),
+                negative=nsfw.get("negative", conf.sfw_negative),
+                image_check=nsfw.get("image_check", conf.image_check),
+            ),
+            nsfw_channel=self.is_nsfw_channel(channel_id),
+        )
+
+    # -- the checks ------------------------------------------------------------------------------
+    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None) -> str | None:
+        """Why this member may not use the bot here (a ban, a denied channel), or None."""
+
+        def read(s: Any) -> tuple[Ban | None, list[ChannelSettings]]:
+            ban = s.get(Ban, (guild_id, user_id))
+            rows = list(s.scalars(select(ChannelSettings).where(ChannelSettings.guild_id == guild_id)))
+            return ban, rows
+
+        ban, rows = await self.db.run_read(read)
+        if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
+            return ban_message(ban.reason)
+        here = next((r for r in rows if r.channel_id == channel_id), None)
+        if here is not None and not here.enabled:
+            return "The server admins turned the bot off in this channel. Use it in another channel."
+        allowed = [r.channel_id for r in rows if r.enabled and (r.settings or {}).get("allowed")]
+        if allowed and channel_id not in allowed:
+            where = ", ".join(f"<#{c}>" for c in allowed[:10])
+            return f"On this server the bot works only in {where}. Try it there."
+        return None
+
+    async def apply(self, guild_id: int, channel_id: int | None, kind: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Check every parameter set against the server's rules; return them with the server's negatives
+        added. Raises `UserError` with what was wrong and what to do."""
+        rules = await self.rules(guild_id, channel_id)
+        return [self._apply_one(rules, kind, dict(p)) for p in params_list]
+
+    def _apply_one(self, rules: Rules, kind: str, p: dict[str, Any]) -> dict[str, Any]:
+        lim = rules.limits
+        if "steps" in p and p["steps"] > lim.max_steps:
+            raise UserError(f"This server allows at most {lim.max_steps} steps here (you asked for {p['steps']}).")
+        if "width" in p:
+            area = p["width"] * p["height"] // (4 if p.get("mode") == "upscale" else 1)
+            if area > lim.max_area:
+                raise UserError(
+                    f"{p['width']}×{p['height']} is larger than this server allows here ({lim.max_area} pixels). "
+                    "Choose a smaller aspect."
+                )
+        if p.get("count", 1) > lim.max_count:
+            raise UserError(f"This server allows at most {lim.max_count} images per request here (you asked for {p['count']}).")
+        images = p.get("train_images")
+        n_images = len(images) if isinstance(images, list | tuple) else images
+        if n_images is not None and n_images > lim.max_train_images:
+            raise UserError(f"This server allows at most {lim.max_train_images} training images (you gave {n_images}).")
+        if p.get("train_steps", 0) > lim.max_train_steps:
+            raise UserError(f"This server allows at most {lim.max_train_steps} training steps (you asked for {p['train_steps']}).")
+        if "prompt" not in p:
+            return p
+        prompt = p["prompt"]
+        if (hit := _first_match(prompt, rules.banned)) is not None:
+            shown = hit[len(REGEX_PREFIX):] if hit.startswith(REGEX_PREFIX) else hit
+            raise UserError(f"Your prompt contains `{shown}`, which is banned on this server. Rephrase it (nothing was queued).")
+        negative = p.get("negative", "")
+        extra = [rules.negative]
+        if not rules.nsfw_channel:
+            if (hit := _first_match(prompt, rules.nsfw.terms)) is not None:
+                raise UserError(
+                    f"`{hit}` is NSFW content, which this server allows only in age-restricted channels. "
+                    "Use an age-restricted (NSFW) channel, or rephrase."
+                )
+            extra.append(rules.nsfw.negative)
+        p["screen"] = not rules.nsfw_channel and rules.nsfw.image_check
+        p["negative"] = _join(negative, *(e for e in extra if e and e not in negative))
+        return p
+
+    # -- actions on users and results --------------------------------------------------------------
+    async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:
+        """Ban the member and cancel (refunding) their waiting and running jobs here; returns those jobs."""
+        await moderation.ban(self.db, guild_id, user_id, actor_id, reason)
+        cancelled = []
+        for job in await self.s.queue.list(guild_id=guild_id, user_id=user_id):
+            if await self.s.jobs.cancel(job.id, actor_id):
+                self.s.publisher.status.pop(job.id, None)
+                cancelled.append(job)
+        return cancelled
+
+    async def screen(self, job: Any, images: list[GeneratedImage]) -> list[GeneratedImage]:
+        """Run the installed safety check on results bound for a non-NSFW channel; blur what it flags."""
+        check = self.safety_check
+        if check is None or not job.params.get("screen"):
+            return images
+        loop = asyncio.get_running_loop()
+        flags = await loop.run_in_executor(self.s.worker.gpu, lambda: [check(img.image) for img in images])
+        return [blurred(img) if flagged else img for img, flagged in zip(images, flags, strict=True)]

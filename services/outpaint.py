@@ -1,0 +1,138 @@
+"""/outpaint and /inpaint between the cog and the queue: options → job parameters, the stored
+input images, picking a candidate and continuing in a direction (chaining).
+
+Input images are stored in the image store and referenced by key in the job parameters, so a
+restart, a reroll or a chained outpaint finds them again.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from typing import Any
+
+from PIL import Image
+
+from gen_core.images import load_image, to_rgb
+from gen_core.outpaint import FILLS, MaskError, OutpaintPlan, inpaint_mask, plan_outpaint, work_size
+from services.jobs import ImagineOptions, UserError, new_seed
+
+CANDIDATES = 4
+# Button action → outpaint direction (the picked image's directional buttons).
+DIRECTION_ACTIONS = {"left": "left", "right": "right", "up": "up", "down": "down", "zoom": "zoom1.5"}
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class OutpaintService:
+    def __init__(self, services: Any) -> None:
+        self.s = services
+
+    @property
+    def gen(self) -> Any:
+        return self.s.config.generation
+
+    def _base_params(self, prompt: str, negative: str | None, seed: int | None, count: int) -> list[dict[str, Any]]:
+        options = ImagineOptions(prompt=prompt, negative=negative, seed=seed, count=count)
+        return self.s.jobs.imagine_params(options)
+
+    def _plan(self, size: tuple[int, int], direction: str, pixels: int) -> OutpaintPlan:
+        plan = plan_outpaint(size, direction, pixels, self.gen.max_area)
+        if min(plan.original_size) < 16:
+            raise UserError("That image is too thin to extend further on this server; try another direction.")
+        return plan
+
+    async def _geometry(self, image: Image.Image, plan: OutpaintPlan, direction: str, pixels: int) -> dict[str, Any]:
+        original = to_rgb(image)
+        if original.size != plan.original_size:
+            original = original.resize(plan.original_size, Image.Resampling.LANCZOS)
+        key = await self.s.store.put(png_bytes(original))
+        width, height = plan.canvas
+        return {
+            "width": width,
+            "height": height,
+            "box": list(plan.box),
+            "init_image": key,
+            "direction": direction,
+            "pixels": pixels,
+            "strength": self.gen.outpaint_strength,
+            "mask_blur": self.gen.mask_blur,
+        }
+
+    async def outpaint_params(
+        self, image: Image.Image, direction: str, pixels: int | None, prompt: str, negative: str | None, seed: int | None
+    ) -> tuple[list[dict[str, Any]], OutpaintPlan]:
+        """Parameters of the /outpaint jobs (four candidates each) and the canvas plan."""
+        pixels = pixels or self.gen.outpaint_pixels
+        count = min(CANDIDATES, self.s.config.limits.max_count)
+        base = self._base_params(prompt, negative, seed, count)
+        plan = self._plan(image.size, direction, pixels)
+        geometry = await self._geometry(image, plan, direction, pixels)
+        return [{**p, **geometry} for p in base], plan
+
+    async def continue_params(self, job: Any, index: int, action: str) -> tuple[dict[str, Any], OutpaintPlan]:
+        """A chained outpaint: candidate ``index`` of ``job`` extended towards the button's direction."""
+        images = (job.result or {}).get("images", [])
+        if not 0 <= index < len(images):
+            raise UserError("That image no longer exists.")
+        direction = DIRECTION_ACTIONS[action]
+        picked = load_image(await self.s.store.get(images[index]["key"]), max_pixels=self.s.config.limits.max_input_pixels)
+        pixels = job.params.get("pixels", self.gen.outpaint_pixels)
+        plan = self._plan(picked.size, direction, pixels)
+        params = {**job.params, "seed": new_seed(), "source_job": job.id, "source_index": index}
+        params.pop("mode", None)
+        params.update(await self._geometry(picked, plan, direction, pixels))
+        return params, plan
+
+    async def inpaint_params(
+        self,
+        image: Image.Image,
+        mask: Image.Image | None,
+        prompt: str,
+        negative: str | None,
+        strength: float | None,
+        fill: str | None,
+        seed: int | None,
+        count: int | None,
+        mask_blur: int | None = None,
+    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+        """Parameters of the /inpaint jobs, and the size the image was scaled down to (None if not)."""
+        fill = fill or "original"
+        if fill not in FILLS:
+            raise UserError(f"fill must be one of {', '.join(FILLS)}.")
+        strength = self.gen.inpaint_strength if strength is None else strength
+        if not 0.0 < strength <= 1.0:
+            raise UserError(f"strength must be above 0 and at most 1 (you asked for {strength}).")
+        if mask_blur is not None and not 0 <= mask_blur <= 64:
+            raise UserError(f"mask_blur must be between 0 and 64 pixels (you asked for {mask_blur}).")
+        try:
+            hard = inpaint_mask(image, mask)
+        except MaskError as exc:
+            raise UserError(str(exc)) from None
+        base = self._base_params(prompt, negative, seed, count or 1)
+        rgb = to_rgb(image)
+        # The output has the input's size: cap it at the largest size the bot generates (upscales).
+        limit = self.gen.max_area * 4
+        downscaled = rgb.width * rgb.height > limit
+        if downscaled:
+            scale = math.sqrt(limit / (rgb.width * rgb.height))
+            size = (max(1, int(rgb.width * scale)), max(1, int(rgb.height * scale)))
+            rgb = rgb.resize(size, Image.Resampling.LANCZOS)
+            hard = hard.resize(size, Image.Resampling.NEAREST)
+            if not hard.getbbox():
+                raise UserError("The mask is too small to survive scaling the image down; paint a larger area.")
+        width, height = work_size(rgb.size, self.gen.max_area)
+        geometry = {
+            "width": width,
+            "height": height,
+            "init_image": await self.s.store.put(png_bytes(rgb)),
+            "mask": await self.s.store.put(png_bytes(hard)),
+            "strength": strength,
+            "fill": fill,
+            "mask_blur": self.gen.mask_blur if mask_blur is None else mask_blur,
+        }
+        return [{**p, **geometry} for p in base], rgb.size if downscaled else None
