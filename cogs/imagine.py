@@ -83,6 +83,7 @@ class Imagine(commands.Cog):
         undesired: str | None = None,
     ) -> None:
         opts = options(prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired)
+        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
         try:
             await self.s.guard(interaction)
             params_list = self.s.jobs.imagine_params(opts)

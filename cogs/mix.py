@@ -60,6 +60,7 @@ class Mix(commands.Cog):
             steps=steps,
             normalize=True if normalize is None else normalize,
         )
+        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
         try:
             await services.guard(interaction)
             params = mix_params(services.jobs, options)

@@ -73,11 +73,13 @@ class Actions:
 
     # -- buttons ----------------------------------------------------------------------------------
     async def on_button(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
+        generating = action in ("reroll", "var", "up", "sweep", "eta")
+        if generating:  # acknowledge first: the checks below read SQL
+            await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             await self.s.guard(interaction)
             job = await self._job(job_id)
-            if action in ("reroll", "var", "up", "sweep", "eta"):
-                await interaction.response.defer(ephemeral=True, thinking=True)
+            if generating:
                 jobs = await self.derive_and_submit(
                     job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
                 )

@@ -219,11 +219,12 @@ class Worker:
         if self.screen is not None:
             images = await self.screen(job, images)
         stored = []
-        for gen in images:
+        loop = asyncio.get_running_loop()
+        for index, gen in enumerate(images):
             params = dict(gen.parameters)
             if job.params.get("user_prompt"):  # what the user typed, without the quality tags: /history shows it
                 params["user_prompt"] = job.params["user_prompt"]
-            data = gen.png_bytes()
+            data = await loop.run_in_executor(None, gen.png_bytes)  # PNG compression off the event loop
             key = await self.store.put(data)
             await self.images.record(
                 job_id=job.id,
@@ -234,6 +235,7 @@ class Worker:
                 height=gen.image.height,
                 seed=gen.seed,
                 params=params,
+                batch_index=index,
             )
             stored.append({"key": key, "seed": gen.seed, "width": gen.image.width, "height": gen.image.height})
         await self.queue.complete(job.id, {"images": stored})
