@@ -22,13 +22,14 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from bench.common import interleaved, medians, tiny_engine, tiny_engine_fields
 
 PROMPTS = [
     "masterpiece, best quality, a cat sitting on a wooden chair, soft light",
@@ -83,15 +84,9 @@ def run(
     model_dir: str | Path | None = None,
     stage_split: bool = True,
 ) -> dict[str, Any]:
-    from gen_core.engine import Engine
-    from gen_core.tiny import ensure_tiny_model
-    from gen_core.types import EngineConfig, GenerationRequest
+    from gen_core.types import GenerationRequest
 
-    if threads:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="bench-batching-") as tmp:
-        path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
-        engine = Engine.load(EngineConfig(model_path=str(path)))
+    engine = tiny_engine(model_dir, threads, prefix="bench-batching-")
 
     requests = [
         GenerationRequest(
@@ -112,25 +107,12 @@ def run(
     diffs = [np.abs(np.asarray(x, dtype=np.int16) - np.asarray(y, dtype=np.int16)) for x, y in zip(a, b, strict=True)]
     identical = all(not d.any() for d in diffs)
     max_diff = max(int(d.max()) for d in diffs)
-    for _ in range(warmup - 1):
-        sequential(), batched()
-
-    variants = {"sequential": sequential, "batched": batched}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for i in range(runs):
-        for name in names if i % 2 == 0 else reversed(names):
-            t0 = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - t0)
-
-    med = {name: statistics.median(values) for name, values in times.items()}
+    # the identity check above was the first warm-up round
+    times = interleaved({"sequential": sequential, "batched": batched}, runs, warmup=warmup - 1)
+    med = medians(times)
     result: dict[str, Any] = {
         "bench": "batching",
-        "model": "tiny (diffusers layout, random weights)",
-        "device": str(engine.device),
-        "dtype": str(engine.dtype).removeprefix("torch."),
-        "torch_threads": torch.get_num_threads(),
+        **tiny_engine_fields(engine),
         "size": f"{size}x{size}",
         "steps": steps,
         "sampler": sampler,

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from bench.common import interleaved, medians, tiny_engine, tiny_engine_fields
 
 PROMPT = "masterpiece, best quality, a cat sitting on a wooden chair, (soft light:1.2), detailed fur"
 NEGATIVE = "lowres, blurry, bad anatomy, watermark"
@@ -37,14 +36,10 @@ def run(
     seed: int = 1234,
     model_dir: str | Path | None = None,
 ) -> dict[str, Any]:
-    from gen_core.engine import Engine
     from gen_core.samplers import make_scheduler
-    from gen_core.tiny import ensure_tiny_model
-    from gen_core.types import EngineConfig, GenerationRequest
+    from gen_core.types import GenerationRequest
 
-    with tempfile.TemporaryDirectory(prefix="bench-engine-") as tmp:
-        path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
-        engine = Engine.load(EngineConfig(model_path=str(path)))
+    engine = tiny_engine(model_dir, prefix="bench-engine-")
 
     request = GenerationRequest(
         PROMPT, negative=NEGATIVE, width=size, height=size, steps=steps, cfg=7.0, sampler=sampler, seed=seed
@@ -74,25 +69,11 @@ def run(
 
     variants = {"bare": bare, "engine": ours, "engine_progress": ours_progress}
     identical = np.array_equal(np.asarray(bare()), np.asarray(ours()))
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for i in range(runs):
-        for name in names if i % 2 == 0 else reversed(names):
-            t0 = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - t0)
-
-    med = {name: statistics.median(values) for name, values in times.items()}
+    times = interleaved(variants, runs, warmup)
+    med = medians(times)
     return {
         "bench": "engine_overhead",
-        "model": "tiny (diffusers layout, random weights)",
-        "device": str(engine.device),
-        "dtype": str(engine.dtype).removeprefix("torch."),
-        "torch_threads": torch.get_num_threads(),
+        **tiny_engine_fields(engine),
         "size": f"{size}x{size}",
         "steps": steps,
         "sampler": sampler,

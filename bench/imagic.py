@@ -24,7 +24,6 @@ import dataclasses
 import json
 import logging
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from bench.common import tiny_engine
 
 PROMPT = "a photo of a pistachio cake"
 
@@ -77,13 +78,10 @@ def sd15_sized_pipeline(seed: int = 0):
 
 def _engine(sd15: bool, model_dir: str | Path | None):
     from gen_core.engine import Engine, resolve_device, resolve_dtype
-    from gen_core.tiny import ensure_tiny_model
     from gen_core.types import EngineConfig
 
     if not sd15:
-        with tempfile.TemporaryDirectory(prefix="bench-imagic-") as tmp:
-            path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
-            return Engine.load(EngineConfig(model_path=str(path)))
+        return tiny_engine(model_dir, prefix="bench-imagic-")
     config = EngineConfig(model_path="sd15-sized-random")
     device = resolve_device(config.device)
     pipe = sd15_sized_pipeline().to(device, resolve_dtype(config.dtype, device))

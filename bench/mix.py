@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from bench.common import interleaved, medians, tiny_engine
 
 PROMPTS = ("a red cat sitting on a chair, (soft light:1.2)", "a blue dog in the snow, detailed fur")
 NEGATIVE = "lowres, blurry"
@@ -42,16 +41,10 @@ def run(
 ) -> dict[str, Any]:
     import torch
 
-    from gen_core.engine import Engine
     from gen_core.mix import BLEND, COMPOSABLE, SWEEP_WEIGHTS, MixPart, MixRequest, generate_mix
-    from gen_core.tiny import ensure_tiny_model
-    from gen_core.types import EngineConfig, GenerationRequest
+    from gen_core.types import GenerationRequest
 
-    if threads:
-        torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory(prefix="bench-mix-") as tmp:
-        path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
-        engine = Engine.load(EngineConfig(model_path=str(path)))
+    engine = tiny_engine(model_dir, threads, prefix="bench-mix-")
 
     def base(prompt: str = "") -> GenerationRequest:
         return GenerationRequest(prompt, negative=NEGATIVE, width=size, height=size, steps=steps, seed=1234)
@@ -76,17 +69,7 @@ def run(
     diff = np.abs(
         np.asarray(variants["pipeline"](), dtype=np.int16) - np.asarray(variants["loop"](), dtype=np.int16)
     ).max()
-    for _ in range(warmup):
-        for fn in variants.values():
-            fn()
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    names = list(variants)
-    for i in range(runs):
-        for name in names if i % 2 == 0 else reversed(names):
-            t0 = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - t0)
-    med = {name: statistics.median(values) for name, values in times.items()}
+    med = medians(interleaved(variants, runs, warmup))
     return {
         "bench": "mix",
         "model": "tiny (diffusers layout, random weights)",

@@ -12,27 +12,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from bench.common import interleaved, medians, tiny_engine
+
 
 def run(
     size: int = 256, steps: int = 20, count: int = 4, runs: int = 5, warmup: int = 1, model_dir: str | Path | None = None
 ) -> dict[str, Any]:
-    from gen_core.engine import Engine
     from gen_core.outpaint import InpaintRequest, inpaint_batch, outpaint_inputs, plan_outpaint
-    from gen_core.tiny import ensure_tiny_model
-    from gen_core.types import EngineConfig, GenerationRequest
+    from gen_core.types import GenerationRequest
 
-    with tempfile.TemporaryDirectory(prefix="bench-outpaint-") as tmp:
-        path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
-        engine = Engine.load(EngineConfig(model_path=str(path)))
+    engine = tiny_engine(model_dir, prefix="bench-outpaint-")
 
     src = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8))
     plan = plan_outpaint(src.size, "right", size // 2, 4 * size * size)
@@ -47,23 +42,14 @@ def run(
         req = GenerationRequest(**{**base.__dict__, "init_image": canvas, "strength": 1.0})
         inpaint_batch(engine, [InpaintRequest(req, mask)])
 
-    variants = {"txt2img": txt2img, "outpaint": outpaint}
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for round_ in range(warmup + runs):
-        order = list(variants) if round_ % 2 == 0 else list(reversed(variants))
-        for name in order:
-            started = time.perf_counter()
-            variants[name]()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - started)
-    medians = {name: statistics.median(values) for name, values in times.items()}
+    med = medians(interleaved({"txt2img": txt2img, "outpaint": outpaint}, runs, warmup))
     return {
         "canvas": f"{width}x{height}",
         "steps": steps,
         "count": count,
-        "txt2img_s": round(medians["txt2img"], 4),
-        "outpaint_s": round(medians["outpaint"], 4),
-        "outpaint_over_txt2img": round(medians["outpaint"] / medians["txt2img"], 3),
+        "txt2img_s": round(med["txt2img"], 4),
+        "outpaint_s": round(med["outpaint"], 4),
+        "outpaint_over_txt2img": round(med["outpaint"] / med["txt2img"], 3),
     }
 
 

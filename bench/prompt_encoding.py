@@ -13,14 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from bench.common import interleaved, medians, tiny_model_dir
 from gen_core.prompts import PromptEncoder, count_tokens
 
 _TAGS = [
@@ -76,19 +74,10 @@ def build_prompt(tokenizer, n_tokens: int, emphasis: bool = True) -> str:
     return prompt
 
 
-def _time(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
-
-
 def run(runs: int = 40, model_dir: str | Path | None = None, warmup: int = 3) -> dict[str, Any]:
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    from gen_core.tiny import ensure_tiny_model
-
-    with tempfile.TemporaryDirectory(prefix="bench-prompts-") as tmp:
-        path = ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
+    with tiny_model_dir(model_dir, prefix="bench-prompts-") as path:
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer")
         text_encoder = CLIPTextModel.from_pretrained(path / "text_encoder").eval()
 
@@ -103,19 +92,13 @@ def run(runs: int = 40, model_dir: str | Path | None = None, warmup: int = 3) ->
                 [encoder._run_encoder([c], encoder.clip_skip) for c in encoder.tokenize(long)], dim=0
             )
 
-    for _ in range(warmup):
-        encoder.encode(short), encoder.encode(long), chunk_by_chunk()
-
-    t_short, t_long, t_long_unbatched, t_tokenize = [], [], [], []
-    for i in range(runs):
-        order = [("s", short), ("l", long)] if i % 2 == 0 else [("l", long), ("s", short)]
-        for which, text in order:
-            (t_short if which == "s" else t_long).append(_time(lambda text=text: encoder.encode(text)))
-        t_long_unbatched.append(_time(chunk_by_chunk))
-        t_tokenize.append(_time(lambda: encoder.tokenize(long)))
-
-    med = {k: statistics.median(v) * 1000 for k, v in
-           {"short": t_short, "long": t_long, "unbatched": t_long_unbatched, "tokenize": t_tokenize}.items()}  # fmt: skip
+    variants = {
+        "short": lambda: encoder.encode(short),
+        "long": lambda: encoder.encode(long),
+        "unbatched": chunk_by_chunk,
+        "tokenize": lambda: encoder.tokenize(long),
+    }
+    med = medians(interleaved(variants, runs, warmup), scale=1000)
     return {
         "bench": "prompt_encoding",
         "model": "tiny (3-layer CLIP text encoder, hidden 32, real CLIP tokenizer)",

@@ -8,11 +8,13 @@ a new instance on the same database — what a process restart looks like to Dis
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from PIL import Image
 
 from bot import DiffusionBot, point_at
 from discord_emulator import Emulator
@@ -30,6 +32,29 @@ def bot_config(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return build_config(data, env={})
+
+
+def png(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG bytes (for ``emu.upload``)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def is_result(message) -> bool:
+    """Whether ``message`` is a job's public result post (its first attachment is ``job...``)."""
+    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
+
+
+async def followup_refusal(it) -> str:
+    """The text of the first embed in the interaction's follow-ups (a refusal sent after the ack)."""
+    await it.wait_acked(3.0)
+    for _ in range(100):
+        texts = [e.get("description", "") for f in it.followups for e in (f.embeds or [])]
+        if texts:
+            return texts[0]
+        await asyncio.sleep(0.05)
+    raise AssertionError("no refusal")
 
 
 class BotEnv:

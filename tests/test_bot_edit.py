@@ -11,31 +11,11 @@ import pytest
 from PIL import Image
 
 from gen_core.metadata import parse_parameters, read_png_parameters
-from tests.bot_fixtures import BotEnv, bot_config
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+from tests.bot_fixtures import BotEnv, bot_config, followup_refusal, is_result, png
 
 
 def picture(width: int = 64, height: int = 64) -> Image.Image:
     return Image.fromarray((np.random.default_rng(1).random((height, width, 3)) * 255).astype(np.uint8))
-
-
-def is_result(message) -> bool:
-    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
-
-
-async def refusal(it) -> str:
-    await it.wait_acked(3.0)
-    for _ in range(100):
-        texts = [e.get("description", "") for f in it.followups for e in (f.embeds or [])]
-        if texts:
-            return texts[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no refusal")
 
 
 async def result_job(env: BotEnv, message):
@@ -118,9 +98,9 @@ async def test_edit_refuses_bad_attachments_without_charge(edit_env: BotEnv):
     balance = await env.balance(guild, alice)
     upload = emu.upload(b"this is not a picture", "notes.png", "image/png")
     it = await emu.invoke(alice, channel, "edit", {"image": upload, "prompt": "a cake"})
-    assert "not an image" in await refusal(it)
+    assert "not an image" in await followup_refusal(it)
     it = await emu.invoke(alice, channel, "edit", {"image": emu.upload(png(picture()), "a.png", "image/png"), "prompt": "  "})
-    assert "prompt is empty" in await refusal(it)
+    assert "prompt is empty" in await followup_refusal(it)
     assert await env.balance(guild, alice) == balance
     assert await env.services.queue.get(1) is None  # no job was created
 

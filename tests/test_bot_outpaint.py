@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 
 import numpy as np
@@ -10,13 +9,7 @@ from PIL import Image
 
 from gen_core.outpaint import inpaint_pipeline
 from gen_core.tiny import ensure_tiny_model
-from tests.bot_fixtures import BotEnv, bot_config
-
-
-def png(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
+from tests.bot_fixtures import BotEnv, bot_config, followup_refusal, is_result, png
 
 
 def picture(width: int, height: int, mode: str = "RGB") -> Image.Image:
@@ -24,22 +17,8 @@ def picture(width: int, height: int, mode: str = "RGB") -> Image.Image:
     return Image.fromarray(arr).convert(mode)
 
 
-def is_result(message) -> bool:
-    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
-
-
 def is_pick(message) -> bool:
     return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("pick")
-
-
-async def refusal(it) -> str:
-    await it.wait_acked(3.0)
-    for _ in range(100):
-        texts = [e.get("description", "") for f in it.followups for e in (f.embeds or [])]
-        if texts:
-            return texts[0]
-        await asyncio.sleep(0.05)
-    raise AssertionError("no refusal")
 
 
 async def test_outpaint_pick_and_directional_chaining(bot_env: BotEnv):
@@ -93,7 +72,7 @@ async def test_outpaint_refuses_non_images_without_charge(bot_env: BotEnv):
     before = await bot_env.balance(guild, alice)
     upload = emu.upload(b"not a picture at all", "notes.png", "image/png")
     it = await emu.invoke(alice, guild.channel("general"), "outpaint", {"image": upload, "direction": "zoom2", "prompt": "x"})
-    assert "not an image" in await refusal(it)
+    assert "not an image" in await followup_refusal(it)
     assert await bot_env.balance(guild, alice) == before
 
 
@@ -144,7 +123,7 @@ async def test_inpaint_refusals_cost_nothing(bot_env: BotEnv):
     ]
     for extra, text in cases:
         it = await emu.invoke(alice, channel, "inpaint", {"image": image, "prompt": "a cat", **extra})
-        assert text in await refusal(it)
+        assert text in await followup_refusal(it)
     assert await bot_env.balance(guild, alice) == before
     assert await bot_env.services.queue.get(1) is None
 

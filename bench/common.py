@@ -1,0 +1,83 @@
+"""Helpers shared by the benchmarks: the tiny offline engine and side-by-side (interleaved) timing."""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from gen_core.engine import Engine
+
+
+def set_threads(threads: int | None) -> None:
+    """Set torch's intra-op thread count when ``threads`` is given (else leave torch's default)."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+@contextmanager
+def tiny_model_dir(model_dir: str | Path | None = None, prefix: str = "bench-") -> Iterator[Path]:
+    """The tiny offline model's directory: ``model_dir`` (created there if missing), else one built in a
+    temporary directory that is removed on exit."""
+    from gen_core.tiny import ensure_tiny_model
+
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
+
+
+def tiny_engine(
+    model_dir: str | Path | None = None, threads: int | None = None, prefix: str = "bench-"
+) -> Engine:
+    """An ``Engine`` loaded from the tiny offline model (see ``tiny_model_dir``), after ``set_threads``."""
+    from gen_core.engine import Engine
+    from gen_core.types import EngineConfig
+
+    set_threads(threads)
+    with tiny_model_dir(model_dir, prefix) as path:
+        return Engine.load(EngineConfig(model_path=str(path)))
+
+
+def tiny_engine_fields(engine: Engine) -> dict[str, object]:
+    """The result-dict fields that say what a ``tiny_engine`` ran on: model, device, dtype, torch threads."""
+    import torch
+
+    return {
+        "model": "tiny (diffusers layout, random weights)",
+        "device": str(engine.device),
+        "dtype": str(engine.dtype).removeprefix("torch."),
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def interleaved(
+    variants: Mapping[str, Callable[[], object]], runs: int, warmup: int = 1
+) -> dict[str, list[float]]:
+    """Seconds per call of each variant, measured side by side.
+
+    ``warmup`` untimed rounds call every variant once in order; then each of ``runs`` timed rounds
+    calls every variant once, the order alternating (as given, reversed, as given, ...) so that
+    neither variant systematically runs first.
+    """
+    names = list(variants)
+    for _ in range(warmup):
+        for name in names:
+            variants[name]()
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(runs):
+        for name in names if i % 2 == 0 else reversed(names):
+            t0 = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def medians(times: Mapping[str, list[float]], scale: float = 1.0) -> dict[str, float]:
+    """The median of each variant's times, multiplied by ``scale`` (1000 for milliseconds)."""
+    return {name: statistics.median(values) * scale for name, values in times.items()}
