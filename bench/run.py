@@ -2,7 +2,7 @@
 
     python -m bench [--only NAME ...] [--quick] [--threads N] [--output PATH]
 
-Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic (each also runs
+Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet (each also runs
 alone as ``python -m bench.NAME``).  They run one after another in this process on one tiny model
 built once; a benchmark that fails is reported as such and the others still run.  The results file
 has one row per measurement with its target and pass/miss, the machine and the versions, and
@@ -28,7 +28,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic")
+BENCHMARKS = ("engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet")
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
 # Settings per benchmark: normal (`python -m bench`) and --quick.  Both are far smaller than the
@@ -51,6 +51,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"size": 512, "steps": 10, "runs": 3, "stage_split": False},
     },
     "mix": {
+        "normal": {"size": 256, "steps": 10, "runs": 5},
+        "quick": {"size": 128, "steps": 10, "runs": 3},
+    },
+    "hypernet": {
         "normal": {"size": 256, "steps": 10, "runs": 5},
         "quick": {"size": 128, "steps": 10, "runs": 3},
     },
@@ -211,6 +215,17 @@ def rows_imagic(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_hypernet(r: dict[str, Any]) -> list[Row]:
+    where = f"{r['size']}, {r['steps']} steps, medians of {r['runs']} interleaved runs, {r['device']} {r['dtype']}"
+    return [
+        Row("hypernet", "one module on / off", f"{r['ratio_one_over_off']:.3f}×",
+            note=f"{where}; the module changes the image: {r['module_changes_image']}"),
+        Row("hypernet", "two chained modules on / off", f"{r['ratio_two_over_off']:.3f}×", note=where),
+        Row("hypernet", "switching modules (attach + detach) / one render", f"{r['switch_over_render'] * 100:.3f} %",
+            note=f"{r['switch_ms_median']:.2f} ms; plain output identical afterwards: {r['off_identical_after_switching']}"),
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine_overhead": rows_engine_overhead,
     "prompt_encoding": rows_prompt_encoding,
@@ -219,6 +234,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "bot_e2e": rows_bot_e2e,
     "mix": rows_mix,
     "imagic": rows_imagic,
+    "hypernet": rows_hypernet,
 }
 
 
@@ -230,7 +246,7 @@ def run_one(name: str, settings: dict[str, Any], model_dir: Path, threads: int |
 
     module = importlib.import_module(f"bench.{name}")
     kwargs = dict(settings)
-    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic"):
+    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic", "hypernet"):
         kwargs["model_dir"] = model_dir
     if name in ("batching", "bot_e2e", "mix") and threads:
         kwargs["threads"] = threads

@@ -13,6 +13,7 @@ import discord
 from gen_core.metadata import format_parameters
 from services import ui
 from services.edit import EDIT_KINDS, remix_params
+from services.hypernet import TRAIN_KIND, sample_params
 from services.jobs import UserError, new_seed
 from services.mix import sweep_params
 
@@ -62,6 +63,8 @@ class Actions:
     async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
         if job.kind in EDIT_KINDS:  # re-mix the kept tuned state: no optimisation again
             kind, params = "edit_remix", remix_params(job, action, index)
+        elif job.kind == TRAIN_KIND:  # a training's sample again, with the trained module: no training again
+            kind, params = "imagine", sample_params(job)
         else:
             kind, params = job.kind, derive_params(job, action, index, self.s.config.generation)
             area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)

@@ -8,17 +8,19 @@ from typing import Any
 
 import discord
 
+from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba
 from gen_core.imagic import TunedCache
 from services import ui
 from services.actions import Actions
 from services.config import Config
+from services.hypernet import TRAIN_KIND, Hypernets
 from services.jobs import JobService, UserError
 from services.moderation import Moderation
 from services.publisher import DiscordPublisher
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
-from worker.handlers import HANDLERS, RAW_INPUT_KINDS, edit_handlers
+from worker.handlers import HANDLERS, RAW_INPUT_KINDS, edit_handlers, hypernet_handlers
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +81,7 @@ class Services:
             images=self.images,
             publisher=self.publisher,
             engine_loader=engine_loader or default_engine_loader(config),
-            handlers={**HANDLERS, **edit_handlers(self.edit_cache)},
+            handlers={**HANDLERS, **edit_handlers(self.edit_cache), **hypernet_handlers(ModuleCache())},
             load_inputs=self.load_inputs,
             max_batch=w.max_batch,
             lease_s=w.lease_s,
@@ -88,7 +90,8 @@ class Services:
             preview_every=w.preview_every,
             screen=self.moderation.screen,
         )
-        self.jobs = JobService(config, self.queue, self.ledger, self.worker, moderation=self.moderation)
+        self.hypernets = Hypernets(self)
+        self.jobs = JobService(config, self.queue, self.ledger, self.worker, moderation=self.moderation, modules=self.hypernets)
         self.actions = Actions(self)
 
     async def start(self) -> None:
@@ -103,6 +106,9 @@ class Services:
     # -- inputs ------------------------------------------------------------------------------------
     async def load_inputs(self, job: Any) -> dict[str, Any]:
         """Decode a job's stored input images (capped), resized to the job's size."""
+        if job.kind == TRAIN_KIND:  # the training images, at their stored size
+            cap = self.config.limits.max_input_pixels
+            return {"train_images": [load_image(await self.store.get(k), max_pixels=cap) for k in job.params["train_images"]]}
         key = job.params.get("init_image")
         if not key:
             return {}

@@ -110,6 +110,17 @@ class EditConfig:
 
 
 @dataclass
+class HypernetConfig:
+    train_steps: int = 500
+    lr: float = 1e-4
+    batch_size: int = 1
+    shallow_penalty: float = 0.001
+    checkpoint_every: int = 100
+    max_active: int = 4
+    max_file_mb: int = 200
+
+
+@dataclass
 class CreditsConfig:
     start_balance: int = 500
     topup_floor: int = 100
@@ -126,6 +137,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     credits: CreditsConfig = field(default_factory=CreditsConfig)
     edit: EditConfig = field(default_factory=EditConfig)
+    hypernet: HypernetConfig = field(default_factory=HypernetConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
 
     @property

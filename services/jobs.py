@@ -68,9 +68,10 @@ class ImagineOptions:
 
 class JobService:
     def __init__(
-        self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None, moderation: Any = None
+        self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None, moderation: Any = None, modules: Any = None
     ) -> None:
         self.config = config
+        self.modules = modules  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
         self.moderation = moderation  # services.moderation.Moderation: the server's rules, applied in submit()
         self.queue = queue
         self.ledger = ledger
@@ -168,6 +169,8 @@ class JobService:
         `request_key` identifies the Discord request (interaction id, or reaction + message):
         a retry of the same request returns the same jobs and charges nothing more.
         """
+        if self.modules is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
+            params_list = await self.modules.apply(kind, guild_id, user_id, params_list)
         if self.moderation is not None:  # the server's limits, banned words, negatives and NSFW rules
             params_list = await self.moderation.apply(guild_id, channel_id, kind, params_list)
             for params in params_list:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import uuid
 from typing import Any
 
@@ -14,19 +16,25 @@ BATCH_FIELDS = ("width", "height", "steps", "sampler", "cfg", "clip_skip", "stre
 
 
 def batch_key(kind: str, params: dict[str, Any]) -> str:
-    if kind == "edit":  # an optimisation is never shared: each edit runs alone
-        return f"edit:{uuid.uuid4().hex}"
+    if kind in ("edit", "hypernet-train"):  # an optimisation is never shared: each runs alone
+        return f"{kind}:{uuid.uuid4().hex}"
     if kind == "edit_remix":  # re-mixes of one tuned state share a sampling pass
         kind = f"edit_remix:{params['source_job']}"
     mode = "img2img" if params.get("init_image") else "txt2img"
     values = ":".join(str(params.get(f)) for f in BATCH_FIELDS if mode == "img2img" or f != "strength")
-    return f"{kind}:{mode}:{values}"
+    key = f"{kind}:{mode}:{values}"
+    if params.get("modules"):  # hypernetworks are attached per batch: only jobs with the same ones share it
+        chain = json.dumps([[m["path"], m["strength"]] for m in params["modules"]])
+        key += f":hn={hashlib.sha256(chain.encode()).hexdigest()[:16]}"
+    return key
 
 
 def request_from_params(params: dict[str, Any], init_image: Any = None, job_id: int | None = None) -> GenerationRequest:
     extra = {"Job": job_id} if job_id is not None else {}
     if params.get("mode"):
         extra["Mode"] = params["mode"]
+    if params.get("modules"):
+        extra["Hypernet"] = ", ".join(f"{m['name']}:{m['strength']:g}" for m in params["modules"])
     return GenerationRequest(
         prompt=params["prompt"],
         negative=params.get("negative", ""),
@@ -148,6 +156,54 @@ def run_edit_remix(
 def edit_handlers(cache: Any) -> dict[str, Any]:
     """The /edit handlers bound to the on-disk cache of tuned states (a `gen_core.imagic.TunedCache`)."""
     return {"edit": functools.partial(run_edit, cache), "edit_remix": functools.partial(run_edit_remix, cache)}
+
+
+def run_with_modules(
+    cache: Any, handler: Any, engine: Any, jobs: list[Any], inputs: dict[int, dict[str, Any]], progress, cancel, preview_every: int
+) -> list[list[GeneratedImage]]:
+    """`handler` with the batch's hypernetworks (equal for all its jobs: see batch_key) attached, and
+    the UNet's own attention processors put back afterwards."""
+    from gen_core.hypernetwork import applied
+
+    chain = [(cache.get(m["path"], engine.device), m["strength"]) for m in jobs[0].params.get("modules") or ()]
+    with applied(engine, chain):
+        return handler(engine, jobs, inputs, progress, cancel, preview_every)
+
+
+def run_hypernet_train(
+    engine: Any, jobs: list[Any], inputs: dict[int, dict[str, Any]], progress, cancel, preview_every: int
+) -> list[list[GeneratedImage]]:
+    """Train the job's hypernetwork (checkpoints beside the module file), save it, then sample with it."""
+    from pathlib import Path
+
+    from gen_core import hypernetwork
+    from gen_core.buckets import scale_buckets
+
+    (job,) = jobs
+    p = job.params
+    path = Path(p["module_path"])
+    config = hypernetwork.TrainConfig(
+        steps=p["train_steps"], lr=p["lr"], batch_size=p["batch_size"], shallow_penalty=p["shallow_penalty"],
+        checkpoint_every=p["checkpoint_every"], clip_skip=p["clip_skip"], seed=p["seed"],
+    )  # fmt: skip
+    buckets = scale_buckets(p["train_area"])
+    result = hypernetwork.train(
+        engine, p["module_name"], inputs[job.id]["train_images"], p["captions"], buckets, config,
+        progress=progress, cancel=cancel, checkpoint=lambda hn, step: hn.save(path.with_name(path.stem + ".checkpoint.safetensors")),
+    )  # fmt: skip
+    result.hypernetwork.save(path)
+    path.with_name(path.stem + ".checkpoint.safetensors").unlink(missing_ok=True)
+    sample_params = {**p, "mode": "hypernet sample", "modules": [{"name": p["module_name"], "strength": 1.0}]}
+    request = request_from_params(sample_params, job_id=job.id)
+    with hypernetwork.applied(engine, [(result.hypernetwork, 1.0)]):
+        sample = engine.generate(request, progress=progress, cancel=cancel, preview_every=preview_every)
+    return [sample.images]
+
+
+def hypernet_handlers(cache: Any) -> dict[str, Any]:
+    """/imagine with the jobs' hypernetworks (loaded through `cache`, a `gen_core.hypernetwork.ModuleCache`)
+    and hypernetwork training."""
+    return {"imagine": functools.partial(run_with_modules, cache, run_imagine), "hypernet-train": run_hypernet_train}
 
 
 # Kinds whose input images reach the handler at their stored size (not resized to the job's size).

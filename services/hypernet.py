@@ -1,0 +1,311 @@
+"""Hypernetwork modules for members: upload, choose, apply to /imagine jobs, train, share, delete.
+
+Files live under ``<data_dir>/hypernets/<guild>/`` in the native ``.safetensors`` form (an uploaded
+A1111 ``.pt`` is converted once, at upload, so the worker never reads a pickle).  A member's active
+modules are kept per guild in the guild settings blob under ``hypernet:<user id>`` (one key per
+member: concurrent changes by different members never overwrite each other).  Jobs carry what they
+use as ``params["modules"] = [{"name", "path", "strength"}, ...]``; rerolls and variations copy it.
+
+A training job (kind ``hypernet-train``) reserves its module name at submission: the row exists at
+once, its file appears when training finishes; rows of trainings that failed or were cancelled are
+dropped the next time modules are listed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import io
+import math
+import re
+import uuid
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import discord
+
+from gen_core import hypernetwork
+from gen_core.buckets import nearest_bucket
+from gen_core.images import ImageInputError, load_image
+from gen_core.prompts import PromptError, strip_extra_networks
+from services import ui
+from services.jobs import UserError, new_seed
+from storage import ModuleStatus, modules, settings
+
+TRAIN_KIND = "hypernet-train"
+MODULE_KINDS = ("imagine",)  # job kinds whose handler applies params["modules"]
+STRENGTH_RANGE = (-2.0, 2.0)
+NAME = re.compile(r"^[\w.-]{1,64}$")
+_SETTING = "hypernet:{user}"
+_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+_TRAINING_DONE = ("failed", "cancelled")
+
+
+def check_name(name: str) -> str:
+    name = (name or "").strip()
+    if not NAME.fullmatch(name):
+        raise UserError("Module names are 1-64 letters, digits, `_`, `-` or `.` (no spaces), e.g. `anime-style`.")
+    return name
+
+
+def check_strength(strength: float) -> float:
+    if not math.isfinite(strength) or not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
+        raise UserError(f"Strength must be between {STRENGTH_RANGE[0]:g} and {STRENGTH_RANGE[1]:g} (1 = as trained, 0 = off).")
+    return float(strength)
+
+
+def read_training_zip(data: bytes, max_images: int, max_pixels: int, max_bytes: int) -> list[tuple[Any, str | None]]:
+    """``(image, caption or None)`` pairs from a zip of ``name.png`` + ``name.txt`` files (capped)."""
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise UserError("That zip file is damaged or not a zip.") from None
+    entries = {Path(i.filename): i for i in archive.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX")}
+    images = sorted(p for p in entries if p.suffix.lower() in _IMAGE_SUFFIXES)
+    if not images:
+        raise UserError("The zip holds no images (.png, .jpg, .webp), each with an optional .txt caption of the same name.")
+    if len(images) > max_images:
+        raise UserError(f"The zip holds {len(images)} images; this server allows at most {max_images} training images.")
+    if sum(entries[p].file_size for p in entries) > max_bytes * 4:
+        raise UserError("The zip unpacks to too much data. Use smaller images.")
+    out = []
+    for path in images:
+        try:
+            image = load_image(archive.read(entries[path]), max_bytes=max_bytes, max_pixels=max_pixels)
+        except ImageInputError as exc:
+            raise UserError(f"`{path.name}` in the zip: {exc}") from None
+        caption_file = entries.get(path.with_suffix(".txt"))
+        caption = archive.read(caption_file).decode("utf-8", "replace").strip() if caption_file else None
+        out.append((image, caption or None))
+    return out
+
+
+class Hypernets:
+    def __init__(self, services: Any) -> None:
+        self.s = services
+        self.config = services.config.hypernet
+        self.directory = services.config.data_dir / "hypernets"
+        self._widths: set[int] | None = None
+
+    # -- look-ups -------------------------------------------------------------------------------
+    @property
+    def widths(self) -> set[int]:
+        if self._widths is None:
+            self._widths = hypernetwork.model_widths(self.s.worker.engine.unet)
+        return self._widths
+
+    @staticmethod
+    def ready(module: Any) -> bool:
+        return Path(module.path).is_file()
+
+    async def visible(self, guild_id: int, user_id: int) -> list[Any]:
+        """The modules this member may see; rows of trainings that failed or were cancelled are dropped."""
+        rows = []
+        for module in await modules.visible(self.s.db, guild_id, user_id):
+            job_id = (module.meta or {}).get("training_job")
+            if job_id and not self.ready(module):
+                job = await self.s.queue.get(job_id)
+                if job is None or str(job.status) in _TRAINING_DONE:
+                    await modules.delete(self.s.db, module.id)
+                    continue
+            rows.append(module)
+        return rows
+
+    async def find(self, guild_id: int, user_id: int, name: str, *, owned: bool = False) -> Any:
+        module = next((m for m in await self.visible(guild_id, user_id) if m.name == name), None)
+        if module is None:
+            raise UserError(f"There is no module `{name}` you can use here. See `/hypernet list`.")
+        if owned and module.owner_id != user_id:
+            raise UserError(f"`{name}` belongs to <@{module.owner_id}>; only its owner can do that.")
+        return module
+
+    async def names(self, guild_id: int, user_id: int, current: str) -> list[str]:
+        current = current.lower()
+        return [m.name for m in await self.visible(guild_id, user_id) if current in m.name.lower()][:25]
+
+    # -- the member's active modules ----------------------------------------------------------------
+    async def active(self, guild_id: int, user_id: int) -> list[tuple[Any, float]]:
+        blob = await settings.get_guild_settings(self.s.db, guild_id)
+        chosen = blob.get(_SETTING.format(user=user_id)) or []
+        by_id = {m.id: m for m in await self.visible(guild_id, user_id)}
+        return [(by_id[module_id], strength) for module_id, strength in chosen if module_id in by_id]
+
+    async def _set_active(self, guild_id: int, user_id: int, entries: list[tuple[Any, float]]) -> None:
+        value = [[m.id, s] for m, s in entries] or None
+        await settings.update_guild_settings(self.s.db, guild_id, {_SETTING.format(user=user_id): value}, user_id)
+
+    async def use(self, guild_id: int, user_id: int, name: str, strength: float) -> list[tuple[Any, float]]:
+        module = await self.find(guild_id, user_id, name)
+        if not self.ready(module):
+            raise UserError(f"`{name}` is still training. Use it once its sample image is posted.")
+        entries = [(m, s) for m, s in await self.active(guild_id, user_id) if m.id != module.id]
+        entries.append((module, check_strength(strength)))
+        if len(entries) > self.config.max_active:
+            raise UserError(f"At most {self.config.max_active} modules can be active at once. Turn one off with `/hypernet off name`.")
+        await self._set_active(guild_id, user_id, entries)
+        return entries
+
+    async def off(self, guild_id: int, user_id: int, name: str | None) -> list[tuple[Any, float]]:
+        entries = [(m, s) for m, s in await self.active(guild_id, user_id) if name is not None and m.name != name]
+        await self._set_active(guild_id, user_id, entries)
+        return entries
+
+    # -- jobs --------------------------------------------------------------------------------------
+    async def apply(self, kind: str, guild_id: int, user_id: int, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Strip ``<hypernet:name:strength>`` tags from the prompts and record the modules each job uses:
+        the tagged ones, else the member's active ones.  Jobs that already carry modules keep them."""
+        if kind not in MODULE_KINDS:
+            return params_list
+        out = []
+        for params in params_list:
+            params = dict(params)
+            if "modules" not in params:
+                tags = self._strip_tags(params)
+                chosen = [(await self.find(guild_id, user_id, n), check_strength(s)) for n, s in tags]
+                chosen = chosen or await self.active(guild_id, user_id)
+                for module, _ in chosen:
+                    if not self.ready(module):
+                        raise UserError(f"`{module.name}` is still training. Use it once its sample image is posted.")
+                if chosen:
+                    params["modules"] = [{"name": m.name, "path": m.path, "strength": s} for m, s in chosen]
+            out.append(params)
+        return out
+
+    @staticmethod
+    def _strip_tags(params: dict[str, Any]) -> list[tuple[str, float]]:
+        tags: list[tuple[str, str, float]] = []
+        try:
+            for key in ("prompt", "user_prompt"):
+                if key in params:
+                    params[key], found = strip_extra_networks(params[key])
+                    if key == "prompt":
+                        tags = found
+        except PromptError as exc:
+            raise UserError(str(exc)) from None
+        other = [f"<{k}:{n}>" for k, n, _ in tags if k != "hypernet"]
+        if other:
+            raise UserError(f"{', '.join(other)}: only `<hypernet:name:strength>` tags are supported here.")
+        return [(name, weight) for _, name, weight in tags]
+
+    # -- files ---------------------------------------------------------------------------------------
+    async def upload(self, guild_id: int, user_id: int, attachment: discord.Attachment, name: str | None) -> Any:
+        limit = self.config.max_file_mb * 2**20
+        if attachment.size > limit:
+            raise UserError(f"`{attachment.filename}` is {attachment.size / 2**20:.0f} MB; the limit is {self.config.max_file_mb} MB.")
+        data = await attachment.read()
+        loop = asyncio.get_running_loop()
+        try:  # parsing a large file takes a moment: off the event loop (not on the GPU thread)
+            hn = await loop.run_in_executor(None, hypernetwork.load_bytes, data, attachment.filename)
+            hn.check_fits(self.widths)
+        except hypernetwork.HypernetworkError as exc:
+            raise UserError(f"`{attachment.filename}`: {exc}") from None
+        name = check_name(name or hn.name or Path(attachment.filename).stem)
+        if await modules.get(self.s.db, guild_id, name) is not None:
+            raise UserError(f"A module named `{name}` already exists on this server. Choose another name with `name:`.")
+        hn.name = name
+        native = hn.to_bytes()
+        sha = hashlib.sha256(native).hexdigest()
+        path = self.directory / str(guild_id) / f"{sha}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(native)
+        return await modules.register(self.s.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
+
+    @staticmethod
+    def _describe(hn: hypernetwork.Hypernetwork) -> dict[str, Any]:
+        s = hn.structure
+        return {
+            "layers": list(s.layers),
+            "activation": s.activation,
+            "layer_norm": s.layer_norm,
+            "widths": hn.widths,
+            **{k: v for k, v in hn.meta.items() if k in ("source", "base_model", "step", "training")},
+        }
+
+    async def delete(self, guild_id: int, user_id: int, name: str) -> None:
+        module = await self.find(guild_id, user_id, name, owned=True)
+        await modules.delete(self.s.db, module.id)
+        if not any(m.path == module.path for m in await modules.list_all(self.s.db, guild_id)):
+            Path(module.path).unlink(missing_ok=True)
+
+    async def share(self, guild_id: int, user_id: int, name: str) -> Any:
+        module = await self.find(guild_id, user_id, name, owned=True)
+        if not self.ready(module):
+            raise UserError(f"`{name}` is still training; share it once it is done.")
+        if module.shared and module.status in (ModuleStatus.PENDING, ModuleStatus.APPROVED):
+            raise UserError(f"`{name}` is already {module.status}.")
+        return await modules.update(self.s.db, module.id, shared=True, status=ModuleStatus.PENDING)
+
+    # -- training ----------------------------------------------------------------------------------------
+    async def train_params(self, name: str, images: list[Any], captions: list[str], steps: int | None) -> dict[str, Any]:
+        """A training job's parameters (image keys are stored here); the name is checked, not reserved."""
+        gen, cfg = self.s.config.generation, self.config
+        steps = steps or cfg.train_steps
+        width, height = nearest_bucket(*images[0].size, self.s.jobs.buckets)
+        self.s.jobs.check_tokens(captions[0])
+        keys = []
+        for image in images:
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            keys.append(await self.s.store.put(buf.getvalue()))
+        return {
+            "prompt": captions[0],
+            "user_prompt": f"hypernetwork {name}: {captions[0]}",
+            "negative": "",
+            "width": width,
+            "height": height,
+            "steps": min(gen.default_steps, self.s.config.limits.max_steps),
+            "cfg": gen.default_cfg,
+            "sampler": gen.default_sampler,
+            "seed": new_seed(),
+            "count": 1,
+            "clip_skip": self.s.config.model.clip_skip,
+            "train_images": keys,
+            "captions": captions,
+            "train_steps": steps,
+            "train_area": gen.max_area,
+            # forward + backward ≈ 3 UNet passes per image, a CFG sampling step 2
+            "work_steps": steps * cfg.batch_size * 3 // 2,
+            "lr": cfg.lr,
+            "batch_size": cfg.batch_size,
+            "shallow_penalty": cfg.shallow_penalty,
+            "checkpoint_every": cfg.checkpoint_every,
+            "module_name": name,
+        }
+
+    async def submit_training(self, interaction: discord.Interaction, params: dict[str, Any]) -> list[Any]:
+        """Reserve the name (the module row), then queue the job; the row goes if nothing was queued."""
+        guild_id, user_id = interaction.guild_id, interaction.user.id
+        name = params["module_name"]
+        if await modules.get(self.s.db, guild_id, name) is not None:
+            raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
+        path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
+        params["module_path"] = str(path)
+        module = await modules.register(self.s.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
+        jobs = await self.s.submit_from_interaction(interaction, TRAIN_KIND, [params])
+        if not jobs:
+            await modules.delete(self.s.db, module.id)
+            return []
+        await modules.update(self.s.db, module.id, metadata={"training_job": jobs[0].id})
+        return jobs
+
+
+def sample_params(job: Any) -> dict[str, Any]:
+    """An /imagine job from a training result: its sample prompt with the trained module, a new seed."""
+    p = job.params
+    keep = ("prompt", "negative", "width", "height", "steps", "cfg", "sampler", "clip_skip")
+    params = {k: p[k] for k in keep}
+    params.update(
+        user_prompt=p["prompt"], seed=new_seed(), count=1,
+        modules=[{"name": p["module_name"], "path": p["module_path"], "strength": 1.0}],
+    )  # fmt: skip
+    return params
+
+
+def train_view(job_id: int, n_images: int) -> discord.ui.View:
+    """Under a training result: 🔄 samples again with the module (an /imagine job), ❌ deletes the post."""
+    return ui.result_view(job_id, n_images, actions=("reroll", "delete"))
+
+
+def register_views() -> None:
+    ui.RESULT_VIEWS[TRAIN_KIND] = train_view
