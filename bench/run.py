@@ -8,6 +8,9 @@ built once; a benchmark that fails is reported as such and the others still run.
 has one row per measurement with its target and pass/miss, the machine and the versions, and
 every benchmark's full result dict.  The exit status is 1 if a benchmark failed to run (a missed
 target is a result, not a failure).
+
+The GPU measurement of the real (SD 1.5-sized) architecture is separate: ``python -m bench.gpu``
+writes ``bench/GPU_RESULTS.md`` (see bench/gpu.py; ``--tiny`` is its CPU smoke run).
 """
 
 from __future__ import annotations
