@@ -95,7 +95,7 @@ def run(
         )
         for i in range(n_requests)
     ]
-    groups = engine._plan(requests, engine._encode_all(requests))  # how the engine will batch them
+    groups = engine.plan(requests, engine.encode_all(requests))  # how the engine will batch them
 
     def sequential():
         return [engine.generate(r).images[0].image for r in requests]

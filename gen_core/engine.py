@@ -169,7 +169,13 @@ def _megapixels(pixels: int) -> str:
 
 
 class Engine:
-    """A loaded model.  Create with :meth:`Engine.load`."""
+    """A loaded model.  Create with :meth:`Engine.load`.
+
+    Besides :meth:`generate_batch`, the pieces other gen_core modules (outpaint, mix, imagic,
+    hypernetwork) build on are public: :attr:`lock` (held around any use of the shared modules),
+    :meth:`resolve`, :meth:`encode_all`, :meth:`plan`, :meth:`pad_embeddings`, :meth:`step_callback`,
+    :meth:`image_parameters` and :attr:`scheduler_config`.
+    """
 
     def __init__(
         self,
@@ -190,8 +196,8 @@ class Engine:
             pipe.tokenizer, pipe.text_encoder, clip_skip=config.clip_skip, max_chunks=config.max_chunks
         )
         self.model_name = model_name
-        self._scheduler_config = dict(pipe.scheduler.config)
-        self._lock = threading.RLock()
+        self.scheduler_config = dict(pipe.scheduler.config)
+        self.lock = threading.RLock()
         self._hash_file = hash_file
         self._model_hash: str | None = None
         self._hash_lock = threading.Lock()
@@ -364,7 +370,7 @@ class Engine:
         if not isinstance(req.extra, dict):
             raise ValueError("extra must be a dict")
 
-    def _resolve(self, req: GenerationRequest) -> GenerationRequest:
+    def resolve(self, req: GenerationRequest) -> GenerationRequest:
         self.validate(req)
         seed = secrets.randbits(32) if req.seed is None else req.seed
         return dataclasses.replace(req, seed=seed, sampler=canonical_sampler(req.sampler))
@@ -407,14 +413,14 @@ class Engine:
         """
         if not reqs:
             return []
-        resolved = [self._resolve(r) for r in reqs]
-        with self._lock, torch.inference_mode():
+        resolved = [self.resolve(r) for r in reqs]
+        with self.lock, torch.inference_mode():
             if _is_cancelled(cancel):
                 raise Cancelled()
-            embeds = self._encode_all(resolved)
+            embeds = self.encode_all(resolved)
             results: list[GenerationResult | None] = [None] * len(resolved)
             try:
-                for group in self._plan(resolved, embeds):
+                for group in self.plan(resolved, embeds):
                     if _is_cancelled(cancel):
                         raise Cancelled()
                     images = self._run_group(group, resolved, embeds, progress, cancel, preview_every)
@@ -428,7 +434,7 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _encode_all(self, reqs: list[GenerationRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def encode_all(self, reqs: list[GenerationRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         # encode_pair per request (cached per distinct prompt/negative/clip skip) gives exactly the
         # embeddings a request gets alone; padding across requests is done in _run_group.
         cache: dict[tuple[str, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -444,7 +450,7 @@ class Engine:
             out.append(cache[key])
         return out
 
-    def _plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
+    def plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
         """Indices grouped into UNet batches, in order of first appearance."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
@@ -473,7 +479,7 @@ class Engine:
             )
         return self._empty_chunks[clip_skip]
 
-    def _pad(self, emb: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
+    def pad_embeddings(self, emb: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
         missing = (length - emb.shape[1]) // 77
         if missing <= 0:
             return emb
@@ -506,7 +512,7 @@ class Engine:
         conds, unconds, generators, counts = [], [], [], []
         for i in group:
             r = reqs[i]
-            cond, uncond = (self._pad(e, length, r.clip_skip) for e in embeds[i])
+            cond, uncond = (self.pad_embeddings(e, length, r.clip_skip) for e in embeds[i])
             conds.append(cond.expand(r.count, -1, -1))
             unconds.append(uncond.expand(r.count, -1, -1))
             generators += [torch.Generator("cpu").manual_seed(s) for s in r.image_seeds()]
@@ -541,9 +547,9 @@ class Engine:
             call["strength"] = _pipeline_strength(
                 first.steps, effective_img2img_steps(first.steps, first.strength)
             )
-        pipe.scheduler = make_scheduler(first.sampler, self._scheduler_config)
+        pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
         if progress is not None or cancel is not None:
-            call["callback_on_step_end"] = self._step_callback(
+            call["callback_on_step_end"] = self.step_callback(
                 tuple(group), counts, progress, cancel, preview_every
             )
         images = pipe(**call).images
@@ -553,13 +559,13 @@ class Engine:
         for i in group:
             r = reqs[i]
             out[i] = [
-                GeneratedImage(image=images[pos + k], seed=seed, parameters=self._parameters(r, seed))
+                GeneratedImage(image=images[pos + k], seed=seed, parameters=self.image_parameters(r, seed))
                 for k, seed in enumerate(r.image_seeds())
             ]
             pos += r.count
         return out
 
-    def _step_callback(self, indices, counts, progress, cancel, preview_every):
+    def step_callback(self, indices, counts, progress, cancel, preview_every):
         def on_step_end(pipe, step_index, timestep, tensors):
             if _is_cancelled(cancel):
                 raise Cancelled()
@@ -591,7 +597,7 @@ class Engine:
             latents = latents / math.sqrt(sigma * sigma + 1.0)
         return latents
 
-    def _parameters(self, r: GenerationRequest, seed: int) -> dict[str, Any]:
+    def image_parameters(self, r: GenerationRequest, seed: int) -> dict[str, Any]:
         params: dict[str, Any] = {
             "prompt": r.prompt,
             "negative_prompt": r.negative,

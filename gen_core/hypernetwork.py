@@ -464,7 +464,7 @@ def applied(engine: Any, chain: Chain, penalty: _Penalty | None = None) -> Itera
         yield
         return
     unet = engine.unet
-    with engine._lock:
+    with engine.lock:
         original = unet.attn_processors
         unet.set_attn_processor({name: HypernetworkProcessor(p, chain, penalty) for name, p in original.items()})
         try:

@@ -255,7 +255,7 @@ def _attach_adapter(unet: Any, rank: int) -> dict[str, torch.nn.Parameter]:
 def _training_session(engine: Engine) -> Iterator[Any]:
     """Hold the engine, freeze the UNet, and leave it exactly as found whatever happens."""
     unet = engine.unet
-    with engine._lock:
+    with engine.lock:
         if getattr(unet, "_hf_peft_config_loaded", False):  # never unload adapters someone else attached
             raise RuntimeError("the UNet already carries peft adapters; Imagic needs it bare")
         flags = {n: p.requires_grad for n, p in unet.named_parameters()}

@@ -251,13 +251,13 @@ def generate_mix(
             raise MixError(f"Unknown mix mode {req.mode!r}; use {' or '.join(MODES)}.")
         if not req.parts:
             raise MixError("A mix needs at least one prompt.")
-        base = engine._resolve(req.base)
+        base = engine.resolve(req.base)
         rows = [sweep_weights(req.parts, t) for t in req.sweep] or [[p.weight for p in req.parts]] * base.count
         weights = [normalized_weights(row, req.normalize) for row in rows]
         seeds = [base.seed] * len(rows) if req.sweep else base.image_seeds()
         resolved.append((req, base, weights, seeds))
     results = []
-    with engine._lock, torch.inference_mode():
+    with engine.lock, torch.inference_mode():
         try:
             for index, (req, base, weights, seeds) in enumerate(resolved):
                 if _is_cancelled(cancel):
@@ -292,7 +292,7 @@ def _denoise(engine, conds, guidance, uncond, base: GenerationRequest, seeds, in
     pipe = engine.txt2img
     batch, k = guidance.shape
     length, dim = conds.shape[-2:]
-    pipe.scheduler = scheduler = make_scheduler(base.sampler, engine._scheduler_config)
+    pipe.scheduler = scheduler = make_scheduler(base.sampler, engine.scheduler_config)
     scheduler.set_timesteps(base.steps, device=engine.device)
     timesteps = scheduler.timesteps
     generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
@@ -303,7 +303,7 @@ def _denoise(engine, conds, guidance, uncond, base: GenerationRequest, seeds, in
     # Block j of the UNet batch holds every image's j-th input: the uncond first, then conditioning k.
     hidden = torch.cat([uncond.expand(batch, -1, -1), conds.transpose(0, 1).reshape(k * batch, length, dim)])
     state = types.SimpleNamespace(num_timesteps=len(timesteps), scheduler=scheduler)
-    on_step = engine._step_callback(indices, [batch], progress, cancel, preview_every)
+    on_step = engine.step_callback(indices, [batch], progress, cancel, preview_every)
     chunk = 2 * engine.config.max_count  # UNet rows per call: bounds memory for many parts
     g = guidance.to(conds.dtype)[:, :, None, None, None]
     for i, t in enumerate(timesteps):
@@ -327,14 +327,14 @@ def _package(engine, req: MixRequest, base: GenerationRequest, weights, seeds, i
     base = replace(base, prompt=recipe)
     mix = {"Mix mode": req.mode, "Mix normalised": req.normalize}
     if req.sweep:
-        params = engine._parameters(base, base.seed) | mix
+        params = engine.image_parameters(base, base.seed) | mix
         params["Mix sweep"] = ", ".join(format_weight(t) for t in req.sweep)
         return [GeneratedImage(image=side_by_side(images), seed=base.seed, parameters=params)]
     return [
         GeneratedImage(
             image=image,
             seed=seed,
-            parameters=engine._parameters(base, seed) | mix | {"Mix weights": ", ".join(map(format_weight, row))},
+            parameters=engine.image_parameters(base, seed) | mix | {"Mix weights": ", ".join(map(format_weight, row))},
         )
         for image, seed, row in zip(images, seeds, weights, strict=True)
     ]

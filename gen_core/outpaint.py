@@ -324,7 +324,7 @@ def inpaint_batch(
 
     if not items:
         return []
-    reqs = [engine._resolve(it.request) for it in items]
+    reqs = [engine.resolve(it.request) for it in items]
     first = reqs[0]
     for r, it in zip(reqs, items, strict=True):
         if r.init_image is None or it.mask.size != r.init_image.size:
@@ -333,19 +333,19 @@ def inpaint_batch(
             raise ValueError("inpaint requests in one batch must share size, steps, sampler, CFG and strength")
     pipe = inpaint_pipeline(engine)
     size = (first.width, first.height)
-    with engine._lock, torch.inference_mode():
+    with engine.lock, torch.inference_mode():
         if _is_cancelled(cancel):
             raise Cancelled()
-        embeds = engine._encode_all(reqs)
+        embeds = engine.encode_all(reqs)
         length = max(e[0].shape[1] for e in embeds)
         conds, unconds, generators, images, masks = [], [], [], [], []
         for r, it, (cond, uncond) in zip(reqs, items, embeds, strict=True):
-            conds.append(engine._pad(cond, length, r.clip_skip).expand(r.count, -1, -1))
-            unconds.append(engine._pad(uncond, length, r.clip_skip).expand(r.count, -1, -1))
+            conds.append(engine.pad_embeddings(cond, length, r.clip_skip).expand(r.count, -1, -1))
+            unconds.append(engine.pad_embeddings(uncond, length, r.clip_skip).expand(r.count, -1, -1))
             generators += [torch.Generator("cpu").manual_seed(s) for s in r.image_seeds()]
             images += [to_rgb(r.init_image).resize(size, Image.Resampling.LANCZOS)] * r.count
             masks += [it.mask.convert("L").resize(size, Image.Resampling.BILINEAR)] * r.count
-        pipe.scheduler = make_scheduler(first.sampler, engine._scheduler_config)
+        pipe.scheduler = make_scheduler(first.sampler, engine.scheduler_config)
         call: dict[str, Any] = {
             "prompt_embeds": torch.cat(conds),
             "negative_prompt_embeds": torch.cat(unconds),
@@ -360,7 +360,7 @@ def inpaint_batch(
             "output_type": "pil",
         }
         if progress is not None or cancel is not None:
-            call["callback_on_step_end"] = engine._step_callback(
+            call["callback_on_step_end"] = engine.step_callback(
                 tuple(range(len(reqs))), [r.count for r in reqs], progress, cancel, preview_every
             )
         outputs = pipe(**call).images
@@ -372,7 +372,7 @@ def inpaint_batch(
         for k, seed in enumerate(r.image_seeds()):
             generated = outputs[pos + k].resize(original.size, Image.Resampling.LANCZOS)
             final = Image.composite(generated, original, it.mask.convert("L"))
-            params = engine._parameters(dataclasses.replace(r, width=original.width, height=original.height), seed)
+            params = engine.image_parameters(dataclasses.replace(r, width=original.width, height=original.height), seed)
             out.append(GeneratedImage(image=final, seed=seed, parameters=params))
         results.append(out)
         pos += r.count
