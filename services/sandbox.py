@@ -32,11 +32,18 @@ Images are saved to {out}.
 """
 
 
-def parse_command_line(line: str) -> tuple[str, dict[str, Any]]:
-    """`/imagine prompt:a cat count:2` → ("imagine", {"prompt": "a cat", "count": 2})."""
+def parse_command_line(line: str, options_of=None) -> tuple[str, dict[str, Any]]:
+    """`/imagine prompt:a cat count:2` → ("imagine", {"prompt": "a cat", "count": 2}).
+
+    `options_of(name)` gives the command's option names when known, so that a colon inside a value
+    (`prompts:cat:0.7 | kitten:0.3`) is not taken for another option.
+    """
     line = line.strip().lstrip("/")
     matches = list(_OPTION.finditer(line))
     name = (line[: matches[0].start()] if matches else line).strip()
+    known = options_of(name) if options_of else None
+    if known is not None:
+        matches = [m for m in matches if m.group(1) in known]
     options: dict[str, Any] = {}
     ends = [m.start() for m in matches[1:]] + [len(line)] * bool(matches)
     for m, end in zip(matches, ends, strict=True):
@@ -108,17 +115,27 @@ async def _do(emu: Any, channel: Any, user: Any, line: str) -> None:
             button = next(b for b in message.buttons if words[2] in (b.label, b.emoji))
             await emu.click(user, message, button.custom_id)
         return
-    name, options = parse_command_line(line)
+    name, options = parse_command_line(line, lambda n: _option_names(emu, channel, n))
     await emu.invoke(user, channel, name, options)
+
+
+def _option_names(emu: Any, channel: Any, name: str) -> set[str] | None:
+    try:
+        return {o["name"] for o in emu.commands.get(name, channel.guild).get("options") or []}
+    except KeyError:
+        return None
 
 
 async def _print_messages(emu: Any, channel: Any, user: Any, out: Path, seen: set[int]) -> None:
     while True:
-        for message in emu.channel_messages(channel):
+        for message in emu.channel_messages(channel, include_ephemeral=True):
             if message.id in seen or not message.author.bot or not message.visible_to(user) or message.loading:
                 continue
             seen.add(message.id)
-            print(f"\n[{'only you' if message.ephemeral else 'bot'}] {message.content}", flush=True)
+            print(f"\n[{'only you' if message.ephemeral else 'bot'}] {message.content or ''}", flush=True)
+            for embed in message.embeds:
+                fields = [f"{f.get('name')}: {f.get('value')}" for f in embed.get("fields", [])]
+                print("  " + "\n  ".join(filter(None, [embed.get("title"), embed.get("description"), *fields])), flush=True)
             for att in message.attachments:
                 path = out / att.filename
                 path.write_bytes(await emu.read_attachment(att))

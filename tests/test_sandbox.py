@@ -12,6 +12,11 @@ def test_parse_command_line():
         {"prompt": "a cat, (cute:1.2)", "count": 2, "cfg": 6.5, "quality": False},
     )
     assert parse_command_line("/credits") == ("credits", {})
+    known = {"mix": {"prompts", "steps"}}
+    assert parse_command_line("/mix prompts:cat:0.7 | kitten:0.3 steps:4", known.get) == (
+        "mix",
+        {"prompts": "cat:0.7 | kitten:0.3", "steps": 4},
+    )
 
 
 async def test_sandbox_session_saves_images(tmp_path, tiny_model_dir, capsys):
@@ -22,6 +27,7 @@ async def test_sandbox_session_saves_images(tmp_path, tiny_model_dir, capsys):
     out = tmp_path / "out"
 
     async def lines():
+        yield "/credits"
         yield "/imagine prompt:a red fox aspect:square count:2"
         for _ in range(600):
             if len(list(out.glob("job*.png"))) == 2:
@@ -39,3 +45,4 @@ async def test_sandbox_session_saves_images(tmp_path, tiny_model_dir, capsys):
     assert "Sandbox ready" in printed
     assert len(list(out.glob("job*.png"))) == 4
     assert "a red fox" in printed
+    assert "[only you]" in printed and "Your credits" in printed  # ephemeral replies are shown to the driver
