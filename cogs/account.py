@@ -61,7 +61,10 @@ class Account(commands.Cog):
         next_topup = await self.s.ledger.next_topup(guild_id, user_id)
         embed = discord.Embed(title="Your credits", description=f"**{balance}** credits on this server")
         if next_topup:
-            embed.add_field(name="Next top-up", value=discord.utils.format_dt(next_topup, "R"), inline=False)
+            floor = (await self.s.ledger.policy_for(guild_id)).topup_floor
+            when = discord.utils.format_dt(next_topup, "R")
+            value = f"to {floor} credits {when}" if balance < floor else f"balances below {floor} are raised to {floor}"
+            embed.add_field(name="Top-up", value=value, inline=False)
         if entries:
             lines = [
                 f"`{e.delta:+6d}` {e.kind}" + (f" · job #{e.job_id}" if e.job_id else "") + (f" · {e.reason}" if e.reason else "")

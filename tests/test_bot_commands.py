@@ -122,6 +122,17 @@ async def test_credits_shows_balance_and_the_reserve_of_an_imagine(bot_env: BotE
     assert f"{-job.cost:+6d}` reserve · job #{job.id}" in recent
     assert "start" in recent  # the opening balance is listed too
     assert await bot_env.balance(guild, alice) == balance
+    floor = bot_env.config.credits.topup_floor
+    assert f"below {floor} are raised" in field(reply, "Top-up")  # above the floor: no top-up promised
+
+
+async def test_credits_below_the_floor_tells_when_the_top_up_comes(bot_env: BotEnv):
+    emu = bot_env.emu
+    guild, alice, channel = emu.guild(), emu.user("alice"), emu.guild().channel("general")
+    await bot_env.services.ledger.set_balance(guild.id, alice.id, 3, actor_id=0, reason="test")
+    reply = await (await emu.invoke(alice, channel, "credits")).original(5)
+    floor = bot_env.config.credits.topup_floor
+    assert f"to {floor} credits <t:" in field(reply, "Top-up")
 
 
 # -- /history ----------------------------------------------------------------------------------------------
