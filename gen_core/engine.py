@@ -201,7 +201,6 @@ class Engine:
         self._hash_file = hash_file
         self._model_hash: str | None = None
         self._hash_lock = threading.Lock()
-        self._empty_chunks: dict[int, torch.Tensor] = {}
         if hash_file is not None:
             # Hash in the background: a multi-GB checkpoint takes seconds; the first image waits.
             threading.Thread(target=self._hash_in_background, name="model-hash", daemon=True).start()
@@ -472,18 +471,13 @@ class Engine:
             batches.append(current)
         return batches
 
-    def _empty_chunk(self, clip_skip: int) -> torch.Tensor:
-        if clip_skip not in self._empty_chunks:
-            self._empty_chunks[clip_skip] = self.encoder.encode("", clip_skip=clip_skip)[:, :77].to(
-                self.device
-            )
-        return self._empty_chunks[clip_skip]
-
     def pad_embeddings(self, emb: torch.Tensor, length: int, clip_skip: int) -> torch.Tensor:
         missing = (length - emb.shape[1]) // 77
         if missing <= 0:
             return emb
-        return torch.cat([emb, self._empty_chunk(clip_skip).repeat(1, missing, 1)], dim=1)
+        # One cache of the encoded empty chunk: the encoder's (emptied by encoder.clear_cache()).
+        empty = self.encoder.encode("", clip_skip=clip_skip)[:, :77].to(self.device)
+        return torch.cat([emb, empty.repeat(1, missing, 1)], dim=1)
 
     def _init_latents(self, req: GenerationRequest) -> torch.Tensor:
         """The init image encoded to (scaled) latents with the VAE mean: deterministic."""
