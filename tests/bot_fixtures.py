@@ -10,14 +10,17 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from bot import DiffusionBot, point_at
 from discord_emulator import Emulator
+from gen_core.metadata import parse_parameters, read_png_parameters
 from services.config import Config, build_config
 
 
@@ -32,6 +35,17 @@ def bot_config(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
     return build_config(data, env={})
+
+
+async def attachment_pixels(emu: Emulator, attachment: Any) -> np.ndarray:
+    """The RGB pixels of an image the bot attached."""
+    return np.asarray(Image.open(io.BytesIO(await emu.read_attachment(attachment))).convert("RGB"))
+
+
+async def attachment_image(emu: Emulator, attachment: Any) -> tuple[np.ndarray, dict]:
+    """The RGB pixels of an attached PNG and its A1111 parameters."""
+    data = await emu.read_attachment(attachment)
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), parse_parameters(read_png_parameters(data))
 
 
 def png(image: Image.Image) -> bytes:
@@ -104,9 +118,10 @@ class BotEnv:
         return await self.services.ledger.balance(guild.id, user.id)
 
 
-@pytest.fixture
-async def bot_env(emulator: Emulator, tmp_path: Path, tiny_model_dir: Path) -> AsyncIterator[BotEnv]:
-    env = BotEnv(emulator, bot_config(emulator, tmp_path / "data", tiny_model_dir))
+@asynccontextmanager
+async def running_bot(emu: Emulator, config: Config) -> AsyncIterator[BotEnv]:
+    """The real bot on `config` for the block; the books must balance at its end."""
+    env = BotEnv(emu, config)
     await env.start()
     try:
         yield env
@@ -114,3 +129,9 @@ async def bot_env(emulator: Emulator, tmp_path: Path, tiny_model_dir: Path) -> A
             assert await env.services.ledger.check_invariant() == []
     finally:
         await env.stop()
+
+
+@pytest.fixture
+async def bot_env(emulator: Emulator, tmp_path: Path, tiny_model_dir: Path) -> AsyncIterator[BotEnv]:
+    async with running_bot(emulator, bot_config(emulator, tmp_path / "data", tiny_model_dir)) as env:
+        yield env

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 import asyncio
-import io
 from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from gen_core.metadata import parse_parameters, read_png_parameters
-from tests.bot_fixtures import BotEnv, bot_config, followup_refusal, is_result, png
+from tests.bot_fixtures import (
+    BotEnv,
+    attachment_image,
+    bot_config,
+    followup_refusal,
+    is_result,
+    png,
+    running_bot,
+)
 
 
 def picture(width: int = 64, height: int = 64) -> Image.Image:
@@ -22,11 +28,6 @@ async def result_job(env: BotEnv, message):
     return await env.services.queue.get(int(message.content.split("job #")[1].split()[0]))
 
 
-async def pixels_and_params(env: BotEnv, attachment) -> tuple[np.ndarray, dict]:
-    data = await env.emu.read_attachment(attachment)
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), parse_parameters(read_png_parameters(data))
-
-
 @pytest.fixture
 async def edit_env(emulator, tmp_path, tiny_model_dir) -> AsyncIterator[BotEnv]:
     # Few optimisation steps and a small bucket: the flows are real, the model is tiny.
@@ -35,13 +36,8 @@ async def edit_env(emulator, tmp_path, tiny_model_dir) -> AsyncIterator[BotEnv]:
         edit={"fast_embed_steps": 4, "fast_tune_steps": 4},
         generation={"default_aspect": "256x256", "max_area": 128 * 192},
     )  # fmt: skip
-    env = BotEnv(emulator, config)
-    await env.start()
-    try:
+    async with running_bot(emulator, config) as env:
         yield env
-        assert await env.services.ledger.check_invariant() == []
-    finally:
-        await env.stop()
 
 
 async def test_edit_then_eta_remix_and_imagine_unaffected(edit_env: BotEnv):
@@ -61,7 +57,7 @@ async def test_edit_then_eta_remix_and_imagine_unaffected(edit_env: BotEnv):
     job = await result_job(env, edited)
     assert job.kind == "edit" and await env.balance(guild, alice) == balance - job.cost
     assert env.services.edit_cache.path(job.id).is_file()
-    pixels, params = await pixels_and_params(env, edited.attachments[0])
+    pixels, params = await attachment_image(env.emu, edited.attachments[0])
     assert pixels.shape == (128, 128, 3)  # the upload was fitted to this server's square bucket
     assert float(params["Imagic eta"]) == 0.6 and params["seed"] == 9 and "pistachio" in params["prompt"]
     labels = {b.label for b in edited.buttons}
@@ -73,7 +69,7 @@ async def test_edit_then_eta_remix_and_imagine_unaffected(edit_env: BotEnv):
     remix = await result_job(env, remixed)
     assert remix.kind == "edit_remix" and remix.params["source_job"] == job.id
     assert remix.cost <= job.cost and "work_steps" not in remix.params  # priced like a txt2img
-    _, remix_params = await pixels_and_params(env, remixed.attachments[0])
+    _, remix_params = await attachment_image(env.emu, remixed.attachments[0])
     assert float(remix_params["Imagic eta"]) == 0.9 and remix_params["seed"] == 9  # η button keeps the seed
 
     # A reroll of the re-mix: a new seed, still sampled from the first edit's tuned state.
@@ -85,8 +81,8 @@ async def test_edit_then_eta_remix_and_imagine_unaffected(edit_env: BotEnv):
 
     await (await emu.invoke(alice, channel, "imagine", {"prompt": "a cat", "seed": 5})).wait_acked(3)
     after = await emu.wait_for_message(channel, is_result, timeout=30)
-    first, _ = await pixels_and_params(env, before.attachments[0])
-    second, _ = await pixels_and_params(env, after.attachments[0])
+    first, _ = await attachment_image(env.emu, before.attachments[0])
+    second, _ = await attachment_image(env.emu, after.attachments[0])
     assert np.array_equal(first, second)  # the adapters left the shared UNet as they found it
     assert emu.failures == []
 

@@ -8,12 +8,18 @@ from collections.abc import AsyncIterator
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
-from gen_core.metadata import parse_parameters, read_png_parameters
-from tests.bot_fixtures import BotEnv, bot_config, followup_refusal, is_result, png
-from tests.test_hypernetwork import _Evil, a1111_file
+from tests.bot_fixtures import (
+    BotEnv,
+    attachment_image,
+    bot_config,
+    followup_refusal,
+    is_result,
+    png,
+    running_bot,
+)
+from tests.test_hypernetwork import a1111_file, evil_pt
 
 
 def picture(width: int, height: int, seed: int) -> Image.Image:
@@ -30,11 +36,6 @@ async def result_job(env: BotEnv, message):
     return await env.services.queue.get(int(message.content.split("job #")[1].split()[0]))
 
 
-async def image_of(env: BotEnv, message) -> tuple[np.ndarray, dict]:
-    data = await env.emu.read_attachment(message.attachments[0])
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB")), parse_parameters(read_png_parameters(data))
-
-
 @pytest.fixture
 async def env(emulator, tmp_path, tiny_model_dir) -> AsyncIterator[BotEnv]:
     config = bot_config(
@@ -42,13 +43,8 @@ async def env(emulator, tmp_path, tiny_model_dir) -> AsyncIterator[BotEnv]:
         generation={"default_aspect": "square", "max_area": 128 * 128, "default_steps": 4},
         hypernet={"train_steps": 8, "checkpoint_every": 4, "lr": 0.01},
     )  # fmt: skip
-    env = BotEnv(emulator, config)
-    await env.start()
-    try:
+    async with running_bot(emulator, config) as env:
         yield env
-        assert await env.services.ledger.check_invariant() == []
-    finally:
-        await env.stop()
 
 
 async def imagine(env: BotEnv, user, channel, prompt: str = "a cat"):
@@ -62,7 +58,7 @@ async def test_upload_use_imagine_off_and_tags(env: BotEnv):
     guild, alice, bob = emu.guild(), emu.user("alice"), emu.user("bob")
     channel = guild.channel("general")
     plain_msg, _ = await imagine(env, alice, channel)
-    plain, _ = await image_of(env, plain_msg)
+    plain, _ = await attachment_image(env.emu, plain_msg.attachments[0])
 
     data, _ = a1111_file((32, 64), activation="relu", layer_norm=True)
     it = await emu.invoke(alice, channel, "hypernet upload", {"file": emu.upload(data, "style.pt", "application/octet-stream")})
@@ -72,16 +68,16 @@ async def test_upload_use_imagine_off_and_tags(env: BotEnv):
 
     assert "is on" in await reply(await emu.invoke(alice, channel, "hypernet use", {"name": "style", "strength": 0.8}))
     styled_msg, job = await imagine(env, alice, channel)
-    styled, params = await image_of(env, styled_msg)
+    styled, params = await attachment_image(env.emu, styled_msg.attachments[0])
     assert job.params["modules"][0]["name"] == "style" and params["Hypernet"] == "style:0.8"
     assert np.abs(styled.astype(int) - plain).mean() > 0.5
 
     assert "plain model" in await reply(await emu.invoke(alice, channel, "hypernet off", {}))
-    again, _ = await image_of(env, (await imagine(env, alice, channel))[0])
+    again, _ = await attachment_image(env.emu, (await imagine(env, alice, channel))[0].attachments[0])
     assert np.array_equal(again, plain)  # nothing of the module stayed on the shared UNet
 
     tagged_msg, tagged_job = await imagine(env, alice, channel, "a cat <hypernet:style:0>")
-    tagged, _ = await image_of(env, tagged_msg)
+    tagged, _ = await attachment_image(env.emu, tagged_msg.attachments[0])
     assert np.array_equal(tagged, plain) and tagged_job.params["modules"][0]["strength"] == 0.0
     assert "<hypernet" not in tagged_job.params["prompt"]
 
@@ -98,12 +94,7 @@ async def test_bad_files_are_refused(env: BotEnv, tmp_path):
     emu = env.emu
     alice, channel = emu.user("alice"), emu.guild().channel("general")
     marker = tmp_path / "pwned"
-    data, _ = a1111_file((32,))
-    raw = torch.load(io.BytesIO(data), weights_only=True)
-    raw["payload"] = _Evil(str(marker))
-    buf = io.BytesIO()
-    torch.save(raw, buf)
-    it = await emu.invoke(alice, channel, "hypernet upload", {"file": emu.upload(buf.getvalue(), "evil.pt", "application/octet-stream")})
+    it = await emu.invoke(alice, channel, "hypernet upload", {"file": emu.upload(evil_pt(marker), "evil.pt", "application/octet-stream")})
     assert "pickled code" in await followup_refusal(it) and not marker.exists()
     wrong, _ = a1111_file((768,))
     it = await emu.invoke(alice, channel, "hypernet upload", {"file": emu.upload(wrong, "sd15.pt", "application/octet-stream")})
@@ -133,7 +124,7 @@ async def test_train_progress_list_use_share(env: BotEnv):
     price = env.services.jobs.cost
     assert job.cost == price(job.kind, job.params) and job.params["work_steps"] == 8 * 3 // 2
     assert price(job.kind, {**job.params, "work_steps": 3000}) > price(job.kind, {**job.params, "work_steps": 0})
-    _, params = await image_of(env, sample)
+    _, params = await attachment_image(env.emu, sample.attachments[0])
     assert params["Hypernet"] == "cats:1"
     labels = {b.custom_id.split(":")[2] for b in sample.buttons}
     assert labels == {"reroll", "delete"}

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 from PIL import Image
 
 from gen_core.outpaint import inpaint_pipeline
 from gen_core.tiny import ensure_tiny_model
-from tests.bot_fixtures import BotEnv, bot_config, followup_refusal, is_result, png
+from tests.bot_fixtures import (
+    BotEnv,
+    attachment_pixels,
+    bot_config,
+    followup_refusal,
+    is_result,
+    png,
+    running_bot,
+)
 
 
 def picture(width: int, height: int, mode: str = "RGB") -> Image.Image:
@@ -33,7 +39,7 @@ async def test_outpaint_pick_and_directional_chaining(bot_env: BotEnv):
     result = await emu.wait_for_message(channel, is_result, timeout=60)
     assert len(result.attachments) == 4
     assert {(a.width, a.height) for a in result.attachments} == {(192, 128)}
-    out = np.asarray(Image.open(io.BytesIO(await emu.read_attachment(result.attachments[0]))).convert("RGB"))
+    out = await attachment_pixels(emu, result.attachments[0])
     blur = bot_env.config.generation.mask_blur
     assert (out[:, : 128 - blur] == np.asarray(src)[:, : 128 - blur]).all()
     job = await bot_env.services.queue.get(int(result.content.split("job #")[1].split()[0]))
@@ -51,7 +57,7 @@ async def test_outpaint_pick_and_directional_chaining(bot_env: BotEnv):
     await emu.click(alice, result, reroll.custom_id)
     rerolled = await emu.wait_for_message(channel, lambda m: is_result(m) and m.id != result.id, timeout=60)
     assert len(rerolled.attachments) == 4 and "P1" in {b.label for b in rerolled.buttons}
-    again = np.asarray(Image.open(io.BytesIO(await emu.read_attachment(rerolled.attachments[0]))).convert("RGB"))
+    again = await attachment_pixels(emu, rerolled.attachments[0])
     assert (again[:, : 128 - blur] == np.asarray(src)[:, : 128 - blur]).all()
     assert not (again[:, 140:] == out[:, 140:]).all()  # a new seed
 
@@ -60,8 +66,8 @@ async def test_outpaint_pick_and_directional_chaining(bot_env: BotEnv):
     await emu.click(alice, picked, down.custom_id)
     chained = await emu.wait_for_message(channel, is_result, timeout=60)
     assert (chained.attachments[0].width, chained.attachments[0].height) == (192, 192)
-    second = np.asarray(Image.open(io.BytesIO(await emu.read_attachment(chained.attachments[0]))).convert("RGB"))
-    picked_pixels = np.asarray(Image.open(io.BytesIO(await emu.read_attachment(picked.attachments[0]))).convert("RGB"))
+    second = await attachment_pixels(emu, chained.attachments[0])
+    picked_pixels = await attachment_pixels(emu, picked.attachments[0])
     assert (second[: 128 - blur] == picked_pixels[: 128 - blur]).all()
     assert emu.failures == []
 
@@ -89,7 +95,7 @@ async def test_inpaint_with_mask_and_from_alpha(bot_env: BotEnv):
     })
     await it.wait_acked(3.0)
     result = await emu.wait_for_message(channel, is_result, timeout=60)
-    out = np.asarray(Image.open(io.BytesIO(await emu.read_attachment(result.attachments[0]))).convert("RGB"))
+    out = await attachment_pixels(emu, result.attachments[0])
     assert out.shape == (100, 120, 3)
     blur = 4
     keep = np.ones((100, 120), bool)
@@ -105,7 +111,7 @@ async def test_inpaint_with_mask_and_from_alpha(bot_env: BotEnv):
     it = await emu.invoke(alice, channel, "inpaint", {"image": emu.upload(png(rgba), "cut.png", "image/png"), "prompt": "sky"})
     await it.wait_acked(3.0)
     from_alpha = await emu.wait_for_message(channel, lambda m: is_result(m) and m.id != result.id, timeout=60)
-    out = np.asarray(Image.open(io.BytesIO(await emu.read_attachment(from_alpha.attachments[0]))).convert("RGB"))
+    out = await attachment_pixels(emu, from_alpha.attachments[0])
     assert (out[60:, 60:] == np.asarray(src)[60:, 60:]).all()
     assert emu.failures == []
 
@@ -144,9 +150,8 @@ async def test_outpaint_zoom_of_a_large_image_is_scaled_down_and_says_so(bot_env
 
 async def test_inpaint_uses_the_configured_inpainting_checkpoint(emulator, tmp_path, tiny_model_dir):
     inpaint_dir = ensure_tiny_model(tmp_path / "tiny-inpaint", inpainting=True)
-    env = BotEnv(emulator, bot_config(emulator, tmp_path / "data", tiny_model_dir, model={"inpaint_path": str(inpaint_dir)}))
-    await env.start()
-    try:
+    config = bot_config(emulator, tmp_path / "data", tiny_model_dir, model={"inpaint_path": str(inpaint_dir)})
+    async with running_bot(emulator, config) as env:
         alice, channel = emulator.user("alice"), emulator.guild().channel("general")
         src = picture(64, 64)
         mask = Image.new("L", src.size, 0)
@@ -157,9 +162,7 @@ async def test_inpaint_uses_the_configured_inpainting_checkpoint(emulator, tmp_p
         })
         await it.wait_acked(3.0)
         result = await emulator.wait_for_message(channel, is_result, timeout=60)
-        out = np.asarray(Image.open(io.BytesIO(await emulator.read_attachment(result.attachments[0]))).convert("RGB"))
+        out = await attachment_pixels(emulator, result.attachments[0])
         assert (out[:, 32:] == np.asarray(src)[:, 32:]).all()
         assert inpaint_pipeline(env.services.worker.engine).unet.config.in_channels == 9
         assert emulator.failures == []
-    finally:
-        await env.stop()

@@ -134,15 +134,20 @@ class _Evil:
         return (open, (self.marker, "w"))
 
 
-def test_pickle_with_code_is_refused_without_running_it(tmp_path):
-    marker = tmp_path / "pwned"
+def evil_pt(marker) -> bytes:
+    """A valid A1111 hypernetwork file that also pickles code creating ``marker`` when unpickled."""
     data, _ = a1111_file((32,))
     raw = torch.load(io.BytesIO(data), weights_only=True)
     raw["payload"] = _Evil(str(marker))
     buf = io.BytesIO()
     torch.save(raw, buf)
+    return buf.getvalue()
+
+
+def test_pickle_with_code_is_refused_without_running_it(tmp_path):
+    marker = tmp_path / "pwned"
     with pytest.raises(H.HypernetworkError, match="pickled code"):
-        H.load_bytes(buf.getvalue(), "evil.pt")
+        H.load_bytes(evil_pt(marker), "evil.pt")
     assert not marker.exists()
 
 
