@@ -90,9 +90,6 @@ class DiscordPublisher:
         return None
 
     async def result(self, job: Any, images: list[dict[str, Any]]) -> int | None:
-        existing = await self.find_posted(job)
-        if existing:
-            return existing
         store = self.bot.services.store
         files = [ui.png_file(await store.get(img["key"]), f"job{job.id}_{i + 1}_{img['seed']}.png") for i, img in enumerate(images)]
         balance = await self.ledger.balance(job.guild_id, job.user_id)

@@ -35,6 +35,8 @@ class Publisher(Protocol):
 
     async def result(self, job: Any, images: list[dict[str, Any]]) -> int | None: ...
 
+    async def find_posted(self, job: Any) -> int | None: ...
+
     async def failure(self, job: Any, error: str) -> None: ...
 
 
@@ -88,6 +90,7 @@ class Worker:
         self.stats = WorkerStats()
         self.running_jobs: dict[int, Any] = {}
         self._cancelled: set[int] = set()
+        self._publishing: set[int] = set()
         self._wake = asyncio.Event()
         self._stopping = False
         self._task: asyncio.Task | None = None
@@ -242,19 +245,30 @@ class Worker:
         self.stats.jobs += 1
         await self.publish(job)
 
-    async def publish(self, job: Any) -> None:
-        """Post a finished job's result once; record the message so a restart does not post again."""
-        job = await self.queue.get(job.id)
-        if job.posted_message_id:
+    async def publish(self, job: Any, recovering: bool = False) -> None:
+        """Post a finished job's result once; record the message so a restart does not post again.
+
+        `recovering`: the process may have died after posting but before recording it, so look for
+        the message in the channel first (only then: a fresh result cannot have been posted yet).
+        """
+        if job.id in self._publishing:  # already being posted (a reconnect's recovery pass meets it)
             return
-        message_id = await self._safe(self.publisher.result(job, job.result["images"]))
-        if message_id:
-            await self.queue.mark_posted(job.id, message_id)
+        self._publishing.add(job.id)
+        try:
+            job = await self.queue.get(job.id)
+            if job.posted_message_id:
+                return
+            message_id = await self._safe(self.publisher.find_posted(job)) if recovering else None
+            message_id = message_id or await self._safe(self.publisher.result(job, job.result["images"]))
+            if message_id:
+                await self.queue.mark_posted(job.id, message_id)
+        finally:
+            self._publishing.discard(job.id)
 
     async def republish_unposted(self) -> None:
         """After a restart: announce results that were computed but never posted."""
         for job in await self.queue.unposted():
-            await self.publish(job)
+            await self.publish(job, recovering=True)
 
     async def _fail(self, job: Any, error: str) -> None:
         await self.queue.fail(job.id, error)
