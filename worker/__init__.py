@@ -46,9 +46,6 @@ Handler = Callable[..., list[list[GeneratedImage]]]
 
 @dataclass
 class WorkerStats:
-    batches: int = 0
-    jobs: int = 0
-    failures: int = 0
     seconds_per_cost: float = 0.05  # moving estimate used for ETAs
     history: list[float] = field(default_factory=list)
 
@@ -179,7 +176,6 @@ class Worker:
             return
         except Exception as exc:  # the generation failed: refund everyone in the batch
             log.exception("batch %s failed", ids)
-            self.stats.failures += 1
             for job in jobs:
                 await self._fail(job, _user_error(exc))
             return
@@ -242,7 +238,6 @@ class Worker:
             )
             stored.append({"key": key, "seed": gen.seed, "width": gen.image.width, "height": gen.image.height})
         await self.queue.complete(job.id, {"images": stored})
-        self.stats.jobs += 1
         await self.publish(job)
 
     async def publish(self, job: Any, recovering: bool = False) -> None:
@@ -284,7 +279,6 @@ class Worker:
         hist.append(sample)
         del hist[:-20]
         self.stats.seconds_per_cost = sorted(hist)[len(hist) // 2]
-        self.stats.batches += 1
 
     @staticmethod
     async def _safe(awaitable: Awaitable[Any]) -> Any:
