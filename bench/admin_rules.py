@@ -21,6 +21,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from gen_core.geometry import SD1
 from services.config import Config
 from services.jobs import JobService
 from services.moderation import Moderation
@@ -36,6 +37,7 @@ async def _setup(db_path: Path, n_words: int) -> tuple[Database, Any, JobService
     await db.upgrade()
     policy = CostPolicy(start_balance=10**9, max_queued_per_user=10**9, topup_period_s=0)
     config = Config()
+    config.generation.fit_to_model(SD1)
     queue, ledger = JobQueue(db, policy), Ledger(db, policy)
     services = SimpleNamespace(db=db, config=config, ledger=ledger, queue=queue, bot=SimpleNamespace(get_channel=lambda _id: None))
     rules = Moderation(services)
@@ -44,7 +46,7 @@ async def _setup(db_path: Path, n_words: int) -> tuple[Database, Any, JobService
     await settings.update_guild_settings(db, GUILD, {"limits": {"max_steps": 40}, "negative": "bad hands"}, 0)
     await settings.update_channel_settings(db, GUILD, CHANNEL, patch={"limits": {"max_count": 2}}, actor_id=0)
     await moderation.ban(db, GUILD, 999, 0, "bench")
-    return db, services, JobService(config, queue, ledger, moderation=rules), JobService(config, queue, ledger)
+    return db, services, JobService(config, SD1, queue, ledger, moderation=rules), JobService(config, SD1, queue, ledger)
 
 
 async def _submit(jobs: JobService, check: Moderation | None, n: int, tag: str) -> list[float]:

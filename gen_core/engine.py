@@ -31,6 +31,7 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from gen_core import prompts
+from gen_core.geometry import Geometry
 from gen_core.preview import latents_to_images, side_by_side
 from gen_core.samplers import canonical_sampler, make_scheduler
 from gen_core.types import (
@@ -197,6 +198,7 @@ class Engine:
         )
         self.model_name = model_name
         self.scheduler_config = dict(pipe.scheduler.config)
+        self.geometry = Geometry.of_pipeline(pipe)
         self.lock = threading.RLock()
         self._hash_file = hash_file
         self._model_hash: str | None = None
@@ -334,11 +336,12 @@ class Engine:
         cfg = self.config
         if not isinstance(req.prompt, str) or not isinstance(req.negative, str):
             raise ValueError("prompt and negative prompt must be text")
+        g = self.geometry
         for label, value in (("Width", req.width), ("Height", req.height)):
-            if not isinstance(value, int) or value < 64:
-                raise ValueError(f"{label} must be a whole number of at least 64 pixels (got {value!r})")
-            if value % 8:
-                raise ValueError(f"{label} must be a multiple of 8 (64 recommended); got {value}")
+            if not isinstance(value, int) or value < g.min_side:
+                raise ValueError(f"{label} must be a whole number of at least {g.min_side} pixels (got {value!r})")
+            if value % g.vae_factor:
+                raise ValueError(f"{label} must be a multiple of {g.vae_factor} ({g.step} recommended); got {value}")
         if req.width * req.height > cfg.max_area:
             side = int(math.isqrt(cfg.max_area))
             raise ValueError(

@@ -3,7 +3,7 @@
 Both are one operation: an image, a mask (white = regenerate) and a prompt.
 
 * Outpaint: :func:`plan_outpaint` sizes the new canvas (original plus the added border, snapped to
-  multiples of 64, downscaling the original first when the canvas would exceed the area limit);
+  multiples of the model's grid step (64 px for SD 1.x), downscaling the original first when the canvas would exceed the area limit);
   :func:`outpaint_inputs` builds the canvas (the new area edge-extended, blurred and given noise
   matched to the image's colours, not flat grey) and the feathered mask.
 * Inpaint: :func:`inpaint_mask` reads the mask (a second image, or the image's transparency),
@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from gen_core.geometry import Geometry
 from gen_core.images import has_alpha, to_rgb, to_rgba
 from gen_core.samplers import make_scheduler
 from gen_core.types import Cancelled, GeneratedImage, GenerationRequest
@@ -40,7 +41,6 @@ from gen_core.types import Cancelled, GeneratedImage, GenerationRequest
 DIRECTIONS = ("left", "right", "up", "down")
 ZOOMS = {"zoom": 2.0, "zoom1.5": 1.5, "zoom2": 2.0}
 FILLS = ("original", "noise", "blur")
-SNAP = 64
 
 
 class MaskError(ValueError):
@@ -54,17 +54,13 @@ class MaskError(ValueError):
 class OutpaintPlan:
     """Where the (possibly downscaled) original sits on the new canvas."""
 
-    canvas: tuple[int, int]  # width, height: multiples of 64
+    canvas: tuple[int, int]  # width, height: multiples of the model's grid step
     box: tuple[int, int, int, int]  # left, top, width, height of the original on the canvas
     downscaled: bool  # the original was made smaller to keep the canvas within the area limit
 
     @property
     def original_size(self) -> tuple[int, int]:
         return self.box[2], self.box[3]
-
-
-def _snap_up(value: float) -> int:
-    return max(SNAP, math.ceil(value / SNAP) * SNAP)
 
 
 def _borders(size: tuple[int, int], direction: str, pixels: int) -> tuple[float, float, float, float]:
@@ -80,21 +76,23 @@ def _borders(size: tuple[int, int], direction: str, pixels: int) -> tuple[float,
     return tuple(float(pixels) if d == direction else 0.0 for d in DIRECTIONS)  # type: ignore[return-value]
 
 
-def plan_outpaint(size: tuple[int, int], direction: str, pixels: int, max_area: int) -> OutpaintPlan:
+def plan_outpaint(
+    size: tuple[int, int], direction: str, pixels: int, max_area: int, geometry: Geometry
+) -> OutpaintPlan:
     """The canvas for extending an image of ``size`` by ``pixels`` towards ``direction``.
 
     ``direction`` is left/right/up/down or a zoom out (``zoom1.5``, ``zoom2``; ``zoom`` = ×2).
-    The canvas is snapped up to multiples of 64: the slack goes to the extended side (split for a
+    The canvas is snapped up to the model's grid (64 px for SD 1.x): the slack goes to the extended side (split for a
     zoom and across the other axis).  If the canvas would exceed ``max_area`` the original and the
     border are scaled down together first (``downscaled``).
     """
-    if max_area < SNAP * SNAP:
-        raise ValueError(f"max_area must be at least {SNAP * SNAP}")
+    if max_area < geometry.step**2:
+        raise ValueError(f"max_area must be at least {geometry.step**2}")
     scale = 1.0
     while True:
         w, h = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
         left, right, up, down = (b * scale for b in _borders(size, direction, pixels))
-        width, height = _snap_up(w + left + right), _snap_up(h + up + down)
+        width, height = geometry.snap_up(w + left + right), geometry.snap_up(h + up + down)
         if width * height <= max_area:
             break
         scale *= min(0.98, math.sqrt(max_area / (width * height)))
@@ -220,16 +218,16 @@ def inpaint_mask(image: Image.Image, mask: Image.Image | None) -> Image.Image:
     return Image.fromarray((hard * 255).astype(np.uint8), "L")
 
 
-def work_size(size: tuple[int, int], max_area: int) -> tuple[int, int]:
-    """The generation size for an inpaint of an image of ``size``: scaled within ``max_area``, multiples of 64."""
+def work_size(size: tuple[int, int], max_area: int, geometry: Geometry) -> tuple[int, int]:
+    """The generation size for an inpaint of an image of ``size``: scaled within ``max_area``, on the model's grid."""
     w, h = size
     scale = min(1.0, math.sqrt(max_area / (w * h)))
-    width, height = max(SNAP, round(w * scale / SNAP) * SNAP), max(SNAP, round(h * scale / SNAP) * SNAP)
+    width, height = geometry.snap(w * scale), geometry.snap(h * scale)
     while width * height > max_area:
         if width >= height:
-            width -= SNAP
+            width -= geometry.step
         else:
-            height -= SNAP
+            height -= geometry.step
     return width, height
 
 

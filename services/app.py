@@ -8,6 +8,7 @@ from typing import Any
 
 import discord
 
+from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba
 from gen_core.imagic import TunedCache
@@ -26,18 +27,16 @@ log = logging.getLogger(__name__)
 
 
 def default_engine_loader(config: Config):
-    """Load the configured checkpoint (the tiny offline model when none is configured)."""
+    """Load the configured checkpoint (the toy-world model when none is configured)."""
 
     def load():
         from gen_core.engine import Engine
-        from gen_core.tiny import ensure_tiny_model
         from gen_core.types import EngineConfig
 
-        path = config.model_path if config.model.path else ensure_tiny_model(config.model_path)
         m = config.model
         return Engine.load(
             EngineConfig(
-                model_path=str(path),
+                model_path=str(config.model_path),
                 device=m.device,
                 dtype=m.dtype,
                 attention=m.attention,
@@ -57,6 +56,8 @@ class Services:
     def __init__(self, bot: discord.Client, config: Config, engine_loader: Any = None) -> None:
         self.bot = bot
         self.config = config
+        self.geometry = Geometry.of_folder(config.model_path)
+        config.generation.fit_to_model(self.geometry)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         credits = config.credits
         self.policy = CostPolicy(
@@ -91,7 +92,9 @@ class Services:
             screen=self.moderation.screen,
         )
         self.hypernets = Hypernets(self)
-        self.jobs = JobService(config, self.queue, self.ledger, self.worker, moderation=self.moderation, modules=self.hypernets)
+        self.jobs = JobService(
+            config, self.geometry, self.queue, self.ledger, self.worker, moderation=self.moderation, modules=self.hypernets
+        )
         self.actions = Actions(self)
 
     async def start(self) -> None:

@@ -12,7 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from gen_core.buckets import parse_aspect, scale_buckets
+from gen_core.buckets import parse_aspect
+from gen_core.geometry import Geometry
 from gen_core.samplers import SAMPLERS
 from services.config import Config
 from storage import CostPolicy, InsufficientCredits, JobSpec, QueueFull, compute_cost
@@ -68,16 +69,25 @@ class ImagineOptions:
 
 class JobService:
     def __init__(
-        self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None, moderation: Any = None, modules: Any = None
+        self,
+        config: Config,
+        geometry: Geometry,
+        queue: Any,
+        ledger: Any,
+        worker: Any = None,
+        count_tokens=None,
+        moderation: Any = None,
+        modules: Any = None,
     ) -> None:
         self.config = config
+        self.geometry = geometry
         self.modules = modules  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
         self.moderation = moderation  # services.moderation.Moderation: the server's rules, applied in submit()
         self.queue = queue
         self.ledger = ledger
         self.worker = worker
         self.count_tokens = count_tokens  # set once the engine is loaded
-        self.buckets = scale_buckets(config.generation.max_area)
+        self.buckets = geometry.buckets(config.generation.max_area)
 
     # -- parameters ---------------------------------------------------------------------------
     def imagine_params(self, o: ImagineOptions) -> list[dict[str, Any]]:

@@ -41,7 +41,7 @@ class OutpaintService:
         return self.s.jobs.imagine_params(options)
 
     def _plan(self, size: tuple[int, int], direction: str, pixels: int) -> OutpaintPlan:
-        plan = plan_outpaint(size, direction, pixels, self.gen.max_area)
+        plan = plan_outpaint(size, direction, pixels, self.gen.max_area, self.s.geometry)
         if min(plan.original_size) < 16:
             raise UserError("That image is too thin to extend further on this server; try another direction.")
         return plan
@@ -125,7 +125,7 @@ class OutpaintService:
             hard = hard.resize(size, Image.Resampling.NEAREST)
             if not hard.getbbox():
                 raise UserError("The mask is too small to survive scaling the image down; paint a larger area.")
-        width, height = work_size(rgb.size, self.gen.max_area)
+        width, height = work_size(rgb.size, self.gen.max_area, self.s.geometry)
         geometry = {
             "width": width,
             "height": height,
