@@ -132,7 +132,8 @@ async def _overhead(
 ) -> dict[str, Any]:
     from PIL import Image
 
-    from worker.handlers import request_from_params
+    from worker.handlers import sampling_request
+    from worker.jobs import params_of
 
     async with _bot(data_dir, model_dir) as (env, timed, _users):
         emu = env.emu
@@ -154,7 +155,7 @@ async def _overhead(
             await emu.wait_until(lambda: status is None or status.deleted, 10, "the status message to go")
             if request is None:
                 job = await env.services.queue.get(int(msg.content.split("job #")[1].split()[0]))
-                request = request_from_params(job.params)
+                request = sampling_request(params_of(job))
                 data = await emu.read_attachment(msg.attachments[0])
                 result_pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             assert len(timed.calls) == before + 1, "expected exactly one engine call per /imagine"

@@ -24,7 +24,7 @@ from storage.policy import DEFAULT_MULTIPLIERS
 log = logging.getLogger(__name__)
 
 AUDIT_PAGE = 10
-MULTIPLIER_CHOICES = [app_commands.Choice(name=k, value=k) for k in DEFAULT_MULTIPLIERS]
+MULTIPLIER_CHOICES = [app_commands.Choice(name=str(k), value=str(k)) for k in DEFAULT_MULTIPLIERS]
 
 
 def fmt_multipliers(multipliers: dict[str, float]) -> str:
