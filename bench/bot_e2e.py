@@ -1,7 +1,7 @@
 """The real bot end to end: /imagine through the Discord emulator, and acknowledgements under load.
 
 Both parts run the unmodified bot (``bot.DiffusionBot`` with its cogs, worker, SQLite database and
-the tiny model) against the in-process Discord emulator, through ``tests.bot_fixtures.BotEnv``.
+the tiny model) against the in-process Discord emulator, through ``emulated_bot.BotEnv``.
 The bot runs with the production worker settings (previews every 5 steps, a progress edit at most
 every 3 s), not the test fixture's speed-ups.
 
@@ -91,7 +91,7 @@ def _is_result(message) -> bool:
 async def _bot(data_dir: Path, model_dir: Path, n_users: int = 0, **sections: dict[str, Any]):
     """A started emulator (+ ``n_users`` extra guild members) and the real bot; stopped cleanly."""
     from discord_emulator import Emulator, EmulatorSettings, configure_discord_py
-    from tests.bot_fixtures import BotEnv, bot_config
+    from emulated_bot import BotEnv, bot_config
 
     emu = Emulator(EmulatorSettings())
     await emu.start()

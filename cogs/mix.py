@@ -10,7 +10,7 @@ from gen_core.mix import MODES
 from services import ui
 from services.jobs import UserError
 from services.mix import MixOptions, mix_params
-from storage import JobKind
+from worker.jobs import JobKind
 
 SWEEP = "🎚️"
 

@@ -18,7 +18,7 @@ from gen_core.outpaint import FILLS
 from services import ui
 from services.jobs import UserError
 from services.outpaint import DIRECTION_ACTIONS, OutpaintService
-from storage import JobKind
+from worker.jobs import JobKind
 
 DIRECTION_CHOICES = [
     app_commands.Choice(name=name, value=value)

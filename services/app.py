@@ -13,6 +13,7 @@ from gen_core.images import ImageInputError, load_image, load_image_rgba
 from gen_core.imagic import TunedCache
 from services import ui
 from services.actions import Actions
+from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
 from services.jobs import JobService, UserError
@@ -94,6 +95,7 @@ class Services:
         self.hypernets = Hypernets(self)
         self.jobs = JobService(config, self.queue, self.ledger, self.worker, moderation=self.moderation, hypernets=self.hypernets)
         self.actions = Actions(self)
+        self.admin = ServerAdmin(self)
 
     async def start(self) -> None:
         await self.db.upgrade()

@@ -18,12 +18,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageFilter
-from sqlalchemy import select
 
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
 from storage import moderation
-from storage.models import Ban, BannedWord, ChannelSettings, GuildSettings
 from worker.jobs import HypernetTrainParams, ImagineMode, ImagineParams, JobParams
 
 SafetyCheck = Callable[[Image.Image], bool]
@@ -62,6 +60,9 @@ class Rules:
     negative: str
     nsfw: NsfwRules
     nsfw_channel: bool
+
+
+LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits) if f.name != "max_queued")  # per guild or channel
 
 
 def split_terms(text: str) -> tuple[str, ...]:
@@ -140,13 +141,7 @@ class Moderation:
         return bool(getattr(channel, "nsfw", False))
 
     async def rules(self, guild_id: int, channel_id: int | None) -> Rules:
-        def read(s: Any) -> tuple[dict[str, Any], ChannelSettings | None, list[str]]:
-            blob = s.scalar(select(GuildSettings.settings).where(GuildSettings.guild_id == guild_id)) or {}
-            channel = s.get(ChannelSettings, channel_id) if channel_id else None
-            words = list(s.scalars(select(BannedWord.word).where(BannedWord.guild_id == guild_id)))
-            return blob, channel, words
-
-        blob, channel, words = await self.db.run_read(read)
+        blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
         policy = self.s.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
         values = self.default_limits(policy.max_queued_per_user)
         values.update(blob.get("limits", {}))
@@ -169,13 +164,7 @@ class Moderation:
     # -- the checks ------------------------------------------------------------------------------
     async def refusal(self, guild_id: int, user_id: int, channel_id: int | None) -> str | None:
         """Why this member may not use the bot here (a ban, a denied channel), or None."""
-
-        def read(s: Any) -> tuple[Ban | None, list[ChannelSettings]]:
-            ban = s.get(Ban, (guild_id, user_id))
-            rows = list(s.scalars(select(ChannelSettings).where(ChannelSettings.guild_id == guild_id)))
-            return ban, rows
-
-        ban, rows = await self.db.run_read(read)
+        ban, rows = await moderation.access_snapshot(self.db, guild_id, user_id)
         if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
             return ban_message(ban.reason)
         here = next((r for r in rows if r.channel_id == channel_id), None)
@@ -223,6 +212,10 @@ class Moderation:
             extra.append(rules.nsfw.negative)
         negative = _join(p.negative, *(e for e in extra if e and e not in p.negative))
         return dataclasses.replace(p, screen=not rules.nsfw_channel and rules.nsfw.image_check, negative=negative)
+
+    async def ban_of(self, guild_id: int, user_id: int) -> Any:
+        """The member's ban here, or None."""
+        return await moderation.get_ban(self.db, guild_id, user_id)
 
     # -- actions on users and results --------------------------------------------------------------
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:
