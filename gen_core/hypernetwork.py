@@ -487,7 +487,6 @@ class TrainConfig:
     batch_size: int = 1
     structure: Structure = Structure()
     shallow_penalty: float = 0.001
-    checkpoint_every: int = 0
     clip_skip: int = 2
     seed: int = 0
 
@@ -607,7 +606,6 @@ def train(
     *,
     progress: Callable[[Progress], Any] | None = None,
     cancel: Any = None,
-    checkpoint: Callable[[Hypernetwork, int], Any] | None = None,
 ) -> TrainResult:
     """Train a new hypernetwork on captioned images; the base model stays frozen and unchanged.
 
@@ -615,8 +613,7 @@ def train(
     bucket and takes a fresh random crop of each latent.  The loss is the denoising loss (noise or
     v, as the scheduler predicts) plus ``shallow_penalty`` × the depth-weighted context change.
     ``progress`` gets one :class:`Progress` per step (stage ``"training"``), ``cancel`` is checked
-    every step (:class:`Cancelled`), ``checkpoint(hypernetwork, step)`` runs every
-    ``checkpoint_every`` steps.
+    every step (:class:`Cancelled`).
     """
     if not images:
         raise HypernetworkError("training needs at least one image")
@@ -649,8 +646,6 @@ def train(
             losses.append(float(denoise.detach()))
             if progress is not None:
                 progress(Progress(step, config.steps, (0,), stage=STAGE_TRAIN))
-            if checkpoint is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoint(hn, step)
     hn.train(False)
     counts = collections.Counter(f"{ex.bucket[0]}x{ex.bucket[1]}" for ex in examples)
     hn.meta = {

@@ -261,7 +261,6 @@ class Hypernets:
             lr=cfg.lr,
             batch_size=cfg.batch_size,
             shallow_penalty=cfg.shallow_penalty,
-            checkpoint_every=cfg.checkpoint_every,
             module_name=name,
             module_path="",
         )

@@ -44,7 +44,7 @@ async def env(emulator, tmp_path, tiny_model_dir) -> AsyncIterator[BotEnv]:
     config = bot_config(
         emulator, tmp_path / "data", tiny_model_dir,
         generation={"default_aspect": "square", "max_area": 128 * 128, "default_steps": 4},
-        hypernet={"train_steps": 8, "checkpoint_every": 4, "lr": 0.01},
+        hypernet={"train_steps": 8, "lr": 0.01},
     )  # fmt: skip
     async with running_bot(emulator, config) as env:
         yield env
@@ -187,3 +187,4 @@ async def test_cancelled_training_refunds_and_frees_the_name(env: BotEnv):
     assert await env.balance(guild, alice) == balance
     assert "slow" not in await reply(await emu.invoke(alice, channel, "hypernet list", {}))
     assert await env.services.hypernets.visible(guild.id, alice.id) == []
+    assert [p for p in (env.config.data_dir / "hypernets").rglob("*") if p.is_file()] == []  # no module, no checkpoint

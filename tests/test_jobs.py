@@ -38,7 +38,7 @@ EXAMPLES = [
     InpaintParams(**BASE, init_image="ab/i.png", mask="ab/m.png", strength=0.75, fill="noise", mask_blur=8),
     MixParams(**BASE, parts=(("cat", 0.7), ("dog", 0.3)), mix_mode="composable", sweep=(0.0, 0.5, 1.0), passes=9),
     HypernetTrainParams(**BASE, train_images=("ab/t.png",), captions=("cat",), train_steps=8, train_area=65536, lr=1e-4,
-                        batch_size=1, shallow_penalty=0.001, checkpoint_every=0, module_name="cats",
+                        batch_size=1, shallow_penalty=0.001, module_name="cats",
                         module_path="/m/t.safetensors", work_steps=12),
 ]  # fmt: skip
 

@@ -161,27 +161,26 @@ def run_with_hypernets(
 
 
 def run_hypernet_train(engine: Any, tasks: list[Task], progress, cancel, preview_every: int) -> list[list[GeneratedImage]]:
-    """Train the job's hypernetwork (checkpoints beside the module file), save it, then sample with it."""
+    """Train the job's hypernetwork, sample with it, then save it: a training that fails or is cancelled
+    (also while sampling) leaves no file; a re-queued one starts again from the beginning."""
     from gen_core import hypernetwork
     from gen_core.buckets import scale_buckets
 
     (task,) = tasks
     p: HypernetTrainParams = task.params
-    path = Path(p.module_path)
     config = hypernetwork.TrainConfig(
         steps=p.train_steps, lr=p.lr, batch_size=p.batch_size, shallow_penalty=p.shallow_penalty,
-        checkpoint_every=p.checkpoint_every, clip_skip=p.clip_skip, seed=p.seed,
+        clip_skip=p.clip_skip, seed=p.seed,
     )  # fmt: skip
     buckets = scale_buckets(p.train_area)
     result = hypernetwork.train(
         engine, p.module_name, list(task.inputs.train_images), list(p.captions), buckets, config,
-        progress=progress, cancel=cancel, checkpoint=lambda hn, step: hn.save(path.with_name(path.stem + ".checkpoint.safetensors")),
+        progress=progress, cancel=cancel,
     )  # fmt: skip
-    result.hypernetwork.save(path)
-    path.with_name(path.stem + ".checkpoint.safetensors").unlink(missing_ok=True)
     request = sampling_request(p, job_id=task.job_id, mode="hypernet sample", hypernets=f"{p.module_name}:1")
     with hypernetwork.applied(engine, [(result.hypernetwork, 1.0)]):
         sample = engine.generate(request, progress=progress, cancel=cancel, preview_every=preview_every)
+    result.hypernetwork.save(Path(p.module_path))
     return [sample.images]
 
 

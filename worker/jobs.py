@@ -233,7 +233,6 @@ class HypernetTrainParams(JobParams):
     lr: float
     batch_size: int
     shallow_penalty: float
-    checkpoint_every: int
     module_name: str
     module_path: str
     work_steps: int  # the training in sampling-step equivalents

@@ -37,7 +37,7 @@ FIELDS = {
     "mix": ("parts", "mix_mode", "normalize", "sweep", "passes"),
     "hypernet_train": (
         "train_images", "captions", "train_steps", "train_area", "lr", "batch_size", "shallow_penalty",
-        "checkpoint_every", "module_name", "module_path", "work_steps",
+        "module_name", "module_path", "work_steps",
     ),
 }  # fmt: skip
 KINDS = {"hypernet-train": "hypernet_train"}
