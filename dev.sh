@@ -35,6 +35,7 @@ case "${1:-}" in
         install
         shift
         ruff check .
+        lint-imports
         exec python -m pytest -q "$@"
         ;;
     *)

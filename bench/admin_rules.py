@@ -26,10 +26,11 @@ from services.config import Config
 from services.jobs import JobService
 from services.moderation import Moderation
 from storage import CostPolicy, Database, JobQueue, Ledger, moderation, settings
+from worker.jobs import ImagineParams
 
 GUILD, CHANNEL = 1, 10
-PARAMS = {"prompt": "masterpiece, a cat in a spacesuit, detailed", "negative": "lowres", "width": 512, "height": 768,
-          "steps": 28, "cfg": 7.0, "sampler": "Euler a", "seed": 1, "count": 1, "clip_skip": 2}
+PARAMS = ImagineParams(prompt="masterpiece, a cat in a spacesuit, detailed", user_prompt="a cat in a spacesuit, detailed",
+                       negative="lowres", width=512, height=768, steps=28, cfg=7.0, sampler="Euler a", seed=1)
 
 
 async def _setup(db_path: Path, n_words: int) -> tuple[Database, Any, JobService, JobService]:
@@ -55,7 +56,7 @@ async def _submit(jobs: JobService, check: Moderation | None, n: int, tag: str) 
         t0 = time.perf_counter()
         if check is not None:
             assert await check.refusal(GUILD, 100 + i % 8, CHANNEL) is None
-        await jobs.submit(kind="imagine", params_list=[dict(PARAMS)], guild_id=GUILD, channel_id=CHANNEL,
+        await jobs.submit(params_list=[PARAMS], guild_id=GUILD, channel_id=CHANNEL,
                           user_id=100 + i % 8, request_key=f"{tag}:{i}")
         latencies.append(time.perf_counter() - t0)
     return latencies

@@ -18,13 +18,12 @@ from discord.ext import commands
 from services import ui
 from services.jobs import UserError
 from services.moderation import REGEX_PREFIX, ban_message, validate_banned_entry
-from storage import ModuleStatus, moderation, modules, settings
-from storage.policy import DEFAULT_MULTIPLIERS
+from worker.jobs import JobKind
 
 log = logging.getLogger(__name__)
 
 AUDIT_PAGE = 10
-MULTIPLIER_CHOICES = [app_commands.Choice(name=k, value=k) for k in DEFAULT_MULTIPLIERS]
+MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in JobKind]  # a price multiplier each
 
 
 def fmt_multipliers(multipliers: dict[str, float]) -> str:
@@ -68,7 +67,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def not_banned(self, interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None or manages_server(interaction):
             return True
-        ban = await moderation.get_ban(self.s.db, interaction.guild_id, interaction.user.id)
+        ban = await self.s.moderation.ban_of(interaction.guild_id, interaction.user.id)
         if ban is None:
             return True
         if interaction.type == discord.InteractionType.autocomplete:
@@ -108,7 +107,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
             await interaction.response.send_message(ephemeral=True, **kwargs)
 
     async def audit(self, interaction: discord.Interaction, action: str, **kwargs: Any) -> None:
-        await moderation.audit(self.s.db, interaction.guild_id, interaction.user.id, action, **kwargs)
+        await self.s.admin.audit(interaction.guild_id, interaction.user.id, action, **kwargs)
 
     # -- credits -------------------------------------------------------------------------------------------
     async def _adjust(self, interaction: discord.Interaction, op: str, user: discord.Member, amount: int, reason: str | None) -> None:
@@ -168,8 +167,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         if kind is not None:
             changes["multipliers"] = {**(await self.s.ledger.policy_for(interaction.guild_id)).multipliers, kind: multiplier}
         if changes:
-            await settings.set_guild_policy(self.s.db, interaction.guild_id, interaction.user.id, **changes)
-            await self.audit(interaction, "credits.policy", details=changes)
+            await self.s.admin.set_policy(interaction.guild_id, interaction.user.id, changes)
         p = await self.s.ledger.policy_for(interaction.guild_id)
         text = (
             f"Start balance **{p.start_balance}** · top-up to **{p.topup_floor}** every **{p.topup_period_s / 3600:g} h**\n"
@@ -201,26 +199,12 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         max_train_steps: app_commands.Range[int, 1, 1_000_000] | None = None,
         reset: bool = False,
     ) -> None:
-        guild_id, actor = interaction.guild_id, interaction.user.id
+        guild_id = interaction.guild_id
         given = dict(max_steps=max_steps, max_area=max_area, max_count=max_count,
                      max_train_images=max_train_images, max_train_steps=max_train_steps)
         patch = {k: v for k, v in given.items() if v is not None}
-        if channel is not None and max_queued is not None:
-            raise UserError("`max_queued` counts a member's jobs in the whole server; set it without `channel`.")
         changed = bool(patch) or reset or max_queued is not None
-        if channel is not None:
-            row = await settings.get_channel_settings(self.s.db, channel.id)
-            current = {} if reset or row is None else dict((row.settings or {}).get("limits", {}))
-            await settings.update_channel_settings(self.s.db, guild_id, channel.id, patch={"limits": {**current, **patch} or None},
-                                                   actor_id=actor)
-        else:
-            current = {} if reset else dict((await settings.get_guild_settings(self.s.db, guild_id)).get("limits", {}))
-            await settings.update_guild_settings(self.s.db, guild_id, {"limits": {**current, **patch} or None}, actor)
-            if max_queued is not None or reset:
-                await settings.set_guild_policy(self.s.db, guild_id, actor, max_queued_per_user=max_queued)
-        if changed:
-            await self.audit(interaction, "limits", details={"channel": channel and channel.id, "reset": reset,
-                                                             **patch, "max_queued": max_queued})
+        await self.s.admin.set_limits(guild_id, interaction.user.id, channel and channel.id, patch, max_queued, reset)
         rules = await self.s.moderation.rules(guild_id, channel.id if channel else None)
         where = f"in {channel.mention}" if channel else "on this server"
         await self.reply(interaction, rules.limits.describe(), title=f"Limits {where}" + (" updated" if changed else ""))
@@ -241,28 +225,24 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again")
     async def unban(self, interaction: discord.Interaction, user: discord.Member) -> None:
-        if not await moderation.unban(self.s.db, interaction.guild_id, user.id):
+        if not await self.s.admin.unban(interaction.guild_id, interaction.user.id, user.id):
             raise UserError(f"{user.mention} is not banned.")
-        await self.audit(interaction, "unban", target_user_id=user.id)
         await self.reply(interaction, f"✅ {user.mention} may use the bot again.")
 
     @app_commands.command(name="bans", description="Members banned from the bot here")
     async def bans(self, interaction: discord.Interaction) -> None:
-        rows = await moderation.bans(self.s.db, interaction.guild_id)
+        rows = await self.s.admin.bans(interaction.guild_id)
         lines = [f"<@{b.user_id}> since {discord.utils.format_dt(b.created_at, 'R')} by <@{b.actor_id}>"
                  + (f" — {b.reason}" if b.reason else "") for b in rows]
         await self.reply(interaction, "\n".join(lines) or "Nobody is banned.", title=f"Bans ({len(rows)})")
 
     # -- channels ------------------------------------------------------------------------------------------
     async def _channel_access(self, interaction: discord.Interaction, channel: discord.TextChannel, access: str) -> None:
-        enabled, allowed = {"allow": (True, True), "deny": (False, None), "reset": (True, None)}[access]
-        await settings.update_channel_settings(self.s.db, interaction.guild_id, channel.id, enabled=enabled,
-                                               patch={"allowed": allowed}, actor_id=interaction.user.id)
-        await self.audit(interaction, f"channels.{access}", details={"channel": channel.id})
+        await self.s.admin.set_channel_access(interaction.guild_id, interaction.user.id, channel.id, access)
         await self.reply(interaction, f"{channel.mention}: {access} saved.\n\n{await self._channel_list(interaction.guild_id)}")
 
     async def _channel_list(self, guild_id: int) -> str:
-        rows = await settings.guild_channel_settings(self.s.db, guild_id)
+        rows = await self.s.admin.channel_rows(guild_id)
         allowed = [f"<#{r.channel_id}>" for r in rows if r.enabled and (r.settings or {}).get("allowed")]
         denied = [f"<#{r.channel_id}>" for r in rows if not r.enabled]
         limited = [f"<#{r.channel_id}> {(r.settings or {})['limits']}" for r in rows if (r.settings or {}).get("limits")]
@@ -299,9 +279,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
                    image_check: bool | None = None) -> None:
         patch = {k: v for k, v in {"terms": terms, "negative": negative, "image_check": image_check}.items() if v is not None}
         if patch:
-            current = (await settings.get_guild_settings(self.s.db, interaction.guild_id)).get("nsfw", {})
-            await settings.update_guild_settings(self.s.db, interaction.guild_id, {"nsfw": {**current, **patch}}, interaction.user.id)
-            await self.audit(interaction, "nsfw", details=patch)
+            await self.s.admin.update_nsfw(interaction.guild_id, interaction.user.id, patch)
         rules = (await self.s.moderation.rules(interaction.guild_id, None)).nsfw
         installed = "installed" if self.s.moderation.safety_check else "not installed in this bot"
         text = (
@@ -315,21 +293,19 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @words.command(name="add", description="Ban a word or phrase (whole words), or a regex as re:<pattern>")
     async def words_add(self, interaction: discord.Interaction, word: str) -> None:
         entry = validate_banned_entry(word)
-        if not await moderation.add_banned_word(self.s.db, interaction.guild_id, entry, interaction.user.id):
+        if not await self.s.admin.add_word(interaction.guild_id, interaction.user.id, entry):
             raise UserError(f"`{entry}` is already banned.")
-        await self.audit(interaction, "words.add", details={"word": entry})
         await self.reply(interaction, f"🚫 `{entry}` is banned in prompts.")
 
     @words.command(name="remove", description="Allow a banned word again")
     async def words_remove(self, interaction: discord.Interaction, word: str) -> None:
-        if not await moderation.remove_banned_word(self.s.db, interaction.guild_id, word):
+        if not await self.s.admin.remove_word(interaction.guild_id, interaction.user.id, word):
             raise UserError(f"`{word}` is not banned; see `/admin words list`.")
-        await self.audit(interaction, "words.remove", details={"word": word.strip().casefold()})
         await self.reply(interaction, f"✅ `{word}` is allowed again.")
 
     @words.command(name="list", description="The banned words and regexes")
     async def words_list(self, interaction: discord.Interaction) -> None:
-        words = await moderation.banned_words(self.s.db, interaction.guild_id)
+        words = await self.s.admin.words(interaction.guild_id)
         text = "\n".join(f"`{w}`" + (" (regex)" if w.startswith(REGEX_PREFIX) else "") for w in words)
         await self.reply(interaction, text or "No banned words.", title=f"Banned words ({len(words)})")
 
@@ -338,9 +314,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def negative(self, interaction: discord.Interaction, prompt: str | None = None, clear: bool = False) -> None:
         if clear or prompt is not None:
             value = None if clear else prompt.strip() or None
-            await settings.update_guild_settings(self.s.db, interaction.guild_id, {"negative": value}, interaction.user.id)
-            await self.audit(interaction, "negative", details={"negative": value})
-        current = (await settings.get_guild_settings(self.s.db, interaction.guild_id)).get("negative")
+            await self.s.admin.set_negative(interaction.guild_id, interaction.user.id, value)
+        current = await self.s.admin.negative(interaction.guild_id)
         await self.reply(interaction, f"Server negative prompt: {f'`{current}`' if current else 'none'}")
 
     # -- queue ---------------------------------------------------------------------------------------------
@@ -381,44 +356,37 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         await self.reply(interaction, "▶️ The queue runs again on this server.")
 
     # -- hypernetwork modules ---------------------------------------------------------------------------------
-    async def _review(self, interaction: discord.Interaction, name: str, status: ModuleStatus) -> None:
-        module = await modules.get(self.s.db, interaction.guild_id, name)
-        if module is None:
-            raise UserError(f"There is no module `{name}` on this server; see `/admin modules pending`.")
-        if not module.shared:
-            raise UserError(f"`{name}` was not shared by its owner, so there is nothing to review.")
-        await modules.update(self.s.db, module.id, status=status)
-        await self.audit(interaction, f"modules.{'approve' if status == ModuleStatus.APPROVED else 'reject'}",
-                         target_user_id=module.owner_id, details={"module": name, "module_id": module.id})
-        verdict = "now usable by everyone here" if status == ModuleStatus.APPROVED else "rejected (only its owner sees it)"
+    async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:
+        module = await self.s.admin.review_module(interaction.guild_id, interaction.user.id, name, approve)
+        verdict = "now usable by everyone here" if approve else "rejected (only its owner sees it)"
         await self.reply(interaction, f"Module `{name}` by <@{module.owner_id}> is {verdict}.")
 
     async def _module_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         if not manages_server(interaction):  # command checks don't run for autocomplete
             return []
-        rows = await modules.list_all(self.s.db, interaction.guild_id)
-        return [app_commands.Choice(name=m.name, value=m.name) for m in rows if m.shared and current.lower() in m.name.lower()][:25]
+        rows = await self.s.admin.shared_modules(interaction.guild_id)
+        return [app_commands.Choice(name=m.name, value=m.name) for m in rows if current.lower() in m.name.lower()][:25]
 
     @modules_group.command(name="pending", description="Modules members shared that wait for approval")
     async def modules_pending(self, interaction: discord.Interaction) -> None:
-        rows = await modules.list_all(self.s.db, interaction.guild_id, ModuleStatus.PENDING)
+        rows = await self.s.admin.pending_modules(interaction.guild_id)
         lines = [f"`{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
         await self.reply(interaction, "\n".join(lines) or "No modules wait for approval.", title=f"Pending modules ({len(rows)})")
 
     @modules_group.command(name="approve", description="Make a shared module usable by everyone on this server")
     @app_commands.autocomplete(name=_module_autocomplete)
     async def modules_approve(self, interaction: discord.Interaction, name: str) -> None:
-        await self._review(interaction, name, ModuleStatus.APPROVED)
+        await self._review(interaction, name, approve=True)
 
     @modules_group.command(name="reject", description="Refuse (or withdraw) a shared module")
     @app_commands.autocomplete(name=_module_autocomplete)
     async def modules_reject(self, interaction: discord.Interaction, name: str) -> None:
-        await self._review(interaction, name, ModuleStatus.REJECTED)
+        await self._review(interaction, name, approve=False)
 
     # -- audit log -----------------------------------------------------------------------------------------
     @app_commands.command(name="audit", description="Who changed what, newest first")
     async def audit_log(self, interaction: discord.Interaction, page: app_commands.Range[int, 1, 10_000] = 1) -> None:
-        rows = await moderation.audit_entries(self.s.db, interaction.guild_id, limit=AUDIT_PAGE, offset=(page - 1) * AUDIT_PAGE)
+        rows = await self.s.admin.audit_page(interaction.guild_id, page, AUDIT_PAGE)
         lines = []
         for e in rows:
             target = (f" → <@{e.target_user_id}>" if e.target_user_id else "") + (f" job #{e.target_job_id}" if e.target_job_id else "")

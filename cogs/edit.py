@@ -47,14 +47,13 @@ class Edit(commands.Cog):
             await self.s.guard(interaction)
             picture = fit_to_bucket(await self.s.read_attachment(image), self.s.jobs.buckets)
             options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
-            params = edit_params(self.s.jobs, options, *picture.size)
+            buf = io.BytesIO()
+            picture.save(buf, format="PNG")
+            params = edit_params(self.s.jobs, options, *picture.size, init_image=await self.s.store.put(buf.getvalue()))
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        buf = io.BytesIO()
-        picture.save(buf, format="PNG")
-        params["init_image"] = await self.s.store.put(buf.getvalue())
-        await self.s.submit_from_interaction(interaction, "edit", [params])
+        await self.s.submit_from_interaction(interaction, [params])
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -90,7 +90,7 @@ class Imagine(commands.Cog):
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        await self.s.submit_from_interaction(interaction, "imagine", params_list)
+        await self.s.submit_from_interaction(interaction, params_list)
 
     imagine.autocomplete("aspect")(_aspect_autocomplete)
 
@@ -116,11 +116,11 @@ class Imagine(commands.Cog):
             await ui.refuse(interaction, str(exc))
             return
         policy = await self.s.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
-        total = sum(self.s.jobs.cost("imagine", p, policy) for p in params_list)
+        total = sum(self.s.jobs.cost(p, policy) for p in params_list)
         balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]
         await interaction.response.send_message(
-            f"💰 {len(params_list)} job(s) of {p['count']} image(s) at {p['width']}×{p['height']}, {p['steps']} steps "
+            f"💰 {len(params_list)} job(s) of {p.count} image(s) at {p.width}×{p.height}, {p.steps} steps "
             f"would cost **{total}** credits. Your balance: {balance}."
             + (edit_cost_line(self.s.jobs, edit, p, policy) if edit else ""),
             ephemeral=True,

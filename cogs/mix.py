@@ -10,6 +10,7 @@ from gen_core.mix import MODES
 from services import ui
 from services.jobs import UserError
 from services.mix import MixOptions, mix_params
+from worker.jobs import JobKind
 
 SWEEP = "🎚️"
 
@@ -67,9 +68,9 @@ class Mix(commands.Cog):
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        await services.submit_from_interaction(interaction, "mix", [params])
+        await services.submit_from_interaction(interaction, [params])
 
 
 async def setup(bot: commands.Bot) -> None:
-    ui.RESULT_VIEWS["mix"] = mix_result_view
+    ui.RESULT_VIEWS[JobKind.MIX] = mix_result_view
     await bot.add_cog(Mix(bot))

@@ -18,6 +18,7 @@ from gen_core.outpaint import FILLS
 from services import ui
 from services.jobs import UserError
 from services.outpaint import DIRECTION_ACTIONS, OutpaintService
+from worker.jobs import JobKind
 
 DIRECTION_CHOICES = [
     app_commands.Choice(name=name, value=value)
@@ -50,7 +51,7 @@ class OutpaintButton(discord.ui.DynamicItem[discord.ui.Button], template=r"outpa
         try:
             await services.guard(interaction)
             job = await services.queue.get(self.job_id)
-            if job is None or job.kind != "outpaint" or not job.result:
+            if job is None or job.kind != JobKind.OUTPAINT or not job.result:
                 raise UserError(f"Outpaint job #{self.job_id} no longer exists.")
             if self.action == "pick":
                 await pick(interaction, job, self.index)
@@ -98,7 +99,6 @@ async def extend(interaction: discord.Interaction, job: Any, index: int, action:
     await interaction.response.defer(ephemeral=True, thinking=True)
     params, plan = await OutpaintService(services).continue_params(job, index, action)
     jobs = await services.jobs.submit(
-        kind="outpaint",
         params_list=[params],
         guild_id=interaction.guild_id,
         channel_id=interaction.channel_id,
@@ -154,7 +154,7 @@ class Outpaint(commands.Cog):
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        if await self.s.submit_from_interaction(interaction, "outpaint", params_list):
+        if await self.s.submit_from_interaction(interaction, params_list):
             await note_downscaled(interaction, plan.downscaled, plan.original_size)
 
     @app_commands.command(name="inpaint", description="Repaint a region of a picture (mask: white = repaint)")
@@ -194,12 +194,12 @@ class Outpaint(commands.Cog):
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        if await self.s.submit_from_interaction(interaction, "inpaint", params_list) and scaled_to:
+        if await self.s.submit_from_interaction(interaction, params_list) and scaled_to:
             await note_downscaled(interaction, True, scaled_to)
 
 
 async def setup(bot: commands.Bot) -> None:
-    ui.RESULT_VIEWS["outpaint"] = outpaint_result_view
-    ui.RESULT_VIEWS["inpaint"] = lambda job_id, n: ui.result_view(job_id, n, actions=("reroll", "var", "delete"))
+    ui.RESULT_VIEWS[JobKind.OUTPAINT] = outpaint_result_view
+    ui.RESULT_VIEWS[JobKind.INPAINT] = lambda job_id, n: ui.result_view(job_id, n, actions=("reroll", "var", "delete"))
     bot.add_dynamic_items(OutpaintButton)
     await bot.add_cog(Outpaint(bot))

@@ -41,6 +41,7 @@ from gen_core.types import (
     GenerationRequest,
     GenerationResult,
     Progress,
+    is_cancelled,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ _UNET_WEIGHT_FILES = (
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # diffusers renamed the loading keyword torch_dtype -> dtype (the old one warns); older releases
 # only know torch_dtype.
-_DTYPE_KW = (
+DTYPE_KW = (
     "dtype"
     if hasattr(importlib.import_module("diffusers.utils.deprecation_utils"), "_resolve_dtype")
     else "torch_dtype"
@@ -118,16 +119,9 @@ def effective_img2img_steps(steps: int, strength: float) -> int:
     return min(steps, max(1, int(steps * strength + 1e-6)))
 
 
-def _pipeline_strength(steps: int, denoise_steps: int) -> float:
-    # The strength that makes diffusers' int(steps * strength) land exactly on denoise_steps.
+def pipeline_strength(steps: int, denoise_steps: int) -> float:
+    """The strength that makes diffusers' ``int(steps * strength)`` land exactly on ``denoise_steps``."""
     return 1.0 if denoise_steps >= steps else (denoise_steps + 0.5) / steps
-
-
-def _is_cancelled(cancel: CancelLike) -> bool:
-    if cancel is None:
-        return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set() if is_set is not None else cancel())
 
 
 def _find_unet_weights(folder: Path) -> Path | None:
@@ -147,7 +141,7 @@ class _DropMessage(logging.Filter):
         return self.fragment not in record.getMessage()
 
 
-def _derive_pipeline(cls, pipe, dtype: torch.dtype):
+def derive_pipeline(cls, pipe, dtype: torch.dtype):
     """``cls.from_pipe(pipe)``: a pipeline sharing every component of ``pipe`` (no second UNet).
 
     The dtype must be passed: from_pipe casts the (shared!) modules to it, fp32 by default.  That
@@ -157,7 +151,7 @@ def _derive_pipeline(cls, pipe, dtype: torch.dtype):
     target = logging.getLogger("diffusers.models.modeling_utils")
     target.addFilter(quiet)
     try:
-        return cls.from_pipe(pipe, **{_DTYPE_KW: dtype})
+        return cls.from_pipe(pipe, **{DTYPE_KW: dtype})
     finally:
         target.removeFilter(quiet)
 
@@ -190,7 +184,7 @@ class Engine:
         self.txt2img = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
-        self.img2img = _derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
+        self.img2img = derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
         for p in (self.txt2img, self.img2img):
             p.set_progress_bar_config(disable=True)
         self.encoder = prompts.PromptEncoder(
@@ -223,7 +217,7 @@ class Engine:
         dtype = resolve_dtype(config.dtype, device)
         if dtype == torch.float16 and device.type == "cpu":
             log.warning("fp16 on the CPU is slow and partly unsupported; consider dtype='fp32'")
-        kwargs: dict[str, Any] = {_DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
+        kwargs: dict[str, Any] = {DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
         path = Path(config.model_path).expanduser()
         hash_file: Path | None
         if path.is_dir():
@@ -243,7 +237,7 @@ class Engine:
             raise FileNotFoundError(f"Model not found: {config.model_path}")
 
         pipe.to(device)
-        cls._configure_modules(pipe, config, device)
+        cls.configure_modules(pipe, config, device)
         engine = cls(pipe, config, model_name=name, hash_file=hash_file)
         log.info(
             "loaded %s on %s (%s) in %.1fs",
@@ -255,7 +249,7 @@ class Engine:
         return engine
 
     @staticmethod
-    def _configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
+    def configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         if config.attention == "sdpa":
@@ -417,13 +411,13 @@ class Engine:
             return []
         resolved = [self.resolve(r) for r in reqs]
         with self.lock, torch.inference_mode():
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled()
             embeds = self.encode_all(resolved)
             results: list[GenerationResult | None] = [None] * len(resolved)
             try:
                 for group in self.plan(resolved, embeds):
-                    if _is_cancelled(cancel):
+                    if is_cancelled(cancel):
                         raise Cancelled()
                     images = self._run_group(group, resolved, embeds, progress, cancel, preview_every)
                     for index in group:
@@ -541,7 +535,7 @@ class Engine:
                     latents.append(lat)
                     g += 1
             call["image"] = torch.cat(latents)
-            call["strength"] = _pipeline_strength(
+            call["strength"] = pipeline_strength(
                 first.steps, effective_img2img_steps(first.steps, first.strength)
             )
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
@@ -564,7 +558,7 @@ class Engine:
 
     def step_callback(self, indices, counts, progress, cancel, preview_every):
         def on_step_end(pipe, step_index, timestep, tensors):
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled()
             if progress is not None:
                 step = step_index + 1

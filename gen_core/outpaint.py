@@ -36,7 +36,7 @@ from PIL import Image, ImageFilter
 from gen_core.geometry import Geometry
 from gen_core.images import has_alpha, to_rgb, to_rgba
 from gen_core.samplers import make_scheduler
-from gen_core.types import Cancelled, GeneratedImage, GenerationRequest
+from gen_core.types import Cancelled, GeneratedImage, GenerationRequest, is_cancelled
 
 DIRECTIONS = ("left", "right", "up", "down")
 ZOOMS = {"zoom": 2.0, "zoom1.5": 1.5, "zoom2": 2.0}
@@ -265,12 +265,12 @@ def _soft_mask_processor(pipe: Any) -> Any:
 def _load_inpaint_unet(path: str, dtype: torch.dtype) -> Any:
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
-    from gen_core.engine import _DTYPE_KW
+    from gen_core.engine import DTYPE_KW
 
     source = Path(path).expanduser()
     if source.is_file():
-        return StableDiffusionInpaintPipeline.from_single_file(str(source), **{_DTYPE_KW: dtype}).unet
-    return UNet2DConditionModel.from_pretrained(str(source), subfolder="unet", **{_DTYPE_KW: dtype})
+        return StableDiffusionInpaintPipeline.from_single_file(str(source), **{DTYPE_KW: dtype}).unet
+    return UNet2DConditionModel.from_pretrained(str(source), subfolder="unet", **{DTYPE_KW: dtype})
 
 
 def inpaint_pipeline(engine: Any) -> Any:
@@ -278,12 +278,12 @@ def inpaint_pipeline(engine: Any) -> Any:
     ``engine.config.inpaint_path`` with the engine's VAE, text encoder and tokenizer."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    from gen_core.engine import Engine, _derive_pipeline
+    from gen_core.engine import Engine, derive_pipeline
 
     holder = _PIPELINES.setdefault(engine, _Pipelines())
     with holder.lock:
         if holder.pipe is None:
-            pipe = _derive_pipeline(StableDiffusionInpaintPipeline, engine.txt2img, engine.dtype)
+            pipe = derive_pipeline(StableDiffusionInpaintPipeline, engine.txt2img, engine.dtype)
             path = getattr(engine.config, "inpaint_path", "")
             if path:
                 unet = _load_inpaint_unet(path, engine.dtype).to(engine.device)
@@ -299,7 +299,7 @@ def inpaint_pipeline(engine: Any) -> Any:
                     feature_extractor=None,
                     requires_safety_checker=False,
                 )
-                Engine._configure_modules(pipe, engine.config, engine.device)
+                Engine.configure_modules(pipe, engine.config, engine.device)
             pipe.mask_processor = _soft_mask_processor(pipe)
             pipe.set_progress_bar_config(disable=True)
             holder.pipe = pipe
@@ -318,7 +318,7 @@ def inpaint_batch(
     Image ``k`` of a request uses seed ``seed + k``.  Returns the images per request, each the
     size of its ``init_image``, equal to it wherever its mask is 0.
     """
-    from gen_core.engine import _is_cancelled, _pipeline_strength, effective_img2img_steps
+    from gen_core.engine import effective_img2img_steps, pipeline_strength
 
     if not items:
         return []
@@ -332,7 +332,7 @@ def inpaint_batch(
     pipe = inpaint_pipeline(engine)
     size = (first.width, first.height)
     with engine.lock, torch.inference_mode():
-        if _is_cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled()
         embeds = engine.encode_all(reqs)
         length = max(e[0].shape[1] for e in embeds)
@@ -351,7 +351,7 @@ def inpaint_batch(
             "mask_image": masks,
             "height": first.height,
             "width": first.width,
-            "strength": _pipeline_strength(first.steps, effective_img2img_steps(first.steps, first.strength)),
+            "strength": pipeline_strength(first.steps, effective_img2img_steps(first.steps, first.strength)),
             "num_inference_steps": first.steps,
             "guidance_scale": first.cfg,
             "generator": generators,

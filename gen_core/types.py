@@ -15,6 +15,14 @@ class Cancelled(Exception):
     """Raised by the engine when a run was cancelled (it stops at the next step)."""
 
 
+def is_cancelled(cancel: Any) -> bool:
+    """Whether a run should stop now: ``cancel`` is None, a ``threading.Event`` or a callable."""
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if is_set is not None else cancel())
+
+
 @dataclass
 class GenerationRequest:
     """One user job: ``count`` images of one prompt.

@@ -5,44 +5,64 @@ the message id of a result), so everything works on old messages and after a res
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
 import discord
 
+from gen_core.geometry import Geometry
 from gen_core.metadata import format_parameters
 from services import ui
-from services.edit import EDIT_KINDS, remix_params
-from services.hypernet import TRAIN_KIND, sample_params
+from services.edit import remix_params
+from services.hypernet import sample_params
 from services.jobs import UserError, new_seed
 from services.mix import sweep_params
+from worker.jobs import (
+    EditParams,
+    EditRemixParams,
+    HypernetTrainParams,
+    ImagineMode,
+    ImagineParams,
+    InpaintParams,
+    JobParams,
+    encode,
+    params_of,
+)
 
 log = logging.getLogger(__name__)
 
 
-def derive_params(job: Any, action: str, index: int | None, generation: Any) -> dict[str, Any]:
-    """A new job's parameters from a finished job: reroll (new seed), variation or upscale of image `index`."""
-    params = dict(job.params)
-    params["seed"] = new_seed()
-    params.pop("mode", None)
+def derive_params(
+    job: Any, params: JobParams, action: str, index: int | None, generation: Any, geometry: Geometry
+) -> JobParams:
+    """A new job's parameters from a finished ``job``: reroll (new seed), sweep (/mix), variation or
+    upscale of image ``index`` (/imagine; variations also of /inpaint), η re-mix (/edit), or a training's
+    sample again (a trained hypernetwork)."""
+    if isinstance(params, EditParams | EditRemixParams):  # re-mix the kept tuned state: no optimisation again
+        return remix_params(job.id, params, action, index)
+    if isinstance(params, HypernetTrainParams):  # the training's sample again, with the trained module
+        return sample_params(params)
     if action == "reroll":
-        return params
+        return dataclasses.replace(params, seed=new_seed())
     if action == "sweep":  # /mix results: the same seed at several weights between the first two prompts
-        return sweep_params(job.params, job.params["seed"])
+        return sweep_params(params, params.seed)
+    if action not in ("var", "up") or not isinstance(params, ImagineParams | InpaintParams):
+        raise UserError("That button is not supported any more.")
     images = (job.result or {}).get("images", [])
     if index is None or not 0 <= index < len(images):
         raise UserError("That image no longer exists.")
-    params.update(init_image=images[index]["key"], source_job=job.id, source_index=index)
+    source = {"init_image": images[index]["key"], "source_job": job.id, "source_index": index, "seed": new_seed()}
     if action == "var":
-        params.update(strength=generation.variation_strength, mode="variation")
-        return params
-    if action == "up":
-        width, height = images[index]["width"] * 2, images[index]["height"] * 2
-        params.update(
-            width=width // 64 * 64, height=height // 64 * 64, count=1, strength=generation.upscale_strength, mode="upscale"
-        )
-        return params
-    raise UserError(f"Unknown action {action}.")
+        if isinstance(params, ImagineParams):
+            source["mode"] = ImagineMode.VARIATION
+        return dataclasses.replace(params, strength=generation.variation_strength, **source)
+    if not isinstance(params, ImagineParams):
+        raise UserError("That button is not supported any more.")
+    width, height = (geometry.snap_down(images[index][side] * 2) for side in ("width", "height"))
+    return dataclasses.replace(
+        params, width=width, height=height, count=1, strength=generation.upscale_strength, mode=ImagineMode.UPSCALE, **source
+    )
 
 
 def is_moderator(member: Any) -> bool:
@@ -61,17 +81,14 @@ class Actions:
         return job
 
     async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
-        if job.kind in EDIT_KINDS:  # re-mix the kept tuned state: no optimisation again
-            kind, params = "edit_remix", remix_params(job, action, index)
-        elif job.kind == TRAIN_KIND:  # a training's sample again, with the trained module: no training again
-            kind, params = "imagine", sample_params(job)
-        else:
-            kind, params = job.kind, derive_params(job, action, index, self.s.config.generation)
+        source = params_of(job)
+        params = derive_params(job, source, action, index, self.s.config.generation, self.s.geometry)
+        if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
             area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)
-            if params["width"] * params["height"] > area_limit:
+            if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")
         return await self.s.jobs.submit(
-            kind=kind, params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
+            params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
         )
 
     # -- buttons ----------------------------------------------------------------------------------
@@ -143,7 +160,7 @@ class Actions:
                 user = member or await bot.fetch_user(payload.user_id)
                 lines = [f"**Job #{job.id}** ({job.kind})"]
                 for img in (job.result or {}).get("images", []):
-                    lines.append("```\n" + format_parameters({**job.params, "seed": img["seed"]}) + "\n```")
+                    lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
                 await user.send(ui.clip("\n".join(lines), 2000))
         except UserError as exc:
             await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)

@@ -14,14 +14,16 @@ from gen_core.images import ImageInputError, load_image, load_image_rgba
 from gen_core.imagic import TunedCache
 from services import ui
 from services.actions import Actions
+from services.admin import ServerAdmin
 from services.config import Config
-from services.hypernet import TRAIN_KIND, Hypernets
+from services.hypernet import Hypernets
 from services.jobs import JobService, UserError
 from services.moderation import Moderation
 from services.publisher import DiscordPublisher
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
-from worker.handlers import HANDLERS, RAW_INPUT_KINDS, edit_handlers, hypernet_handlers
+from worker.handlers import handlers
+from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, OutpaintParams
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +84,7 @@ class Services:
             images=self.images,
             publisher=self.publisher,
             engine_loader=engine_loader or default_engine_loader(config),
-            handlers={**HANDLERS, **edit_handlers(self.edit_cache), **hypernet_handlers(ModuleCache())},
+            handlers=handlers(self.edit_cache, ModuleCache()),
             load_inputs=self.load_inputs,
             max_batch=w.max_batch,
             lease_s=w.lease_s,
@@ -93,9 +95,10 @@ class Services:
         )
         self.hypernets = Hypernets(self)
         self.jobs = JobService(
-            config, self.geometry, self.queue, self.ledger, self.worker, moderation=self.moderation, modules=self.hypernets
+            config, self.geometry, self.queue, self.ledger, self.worker, moderation=self.moderation, hypernets=self.hypernets
         )
         self.actions = Actions(self)
+        self.admin = ServerAdmin(self)
 
     async def start(self) -> None:
         await self.db.upgrade()
@@ -107,27 +110,25 @@ class Services:
         await self.db.close()
 
     # -- inputs ------------------------------------------------------------------------------------
-    async def load_inputs(self, job: Any) -> dict[str, Any]:
+    async def load_inputs(self, params: JobParams) -> Inputs:
         """Decode a job's stored input images (capped), resized to the job's size."""
-        if job.kind == TRAIN_KIND:  # the training images, at their stored size
-            cap = self.config.limits.max_input_pixels
-            return {"train_images": [load_image(await self.store.get(k), max_pixels=cap) for k in job.params["train_images"]]}
-        key = job.params.get("init_image")
+        cap = self.config.limits.max_input_pixels
+        if isinstance(params, HypernetTrainParams):  # the training images, at their stored size
+            return Inputs(train_images=tuple([load_image(await self.store.get(k), max_pixels=cap) for k in params.train_images]))
+        key = getattr(params, "init_image", None)
         if not key:
-            return {}
-        image = load_image(await self.store.get(key), max_pixels=self.config.limits.max_input_pixels)
-        if job.kind in RAW_INPUT_KINDS:  # outpaint/inpaint: the original pixels, and the stored mask
-            mask_key = job.params.get("mask")
-            if mask_key:
-                mask = load_image(await self.store.get(mask_key), max_pixels=self.config.limits.max_input_pixels)
-                return {"init_image": image, "mask": mask.convert("L")}
-            return {"init_image": image}
-        size = (job.params["width"], job.params["height"])
+            return Inputs()
+        image = load_image(await self.store.get(key), max_pixels=cap)
+        if isinstance(params, InpaintParams):  # the original pixels, and the stored mask
+            return Inputs(image=image, mask=load_image(await self.store.get(params.mask), max_pixels=cap).convert("L"))
+        if isinstance(params, OutpaintParams):  # the original pixels
+            return Inputs(image=image)
+        size = (params.width, params.height)
         if image.size != size:
             from PIL import Image
 
             image = image.resize(size, Image.Resampling.LANCZOS)
-        return {"init_image": image}
+        return Inputs(image=image)
 
     async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False) -> Any:
         """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
@@ -160,14 +161,13 @@ class Services:
             )
 
     # -- submission from an interaction ---------------------------------------------------------
-    async def submit_from_interaction(self, interaction: discord.Interaction, kind: str, params_list: list[dict]) -> list[Any]:
+    async def submit_from_interaction(self, interaction: discord.Interaction, params_list: list[JobParams]) -> list[Any]:
         """Acknowledge at once (ephemeral; unless the cog already has), then reserve credits and
         enqueue; refusals cost nothing."""
         if not interaction.response.is_done():
             await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             jobs = await self.jobs.submit(
-                kind=kind,
                 params_list=params_list,
                 guild_id=interaction.guild_id,
                 channel_id=interaction.channel_id,

@@ -125,7 +125,6 @@ class HypernetConfig:
     lr: float = 1e-4
     batch_size: int = 1
     shallow_penalty: float = 0.001
-    checkpoint_every: int = 100
     max_active: int = 4
     max_file_mb: int = 200
 

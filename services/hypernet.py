@@ -3,10 +3,10 @@
 Files live under ``<data_dir>/hypernets/<guild>/`` in the native ``.safetensors`` form (an uploaded
 A1111 ``.pt`` is converted once, at upload, so the worker never reads a pickle).  A member's active
 modules are kept per guild in the guild settings blob under ``hypernet:<user id>`` (one key per
-member: concurrent changes by different members never overwrite each other).  Jobs carry what they
-use as ``params["modules"] = [{"name", "path", "strength"}, ...]``; rerolls and variations copy it.
+member: concurrent changes by different members never overwrite each other).  /imagine jobs carry what
+they use as ``ImagineParams.hypernets``; rerolls and variations copy it.
 
-A training job (kind ``hypernet-train``) reserves its module name at submission: the row exists at
+A training job (``JobKind.HYPERNET_TRAIN``) reserves its module name at submission: the row exists at
 once, its file appears when training finishes; rows of trainings that failed or were cancelled are
 dropped the next time modules are listed.
 """
@@ -14,6 +14,7 @@ dropped the next time modules are listed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import io
 import math
@@ -31,10 +32,9 @@ from gen_core.images import ImageInputError, load_image
 from gen_core.prompts import PromptError, strip_extra_networks
 from services import ui
 from services.jobs import UserError, new_seed
-from storage import ModuleStatus, modules, settings
+from storage import JobKind, ModuleStatus, modules, settings
+from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
 
-TRAIN_KIND = "hypernet-train"
-MODULE_KINDS = ("imagine",)  # job kinds whose handler applies params["modules"]
 STRENGTH_RANGE = (-2.0, 2.0)
 NAME = re.compile(r"^[\w.-]{1,64}$")
 _SETTING = "hypernet:{user}"
@@ -152,41 +152,34 @@ class Hypernets:
         return entries
 
     # -- jobs --------------------------------------------------------------------------------------
-    async def apply(self, kind: str, guild_id: int, user_id: int, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Strip ``<hypernet:name:strength>`` tags from the prompts and record the modules each job uses:
-        the tagged ones, else the member's active ones.  Jobs that already carry modules keep them."""
-        if kind not in MODULE_KINDS:
-            return params_list
+    async def apply(self, guild_id: int, user_id: int, params_list: list[JobParams]) -> list[JobParams]:
+        """Strip ``<hypernet:name:strength>`` tags from /imagine prompts and record the modules each job
+        uses: the tagged ones, else the member's active ones.  Jobs that already carry modules keep them."""
         out = []
         for params in params_list:
-            params = dict(params)
-            if "modules" not in params:
-                tags = self._strip_tags(params)
+            if isinstance(params, ImagineParams) and not params.hypernets:
+                params, tags = self._strip_tags(params)
                 chosen = [(await self.find(guild_id, user_id, n), check_strength(s)) for n, s in tags]
                 chosen = chosen or await self.active(guild_id, user_id)
                 for module, _ in chosen:
                     if not self.ready(module):
                         raise UserError(f"`{module.name}` is still training. Use it once its sample image is posted.")
-                if chosen:
-                    params["modules"] = [{"name": m.name, "path": m.path, "strength": s} for m, s in chosen]
+                uses = tuple(HypernetUse(name=m.name, path=m.path, strength=s) for m, s in chosen)
+                params = dataclasses.replace(params, hypernets=uses)
             out.append(params)
         return out
 
     @staticmethod
-    def _strip_tags(params: dict[str, Any]) -> list[tuple[str, float]]:
-        tags: list[tuple[str, str, float]] = []
+    def _strip_tags(params: ImagineParams) -> tuple[ImagineParams, list[tuple[str, float]]]:
         try:
-            for key in ("prompt", "user_prompt"):
-                if key in params:
-                    params[key], found = strip_extra_networks(params[key])
-                    if key == "prompt":
-                        tags = found
+            prompt, tags = strip_extra_networks(params.prompt)
+            user_prompt, _ = strip_extra_networks(params.user_prompt)
         except PromptError as exc:
             raise UserError(str(exc)) from None
         other = [f"<{k}:{n}>" for k, n, _ in tags if k != "hypernet"]
         if other:
             raise UserError(f"{', '.join(other)}: only `<hypernet:name:strength>` tags are supported here.")
-        return [(name, weight) for _, name, weight in tags]
+        return dataclasses.replace(params, prompt=prompt, user_prompt=user_prompt), [(name, weight) for _, name, weight in tags]
 
     # -- files ---------------------------------------------------------------------------------------
     async def upload(self, guild_id: int, user_id: int, attachment: discord.Attachment, name: str | None) -> Any:
@@ -237,8 +230,9 @@ class Hypernets:
         return await modules.update(self.s.db, module.id, shared=True, status=ModuleStatus.PENDING)
 
     # -- training ----------------------------------------------------------------------------------------
-    async def train_params(self, name: str, images: list[Any], captions: list[str], steps: int | None) -> dict[str, Any]:
-        """A training job's parameters (image keys are stored here); the name is checked, not reserved."""
+    async def train_params(self, name: str, images: list[Any], captions: list[str], steps: int | None) -> HypernetTrainParams:
+        """A training job's parameters (image keys are stored here); the name is checked, not reserved,
+        and the module's path is set by `submit_training`."""
         gen, cfg = self.s.config.generation, self.config
         steps = steps or cfg.train_steps
         width, height = nearest_bucket(*images[0].size, self.s.jobs.buckets)
@@ -248,41 +242,39 @@ class Hypernets:
             buf = io.BytesIO()
             image.save(buf, format="PNG")
             keys.append(await self.s.store.put(buf.getvalue()))
-        return {
-            "prompt": captions[0],
-            "user_prompt": f"hypernetwork {name}: {captions[0]}",
-            "negative": "",
-            "width": width,
-            "height": height,
-            "steps": min(gen.default_steps, self.s.config.limits.max_steps),
-            "cfg": gen.default_cfg,
-            "sampler": gen.default_sampler,
-            "seed": new_seed(),
-            "count": 1,
-            "clip_skip": self.s.config.model.clip_skip,
-            "train_images": keys,
-            "captions": captions,
-            "train_steps": steps,
-            "train_area": gen.max_area,
+        return HypernetTrainParams(
+            prompt=captions[0],
+            user_prompt=f"hypernetwork {name}: {captions[0]}",
+            width=width,
+            height=height,
+            steps=min(gen.default_steps, self.s.config.limits.max_steps),
+            cfg=gen.default_cfg,
+            sampler=gen.default_sampler,
+            seed=new_seed(),
+            clip_skip=self.s.config.model.clip_skip,
+            train_images=tuple(keys),
+            captions=tuple(captions),
+            train_steps=steps,
+            train_area=gen.max_area,
             # forward + backward ≈ 3 UNet passes per image, a CFG sampling step 2
-            "work_steps": steps * cfg.batch_size * 3 // 2,
-            "lr": cfg.lr,
-            "batch_size": cfg.batch_size,
-            "shallow_penalty": cfg.shallow_penalty,
-            "checkpoint_every": cfg.checkpoint_every,
-            "module_name": name,
-        }
+            work_steps=steps * cfg.batch_size * 3 // 2,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            shallow_penalty=cfg.shallow_penalty,
+            module_name=name,
+            module_path="",
+        )
 
-    async def submit_training(self, interaction: discord.Interaction, params: dict[str, Any]) -> list[Any]:
+    async def submit_training(self, interaction: discord.Interaction, params: HypernetTrainParams) -> list[Any]:
         """Reserve the name (the module row), then queue the job; the row goes if nothing was queued."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
-        name = params["module_name"]
+        name = params.module_name
         if await modules.get(self.s.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
-        params["module_path"] = str(path)
+        params = dataclasses.replace(params, module_path=str(path))
         module = await modules.register(self.s.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
-        jobs = await self.s.submit_from_interaction(interaction, TRAIN_KIND, [params])
+        jobs = await self.s.submit_from_interaction(interaction, [params])
         if not jobs:
             await modules.delete(self.s.db, module.id)
             return []
@@ -290,16 +282,10 @@ class Hypernets:
         return jobs
 
 
-def sample_params(job: Any) -> dict[str, Any]:
-    """An /imagine job from a training result: its sample prompt with the trained module, a new seed."""
-    p = job.params
-    keep = ("prompt", "negative", "width", "height", "steps", "cfg", "sampler", "clip_skip")
-    params = {k: p[k] for k in keep}
-    params.update(
-        user_prompt=p["prompt"], seed=new_seed(), count=1,
-        modules=[{"name": p["module_name"], "path": p["module_path"], "strength": 1.0}],
-    )  # fmt: skip
-    return params
+def sample_params(p: HypernetTrainParams) -> ImagineParams:
+    """An /imagine job from a training: its sample prompt with the trained module, a new seed."""
+    fields = sampling_fields(p) | {"user_prompt": p.prompt, "seed": new_seed(), "count": 1}
+    return ImagineParams(**fields, hypernets=(HypernetUse(name=p.module_name, path=p.module_path, strength=1.0),))
 
 
 def train_view(job_id: int, n_images: int) -> discord.ui.View:
@@ -308,4 +294,4 @@ def train_view(job_id: int, n_images: int) -> discord.ui.View:
 
 
 def register_views() -> None:
-    ui.RESULT_VIEWS[TRAIN_KIND] = train_view
+    ui.RESULT_VIEWS[JobKind.HYPERNET_TRAIN] = train_view

@@ -19,6 +19,7 @@ import discord
 
 from gen_core.types import Progress
 from services import ui
+from worker.jobs import params_of
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class DiscordPublisher:
         if target is None or (now - target.last_edit < self.progress_interval_s and p.step < p.total):
             return
         target.last_edit = now
-        text = f"🎨 **Generating** `{ui.clip(job.params.get('user_prompt', job.params['prompt']), 120)}`\n" \
+        text = f"🎨 **Generating** `{ui.clip(params_of(job).user_prompt, 120)}`\n" \
                f"`{ui.progress_bar(p.step, p.total)}` {p.stage + ' · ' if p.stage else ''}step {p.step}/{p.total}"
         kwargs: dict[str, Any] = {"content": text, "view": ui.cancel_view(job.id)}
         if p.preview is not None:
@@ -93,12 +94,13 @@ class DiscordPublisher:
         store = self.bot.services.store
         files = [ui.png_file(await store.get(img["key"]), f"job{job.id}_{i + 1}_{img['seed']}.png") for i, img in enumerate(images)]
         balance = await self.ledger.balance(job.guild_id, job.user_id)
-        params = job.params
+        params = params_of(job)
         seeds = ", ".join(str(img["seed"]) for img in images)
+        eta = getattr(params, "eta", None)
         content = (
-            f"<@{job.user_id}> **{ui.clip(params.get('user_prompt', params['prompt']), 300)}**\n"
-            f"{params['width']}×{params['height']} · {params['steps']} steps · {params['sampler']} · CFG {params['cfg']}"
-            f" · seed {seeds}" + (f" · η {params['eta']}" if "eta" in params else "") + "\n"
+            f"<@{job.user_id}> **{ui.clip(params.user_prompt, 300)}**\n"
+            f"{params.width}×{params.height} · {params.steps} steps · {params.sampler} · CFG {params.cfg}"
+            f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + "\n"
             f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
         )
         channel = await self._channel(job.channel_id)

@@ -76,9 +76,10 @@ Queue
     await queue.counts() -> {"queued": n, "running": n, ...}
     queue.images                                                  # ImageRepo(db), see below
 
-``Job`` fields: id, kind, guild_id, channel_id, user_id, account_id, interaction_id, parent_job_id, params,
-batch_key, cost, status (a ``JobStatus`` value), start_tag, attempts, worker_id, lease_expires_at, result,
-error, posted_message_id, cancelled_by, created_at, started_at, finished_at, updated_at.
+``Job`` fields: id, kind (a ``JobKind`` value), guild_id, channel_id, user_id, account_id, interaction_id,
+parent_job_id, params (JSON; typed per kind in ``worker.jobs``), params_version, batch_key, cost, status (a
+``JobStatus`` value), start_tag, attempts, worker_id, lease_expires_at, result, error, posted_message_id,
+cancelled_by, created_at, started_at, finished_at, updated_at.
 
 Images
 ------
@@ -125,6 +126,7 @@ from storage.models import (
     HypernetworkModule,
     Image,
     Job,
+    JobKind,
     JobStatus,
     LedgerEntry,
     LedgerKind,
@@ -152,6 +154,7 @@ __all__ = [
     "InsufficientCredits",
     "Job",
     "JobQueue",
+    "JobKind",
     "JobSpec",
     "JobStatus",
     "Ledger",

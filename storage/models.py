@@ -70,16 +70,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class JobKind(enum.StrEnum):
+    """What a job does; its parameters are typed per kind in ``worker.jobs``."""
+
+    IMAGINE = "imagine"  # txt2img; img2img for its variation and upscale modes
+    EDIT = "edit"  # Imagic: optimise on the input image, then sample
+    EDIT_REMIX = "edit_remix"  # sample another η or seed from the tuned state of an edit
+    OUTPAINT = "outpaint"
+    INPAINT = "inpaint"
+    MIX = "mix"  # several weighted prompts; a sweep renders one image per weight
+    HYPERNET_TRAIN = "hypernet_train"  # train a hypernetwork module, then sample with it
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -232,7 +240,8 @@ class Job(Base):
     # "<interaction>:<n>" when one request makes several jobs, or "reaction:<message>:<user>:<nonce>"
     interaction_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     parent_job_id: Mapped[int | None] = mapped_column(IdType, ForeignKey("jobs.id", ondelete="SET NULL"))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # JSON of the kind's typed parameters
+    params_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     batch_key: Mapped[str] = mapped_column(String(255))
     cost: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))

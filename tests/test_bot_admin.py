@@ -150,6 +150,13 @@ async def test_limits_refuse_over_limit_requests_without_charge(bot_env: BotEnv)
 
     it = await emu.invoke(mod, general, "admin limits", {"channel": art, "max_queued": 3})
     assert "whole server" in await refusal(it)
+    # an override never goes past the bot's own limits (config.toml): nothing is stored
+    it = await emu.invoke(mod, general, "admin limits", {"max_train_steps": 1_000_000})
+    assert "`max_train_steps` can be at most 2000" in await refusal(it)
+    it = await emu.invoke(mod, general, "admin limits", {"channel": art, "max_area": 512 * 512})
+    assert f"`max_area` can be at most {256 * 384}" in await refusal(it)
+    rules = await bot_env.services.moderation.rules(guild.id, art.id)
+    assert rules.limits.max_train_steps == 2000 and rules.limits.max_area == 256 * 256
     assert "`max_queued` = 1" in await admin(bot_env, mod, general, "limits", max_queued=1)
     gate = gated(bot_env)
     await imagine(bot_env, alice, general, steps=3)
