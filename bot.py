@@ -119,9 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         asyncio.run(migrate(config))
         return 0
     if args.sandbox:
-        from services.sandbox import run_sandbox
+        import sandbox
 
-        asyncio.run(run_sandbox(config))
+        asyncio.run(sandbox.run_terminal(config))
         return 0
     if not config.discord.token:
         print(NO_TOKEN, file=sys.stderr)

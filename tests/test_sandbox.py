@@ -1,9 +1,9 @@
-"""`python bot.py --sandbox`: the terminal driver and a whole session against the emulator."""
+"""`python bot.py --sandbox --terminal`: the terminal driver and a whole session against the emulator."""
 
 import asyncio
 
+from sandbox.terminal import parse_command_line, run_terminal
 from services.config import build_config
-from services.sandbox import parse_command_line, run_sandbox
 
 
 def test_parse_command_line():
@@ -40,7 +40,7 @@ async def test_sandbox_session_saves_images(tmp_path, tiny_model_dir, capsys):
             await asyncio.sleep(0.05)
         yield "quit"
 
-    await run_sandbox(config, lines())
+    await run_terminal(config, lines())
     printed = capsys.readouterr().out
     assert "Sandbox ready" in printed
     assert len(list(out.glob("job*.png"))) == 4
