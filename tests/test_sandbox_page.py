@@ -264,4 +264,5 @@ async def test_the_page_fits_from_1280_down_to_400_pixels_wide(site: Site, page:
         assert wider == [], f"at {width} px these stick out: {wider}"
         assert await page.evaluate("document.documentElement.scrollWidth <= innerWidth")
         await expect(page.locator("#command-send")).to_be_in_viewport()
+        await expect(page.locator(".msg").last).to_be_in_viewport()  # the list stays at the newest message
         await shot(page, tmp_path, f"width-{width}")

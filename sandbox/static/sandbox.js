@@ -12,7 +12,7 @@ const $ = (id) => document.getElementById(id);
 const state = {
   me: null, bot: "", members: [], guild: { name: "", channels: [] }, dm: null, users: {}, roles: {},
   messages: new Map(), channel: null, commands: [], hidden: [], command: null, unread: new Set(),
-  uploadLimit: 10 * 1024 * 1024,
+  uploadLimit: 10 * 1024 * 1024, stick: true,
 };
 let socket = null;
 
@@ -178,12 +178,12 @@ function renderMessages() {
   const list = $("messages");
   const shown = [...state.messages.values()].filter((m) => m.channel === state.channel).sort((a, b) => a.time - b.time);
   list.replaceChildren(...(shown.length ? shown.map(messageNode) : [el("div", { class: "empty" }, "No messages yet. Type / to see the bot's commands.")]));
-  list.scrollTop = list.scrollHeight;
+  state.stick = true;
+  toBottom();
 }
 
 function renderMessage(message) {
   const list = $("messages");
-  const nearBottom = list.scrollHeight - list.scrollTop - list.clientHeight < 120;
   const node = messageNode(message);
   const old = list.querySelector(`.msg[data-id="${message.id}"]`);
   if (old) old.replaceWith(node);
@@ -191,7 +191,7 @@ function renderMessage(message) {
     list.querySelector(".empty")?.remove();
     list.append(node);
   }
-  if (nearBottom) list.scrollTop = list.scrollHeight;
+  if (state.stick) toBottom();
 }
 
 function messageNode(m) {
@@ -241,7 +241,7 @@ function attachmentNode(a) {
     return el("img", {
       src: a.url, alt: a.filename, title: `${a.filename} — click to enlarge`, width: a.width, height: a.height,
       onclick: () => enlarge(a),
-      onload: () => { const list = $("messages"); if (list.scrollHeight - list.scrollTop - list.clientHeight < 400) list.scrollTop = list.scrollHeight; },
+      onload: () => { if (state.stick) toBottom(); },
     });
   }
   return el("a", { class: "file", href: a.url, download: a.filename }, `📄 ${a.filename} (${Math.ceil(a.size / 1024)} KiB)`);
@@ -551,6 +551,23 @@ async function sendMessage(event) {
   }
 }
 
+// Stay at the newest message while the list grows (images load) or shrinks (the command box opens),
+// unless the member scrolled up. Scroll events arrive a frame late: ours are told apart by position.
+let autoScrollTop = null;
+function toBottom() {
+  const list = $("messages");
+  list.scrollTop = list.scrollHeight;
+  autoScrollTop = list.scrollTop;
+}
+
+function setupScrolling() {
+  const list = $("messages");
+  list.addEventListener("scroll", () => {
+    if (list.scrollTop !== autoScrollTop) state.stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+  });
+  new ResizeObserver(() => { if (state.stick) toBottom(); }).observe(list);
+}
+
 function setupComposer() {
   $("input").addEventListener("input", showPicker);
   $("input").addEventListener("keydown", (event) => {
@@ -580,5 +597,6 @@ function setupComposer() {
 }
 
 setupOverlays();
+setupScrolling();
 setupComposer();
 connect();
