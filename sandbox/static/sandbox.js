@@ -552,18 +552,20 @@ async function sendMessage(event) {
 }
 
 // Stay at the newest message while the list grows (images load) or shrinks (the command box opens),
-// unless the member scrolled up. Scroll events arrive a frame late: ours are told apart by position.
-let autoScrollTop = null;
+// unless the member scrolled up: only scrolling right after their wheel, touch, key or mouse counts.
 function toBottom() {
   const list = $("messages");
   list.scrollTop = list.scrollHeight;
-  autoScrollTop = list.scrollTop;
 }
 
 function setupScrolling() {
   const list = $("messages");
+  let lastInput = -Infinity;
+  for (const kind of ["wheel", "touchmove", "keydown", "mousedown"]) {
+    list.addEventListener(kind, () => { lastInput = performance.now(); }, { passive: true });
+  }
   list.addEventListener("scroll", () => {
-    if (list.scrollTop !== autoScrollTop) state.stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
+    if (performance.now() - lastInput < 1000) state.stick = list.scrollHeight - list.scrollTop - list.clientHeight < 40;
   });
   new ResizeObserver(() => { if (state.stick) toBottom(); }).observe(list);
 }
