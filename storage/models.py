@@ -260,10 +260,6 @@ class Job(Base):
 
     images: Mapped[list[Image]] = relationship(back_populates="job", lazy="raise")
 
-    @property
-    def job_status(self) -> JobStatus:
-        return JobStatus(self.status)
-
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status} user={self.user_id} cost={self.cost} tag={self.start_tag}>"
 
