@@ -163,7 +163,6 @@ class ChannelSettings(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     guild_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("guilds.id", ondelete="CASCADE"), index=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
-    nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]

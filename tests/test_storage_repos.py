@@ -41,11 +41,11 @@ async def test_guild_and_channel_settings(backend, tmp_path):
 
         assert await settings.get_channel_settings(db, 55) is None
         channel = await settings.update_channel_settings(
-            db, 1, 55, nsfw=True, patch={"cooldown_s": 5}, actor_id=9
+            db, 1, 55, patch={"cooldown_s": 5}, actor_id=9
         )
-        assert channel.enabled and channel.nsfw and channel.settings == {"cooldown_s": 5}
+        assert channel.enabled and channel.settings == {"cooldown_s": 5}
         channel = await settings.update_channel_settings(db, 1, 55, enabled=False, patch={"cooldown_s": None})
-        assert not channel.enabled and channel.nsfw and channel.settings == {}
+        assert not channel.enabled and channel.settings == {}
         assert (await settings.get_channel_settings(db, 55)).enabled is False
 
         await settings.touch_user(db, 123456789012345678, "Alice")
