@@ -17,7 +17,7 @@ from discord.ext import commands
 
 from services import ui
 from services.jobs import UserError
-from services.moderation import REGEX_PREFIX, ban_message, validate_banned_entry
+from services.rules import REGEX_PREFIX, ban_message, validate_banned_entry
 from worker.jobs import JobKind
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def not_banned(self, interaction: discord.Interaction) -> bool:
         if interaction.guild_id is None or manages_server(interaction):
             return True
-        ban = await self.s.moderation.ban_of(interaction.guild_id, interaction.user.id)
+        ban = await self.s.rules.ban_of(interaction.guild_id, interaction.user.id)
         if ban is None:
             return True
         if interaction.type == discord.InteractionType.autocomplete:
@@ -205,7 +205,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         patch = {k: v for k, v in given.items() if v is not None}
         changed = bool(patch) or reset or max_queued is not None
         await self.s.admin.set_limits(guild_id, interaction.user.id, channel and channel.id, patch, max_queued, reset)
-        rules = await self.s.moderation.rules(guild_id, channel.id if channel else None)
+        rules = await self.s.rules.in_channel(guild_id, channel.id if channel else None)
         where = f"in {channel.mention}" if channel else "on this server"
         await self.reply(interaction, rules.limits.describe(), title=f"Limits {where}" + (" updated" if changed else ""))
 
@@ -216,7 +216,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         if user.id == interaction.user.id:
             raise UserError("You cannot ban yourself.")
         await interaction.response.defer(ephemeral=True, thinking=True)
-        cancelled = await self.s.moderation.ban(interaction.guild_id, user.id, interaction.user.id, reason)
+        cancelled = await self.s.rules.ban(interaction.guild_id, user.id, interaction.user.id, reason)
         await self.audit(interaction, "ban", target_user_id=user.id,
                          details={"reason": reason, "cancelled_jobs": [j.id for j in cancelled]})
         refunded = sum(j.cost for j in cancelled)
@@ -280,8 +280,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         patch = {k: v for k, v in {"terms": terms, "negative": negative, "image_check": image_check}.items() if v is not None}
         if patch:
             await self.s.admin.update_nsfw(interaction.guild_id, interaction.user.id, patch)
-        rules = (await self.s.moderation.rules(interaction.guild_id, None)).nsfw
-        installed = "installed" if self.s.moderation.safety_check else "not installed in this bot"
+        rules = (await self.s.rules.in_channel(interaction.guild_id, None)).nsfw
+        installed = "installed" if self.s.rules.safety_check else "not installed in this bot"
         text = (
             "NSFW prompts work only in age-restricted channels.\n"
             f"**NSFW terms:** {', '.join(rules.terms) or 'none'}\n"

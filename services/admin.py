@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.jobs import UserError
-from services.moderation import LIMIT_KEYS
+from services.rules import LIMIT_KEYS
 from storage import ModuleStatus, moderation, modules, settings
 
 CHANNEL_ACCESS = {"allow": (True, True), "deny": (False, None), "reset": (True, None)}  # -> (enabled, allowed)
@@ -39,7 +39,7 @@ class ServerAdmin:
     ) -> None:
         """Override limits for the guild or one channel (``reset`` first removes the current overrides).
         An override never exceeds the bot's own limit (config.toml): `UserError` says which one."""
-        ceilings = self.services.moderation.default_limits(max_queued=0)
+        ceilings = self.services.rules.default_limits(max_queued=0)
         for key, value in patch.items():
             if key not in LIMIT_KEYS:
                 raise UserError(f"`{key}` is not a limit; the limits are {', '.join(LIMIT_KEYS)}.")

@@ -18,8 +18,8 @@ from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
 from services.jobs import JobService, UserError
-from services.moderation import Moderation
 from services.publisher import DiscordPublisher
+from services.rules import ServerRules
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
 from worker.handlers import handlers
@@ -74,7 +74,7 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
-        self.moderation = Moderation(self)
+        self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
         w = config.worker
@@ -91,11 +91,11 @@ class Services:
             max_attempts=w.max_attempts,
             poll_interval_s=w.poll_interval_s,
             preview_every=w.preview_every,
-            screen=self.moderation.screen,
+            screen=self.rules.screen,
         )
         self.hypernets = Hypernets(self)
         self.jobs = JobService(
-            config, self.geometry, self.queue, self.ledger, self.worker, moderation=self.moderation, hypernets=self.hypernets
+            config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets
         )
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
@@ -146,7 +146,7 @@ class Services:
     async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:
         if guild_id is None:
             return "Image generation works in servers, not in DMs. Use the commands in a server channel."
-        return await self.moderation.refusal(guild_id, user_id, channel_id)
+        return await self.rules.refusal(guild_id, user_id, channel_id)
 
     async def guard(self, interaction: discord.Interaction) -> None:
         """Raise `UserError` when this interaction may not start a job here."""

@@ -155,7 +155,7 @@ async def test_limits_refuse_over_limit_requests_without_charge(bot_env: BotEnv)
     assert "`max_train_steps` can be at most 2000" in await refusal(it)
     it = await emu.invoke(mod, general, "admin limits", {"channel": art, "max_area": 512 * 512})
     assert f"`max_area` can be at most {256 * 384}" in await refusal(it)
-    rules = await bot_env.services.moderation.rules(guild.id, art.id)
+    rules = await bot_env.services.rules.in_channel(guild.id, art.id)
     assert rules.limits.max_train_steps == 2000 and rules.limits.max_area == 256 * 256
     assert "`max_queued` = 1" in await admin(bot_env, mod, general, "limits", max_queued=1)
     gate = gated(bot_env)
@@ -256,7 +256,7 @@ async def test_nsfw_only_in_age_restricted_channels_with_negative_and_image_chec
         checked.append(image.size)
         return True
 
-    bot_env.services.moderation.safety_check = flag_everything
+    bot_env.services.rules.safety_check = flag_everything
     before = await bot_env.balance(guild, alice)
     text = await refusal(await imagine(bot_env, alice, general, prompt="a NUDE statue"))
     assert "`nude` is NSFW content" in text and "age-restricted" in text

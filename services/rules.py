@@ -115,10 +115,10 @@ def blurred(image: GeneratedImage) -> GeneratedImage:
     )
 
 
-class Moderation:
+class ServerRules:
     def __init__(self, services: Any) -> None:
         self.s = services
-        self.safety_check: SafetyCheck | None = None  # installed in code: services.moderation.safety_check = fn
+        self.safety_check: SafetyCheck | None = None  # installed in code: services.rules.safety_check = fn
 
     @property
     def db(self) -> Any:
@@ -140,7 +140,7 @@ class Moderation:
         channel = self.s.bot.get_channel(channel_id) if channel_id else None
         return bool(getattr(channel, "nsfw", False))
 
-    async def rules(self, guild_id: int, channel_id: int | None) -> Rules:
+    async def in_channel(self, guild_id: int, channel_id: int | None) -> Rules:
         blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
         policy = self.s.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
         values = self.default_limits(policy.max_queued_per_user)
@@ -179,7 +179,7 @@ class Moderation:
     async def apply(self, guild_id: int, channel_id: int | None, params_list: list[JobParams]) -> list[JobParams]:
         """Check every parameter set against the server's rules; return them with the server's negatives
         added. Raises `UserError` with what was wrong and what to do."""
-        rules = await self.rules(guild_id, channel_id)
+        rules = await self.in_channel(guild_id, channel_id)
         return [self._apply_one(rules, p) for p in params_list]
 
     def _apply_one(self, rules: Rules, p: JobParams) -> JobParams:
