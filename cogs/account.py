@@ -47,7 +47,7 @@ class Account(commands.Cog):
         self.bot = bot
 
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     @app_commands.command(name="credits", description="Your credit balance, next top-up and recent charges")
@@ -56,12 +56,12 @@ class Account(commands.Cog):
             await ui.refuse(interaction, "Credits belong to a server: use `/credits` in a server channel.")
             return
         guild_id, user_id = interaction.guild_id, interaction.user.id
-        balance = await self.s.ledger.balance(guild_id, user_id)
-        entries = await self.s.ledger.entries(guild_id, user_id, limit=10)
-        next_topup = await self.s.ledger.next_topup(guild_id, user_id)
+        balance = await self.services.ledger.balance(guild_id, user_id)
+        entries = await self.services.ledger.entries(guild_id, user_id, limit=10)
+        next_topup = await self.services.ledger.next_topup(guild_id, user_id)
         embed = discord.Embed(title="Your credits", description=f"**{balance}** credits on this server")
         if next_topup:
-            floor = (await self.s.ledger.policy_for(guild_id)).topup_floor
+            floor = (await self.services.ledger.policy_for(guild_id)).topup_floor
             when = discord.utils.format_dt(next_topup, "R")
             value = f"to {floor} credits {when}" if balance < floor else f"balances below {floor} are raised to {floor}"
             embed.add_field(name="Top-up", value=value, inline=False)
@@ -74,7 +74,7 @@ class Account(commands.Cog):
         await interaction.response.send_message(embed=embed, ephemeral=True)
 
     async def history_page(self, guild_id: int, user_id: int, page: int) -> dict:
-        rows = await self.s.images.history(guild_id, user_id, limit=HISTORY_PAGE + 1, offset=page * HISTORY_PAGE)
+        rows = await self.services.images.history(guild_id, user_id, limit=HISTORY_PAGE + 1, offset=page * HISTORY_PAGE)
         more, rows = len(rows) > HISTORY_PAGE, rows[:HISTORY_PAGE]
         if not rows:
             return {"content": "No images yet. Try `/imagine`!" if page == 0 else "No more images.", "embeds": [], "attachments": [], "view": None}
@@ -84,7 +84,7 @@ class Account(commands.Cog):
         for i, row in enumerate(rows):
             params = row.params or {}
             name = f"thumb{i}.png"
-            files.append(ui.png_file(thumbnail(await self.s.store.get(row.key)), name))
+            files.append(ui.png_file(thumbnail(await self.services.store.get(row.key)), name))
             embed = discord.Embed(
                 title=f"#{row.job_id} · seed {row.seed}",
                 description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),

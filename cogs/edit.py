@@ -19,7 +19,7 @@ class Edit(commands.Cog):
         self.bot = bot
 
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     @app_commands.command(name="edit", description="Edit a picture by describing the result (Imagic)")
@@ -44,16 +44,16 @@ class Edit(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.s.guard(interaction)
-            picture = fit_to_bucket(await self.s.read_attachment(image), self.s.jobs.buckets)
+            await self.services.guard(interaction)
+            picture = fit_to_bucket(await self.services.read_attachment(image), self.services.jobs.buckets)
             options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
             buf = io.BytesIO()
             picture.save(buf, format="PNG")
-            params = edit_params(self.s.jobs, options, *picture.size, init_image=await self.s.store.put(buf.getvalue()))
+            params = edit_params(self.services.jobs, options, *picture.size, init_image=await self.services.store.put(buf.getvalue()))
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        await self.s.submit_from_interaction(interaction, [params])
+        await self.services.submit_from_interaction(interaction, [params])
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -31,15 +31,15 @@ class Hypernet(commands.Cog):
         self.bot = bot
 
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     @property
-    def h(self):
+    def hypernets(self):
         return self.bot.services.hypernets
 
     async def _names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        names = await self.h.names(interaction.guild_id, interaction.user.id, current)
+        names = await self.hypernets.names(interaction.guild_id, interaction.user.id, current)
         return [app_commands.Choice(name=n, value=n) for n in names]
 
     async def _reply(self, interaction: discord.Interaction, text: str) -> None:
@@ -61,11 +61,11 @@ class Hypernet(commands.Cog):
     @group.command(name="list", description="The modules you can use on this server")
     async def list_(self, interaction: discord.Interaction) -> None:
         async def text() -> str:
-            rows = await self.h.visible(interaction.guild_id, interaction.user.id)
-            active = {m.id: s for m, s in await self.h.active(interaction.guild_id, interaction.user.id)}
+            rows = await self.hypernets.visible(interaction.guild_id, interaction.user.id)
+            active = {m.id: s for m, s in await self.hypernets.active(interaction.guild_id, interaction.user.id)}
             lines = []
             for m in rows:
-                state = "⏳ training" if not self.h.ready(m) else f"✅ active ×{active[m.id]:g}" if m.id in active else ""
+                state = "⏳ training" if not self.hypernets.ready(m) else f"✅ active ×{active[m.id]:g}" if m.id in active else ""
                 owner = "yours" if m.owner_id == interaction.user.id else f"by <@{m.owner_id}>"
                 sharing = f" · shared ({m.status})" if m.shared else ""
                 lines.append(f"• `{m.name}` — {owner}{sharing} {state}".rstrip())
@@ -77,8 +77,8 @@ class Hypernet(commands.Cog):
     @app_commands.autocomplete(name=_names)
     async def info(self, interaction: discord.Interaction, name: str) -> None:
         async def text() -> str:
-            m = await self.h.find(interaction.guild_id, interaction.user.id, name)
-            if not self.h.ready(m):
+            m = await self.hypernets.find(interaction.guild_id, interaction.user.id, name)
+            if not self.hypernets.ready(m):
                 return f"`{m.name}` is still training."
             loop = asyncio.get_running_loop()
             hn = await loop.run_in_executor(None, hypernetwork.load_file, Path(m.path))
@@ -112,7 +112,7 @@ class Hypernet(commands.Cog):
         strength: app_commands.Range[float, STRENGTH_RANGE[0], STRENGTH_RANGE[1]] = 1.0,
     ) -> None:
         async def text() -> str:
-            entries = await self.h.use(interaction.guild_id, interaction.user.id, name, strength)
+            entries = await self.hypernets.use(interaction.guild_id, interaction.user.id, name, strength)
             return f"🧠 `{name}` ×{strength:g} is on. " + _active_line(entries)
 
         await self._run(interaction, text())
@@ -122,7 +122,7 @@ class Hypernet(commands.Cog):
     @app_commands.autocomplete(name=_names)
     async def off(self, interaction: discord.Interaction, name: str | None = None) -> None:
         async def text() -> str:
-            return _active_line(await self.h.off(interaction.guild_id, interaction.user.id, name))
+            return _active_line(await self.hypernets.off(interaction.guild_id, interaction.user.id, name))
 
         await self._run(interaction, text())
 
@@ -133,8 +133,8 @@ class Hypernet(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
 
         async def text() -> str:
-            await self.s.guard(interaction)
-            m = await self.h.upload(interaction.guild_id, interaction.user.id, file, name)
+            await self.services.guard(interaction)
+            m = await self.hypernets.upload(interaction.guild_id, interaction.user.id, file, name)
             return f"🧠 Module `{m.name}` added (private to you). Turn it on with `/hypernet use {m.name}`."
 
         await self._run(interaction, text())
@@ -143,7 +143,7 @@ class Hypernet(commands.Cog):
     @app_commands.autocomplete(name=_names)
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
         async def text() -> str:
-            await self.h.delete(interaction.guild_id, interaction.user.id, name)
+            await self.hypernets.delete(interaction.guild_id, interaction.user.id, name)
             return f"🗑️ Module `{name}` deleted."
 
         await self._run(interaction, text())
@@ -152,7 +152,7 @@ class Hypernet(commands.Cog):
     @app_commands.autocomplete(name=_names)
     async def share(self, interaction: discord.Interaction, name: str) -> None:
         async def text() -> str:
-            await self.h.share(interaction.guild_id, interaction.user.id, name)
+            await self.hypernets.share(interaction.guild_id, interaction.user.id, name)
             return f"📤 `{name}` waits for an admin's approval (`/admin modules approve`); then everyone here can use it."
 
         await self._run(interaction, text())
@@ -179,16 +179,16 @@ class Hypernet(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.s.guard(interaction)
+            await self.services.guard(interaction)
             name = check_name(name)
             pairs = await self._training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
-            params = await self.h.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
-            await self.h.submit_training(interaction, params)
+            params = await self.hypernets.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
+            await self.hypernets.submit_training(interaction, params)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
 
     async def _training_set(self, first: discord.Attachment, more: list[discord.Attachment], captions: str | None):
-        limits = self.s.config.limits
+        limits = self.services.config.limits
         if first.filename.lower().endswith(".zip"):
             if more:
                 raise UserError("Give either a zip or images, not both.")
@@ -196,7 +196,7 @@ class Hypernet(commands.Cog):
                 raise UserError(f"`{first.filename}` is {first.size / 1e6:.1f} MB; the limit is {limits.max_attachment_bytes / 1e6:.0f} MB.")
             pairs = read_training_zip(await first.read(), limits.max_train_images, limits.max_input_pixels, limits.max_attachment_bytes)
         else:
-            pairs = [(await self.s.read_attachment(a), None) for a in (first, *more)]
+            pairs = [(await self.services.read_attachment(a), None) for a in (first, *more)]
         given = [c.strip() for c in (captions or "").split("|")] if captions and captions.strip() else []
         if len(given) not in (0, 1, len(pairs)):
             raise UserError(f"Give one caption for all images or one per image ({len(pairs)}), separated by `|`.")

@@ -53,11 +53,11 @@ class Imagine(commands.Cog):
         self.bot = bot
 
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     async def _aspect_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.s.jobs.buckets)]
+        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.services.jobs.buckets)]
         current = current.strip().lower()
         matching = [c for c in choices if current in c.name.lower() or current in c.value]
         if current and ":" in current and not matching:
@@ -85,12 +85,12 @@ class Imagine(commands.Cog):
         opts = options(prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired)
         await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
         try:
-            await self.s.guard(interaction)
-            params_list = self.s.jobs.imagine_params(opts)
+            await self.services.guard(interaction)
+            params_list = self.services.jobs.imagine_params(opts)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        await self.s.submit_from_interaction(interaction, params_list)
+        await self.services.submit_from_interaction(interaction, params_list)
 
     imagine.autocomplete("aspect")(_aspect_autocomplete)
 
@@ -111,18 +111,18 @@ class Imagine(commands.Cog):
     ) -> None:
         opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None)
         try:
-            params_list = self.s.jobs.imagine_params(opts)
+            params_list = self.services.jobs.imagine_params(opts)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        policy = await self.s.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
-        total = sum(self.s.jobs.cost(p, policy) for p in params_list)
-        balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
+        policy = await self.services.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
+        total = sum(self.services.jobs.cost(p, policy) for p in params_list)
+        balance = await self.services.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]
         await interaction.response.send_message(
             f"💰 {len(params_list)} job(s) of {p.count} image(s) at {p.width}×{p.height}, {p.steps} steps "
             f"would cost **{total}** credits. Your balance: {balance}."
-            + (edit_cost_line(self.s.jobs, edit, p, policy) if edit else ""),
+            + (edit_cost_line(self.services.jobs, edit, p, policy) if edit else ""),
             ephemeral=True,
         )
 
@@ -130,7 +130,7 @@ class Imagine(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        await self.s.actions.on_reaction(payload)
+        await self.services.actions.on_reaction(payload)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -123,7 +123,7 @@ class Outpaint(commands.Cog):
         self.service = OutpaintService(bot.services)
 
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     @app_commands.command(name="outpaint", description="Extend a picture beyond its borders (four candidates)")
@@ -148,13 +148,13 @@ class Outpaint(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.s.guard(interaction)
-            picture = await self.s.read_attachment(image)
+            await self.services.guard(interaction)
+            picture = await self.services.read_attachment(image)
             params_list, plan = await self.service.outpaint_params(picture, direction, pixels, prompt, negative, seed)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        if await self.s.submit_from_interaction(interaction, params_list):
+        if await self.services.submit_from_interaction(interaction, params_list):
             await note_downscaled(interaction, plan.downscaled, plan.original_size)
 
     @app_commands.command(name="inpaint", description="Repaint a region of a picture (mask: white = repaint)")
@@ -185,16 +185,16 @@ class Outpaint(commands.Cog):
     ) -> None:
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.s.guard(interaction)
-            picture = await self.s.read_attachment(image, rgba=True)
-            mask_image = await self.s.read_attachment(mask, rgba=True) if mask is not None else None
+            await self.services.guard(interaction)
+            picture = await self.services.read_attachment(image, rgba=True)
+            mask_image = await self.services.read_attachment(mask, rgba=True) if mask is not None else None
             params_list, scaled_to = await self.service.inpaint_params(
                 picture, mask_image, prompt, negative, strength, fill, seed, count, mask_blur
             )
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        if await self.s.submit_from_interaction(interaction, params_list) and scaled_to:
+        if await self.services.submit_from_interaction(interaction, params_list) and scaled_to:
             await note_downscaled(interaction, True, scaled_to)
 
 

@@ -72,22 +72,22 @@ def is_moderator(member: Any) -> bool:
 
 class Actions:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
 
     async def _job(self, job_id: int) -> Any:
-        job = await self.s.queue.get(job_id)
+        job = await self.services.queue.get(job_id)
         if job is None:
             raise UserError(f"Job #{job_id} no longer exists.")
         return job
 
     async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
         source = params_of(job)
-        params = derive_params(job, source, action, index, self.s.config.generation, self.s.geometry)
+        params = derive_params(job, source, action, index, self.services.config.generation, self.services.geometry)
         if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
-            area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)
+            area_limit = self.services.config.generation.max_area * (4 if action == "up" else 1)
             if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")
-        return await self.s.jobs.submit(
+        return await self.services.jobs.submit(
             params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
         )
 
@@ -97,13 +97,13 @@ class Actions:
         if generating:  # acknowledge first: the checks below read SQL
             await interaction.response.defer(ephemeral=True, thinking=True)
         try:
-            await self.s.guard(interaction)
+            await self.services.guard(interaction)
             job = await self._job(job_id)
             if generating:
                 jobs = await self.derive_and_submit(
                     job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
                 )
-                await self.s.announce_queued(jobs, interaction=interaction)
+                await self.services.announce_queued(jobs, interaction=interaction)
             elif action == "delete":
                 if interaction.user.id != job.user_id and not is_moderator(interaction.user):
                     raise UserError("Only the person who made this image or a moderator can delete it.")
@@ -112,10 +112,10 @@ class Actions:
             elif action == "cancel":
                 if interaction.user.id != job.user_id and not is_moderator(interaction.user):
                     raise UserError("Only the person who asked for this job or a moderator can cancel it.")
-                if not await self.s.jobs.cancel(job_id, interaction.user.id):
+                if not await self.services.jobs.cancel(job_id, interaction.user.id):
                     raise UserError(f"Job #{job_id} already finished.")
                 await interaction.response.edit_message(content=f"🛑 Job #{job_id} cancelled; {job.cost} credits refunded.", view=None, attachments=[])
-                self.s.publisher.status.pop(job_id, None)
+                self.services.publisher.status.pop(job_id, None)
             else:
                 raise UserError("That button is not supported any more.")
         except UserError as exc:
@@ -123,25 +123,25 @@ class Actions:
 
     # -- reactions ---------------------------------------------------------------------------------
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
-        bot = self.s.bot
+        bot = self.services.bot
         if payload.user_id == bot.user.id or payload.guild_id is None:
             return
         emoji = str(payload.emoji)
         if emoji not in (ui.REROLL, ui.DELETE, ui.FAVOURITE, ui.DM):
             return
         channel = bot.get_channel(payload.channel_id) or await bot.fetch_channel(payload.channel_id)
-        job = await self.s.queue.by_message(payload.message_id)
+        job = await self.services.queue.by_message(payload.message_id)
         if job is None:  # posted a moment ago and not yet recorded, or not a result: ask the message
             try:
                 job_id = ui.job_id_from_message(await channel.fetch_message(payload.message_id))
             except discord.HTTPException:
                 return
-            job = await self.s.queue.get(job_id) if job_id else None
+            job = await self.services.queue.get(job_id) if job_id else None
             if job is None or job.status != "done":
                 return
         member = payload.member
         try:
-            if await self.s.refusal_for(payload.guild_id, payload.user_id, payload.channel_id):
+            if await self.services.refusal_for(payload.guild_id, payload.user_id, payload.channel_id):
                 return
             if emoji == ui.REROLL:
                 jobs = await self.derive_and_submit(
@@ -149,13 +149,13 @@ class Actions:
                     f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
                 )
                 status = await channel.send(f"🔄 <@{payload.user_id}> reroll of job #{job.id} queued…")
-                await self.s.announce_queued(jobs, message=status)
+                await self.services.announce_queued(jobs, message=status)
             elif emoji == ui.DELETE:
                 if payload.user_id == job.user_id or is_moderator(member):
                     await channel.get_partial_message(payload.message_id).delete()
             elif emoji == ui.FAVOURITE:
                 for img in (job.result or {}).get("images", []):
-                    await self.s.images.favourite(payload.guild_id, payload.user_id, img["key"])
+                    await self.services.images.favourite(payload.guild_id, payload.user_id, img["key"])
             elif emoji == ui.DM:
                 user = member or await bot.fetch_user(payload.user_id)
                 lines = [f"**Job #{job.id}** ({job.kind})"]

@@ -117,19 +117,19 @@ def blurred(image: GeneratedImage) -> GeneratedImage:
 
 class ServerRules:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
         self.safety_check: SafetyCheck | None = None  # installed in code: services.rules.safety_check = fn
 
     @property
     def db(self) -> Any:
-        return self.s.db
+        return self.services.db
 
     # -- reading the rules -----------------------------------------------------------------------
     def default_limits(self, max_queued: int) -> dict[str, int]:
-        limits = self.s.config.limits
+        limits = self.services.config.limits
         return {
             "max_steps": limits.max_steps,
-            "max_area": self.s.config.generation.max_area,
+            "max_area": self.services.config.generation.max_area,
             "max_count": limits.max_count,
             "max_queued": max_queued,
             "max_train_images": limits.max_train_images,
@@ -137,17 +137,17 @@ class ServerRules:
         }
 
     def is_nsfw_channel(self, channel_id: int | None) -> bool:
-        channel = self.s.bot.get_channel(channel_id) if channel_id else None
+        channel = self.services.bot.get_channel(channel_id) if channel_id else None
         return bool(getattr(channel, "nsfw", False))
 
     async def in_channel(self, guild_id: int, channel_id: int | None) -> Rules:
         blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
-        policy = self.s.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
+        policy = self.services.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
         values = self.default_limits(policy.max_queued_per_user)
         values.update(blob.get("limits", {}))
         if channel is not None:
             values.update((channel.settings or {}).get("limits", {}))
-        conf = self.s.config.moderation
+        conf = self.services.config.moderation
         nsfw = blob.get("nsfw", {})
         return Rules(
             limits=Limits(**values),
@@ -222,9 +222,9 @@ class ServerRules:
         """Ban the member and cancel (refunding) their waiting and running jobs here; returns those jobs."""
         await moderation.ban(self.db, guild_id, user_id, actor_id, reason)
         cancelled = []
-        for job in await self.s.queue.list(guild_id=guild_id, user_id=user_id):
-            if await self.s.jobs.cancel(job.id, actor_id):
-                self.s.publisher.status.pop(job.id, None)
+        for job in await self.services.queue.list(guild_id=guild_id, user_id=user_id):
+            if await self.services.jobs.cancel(job.id, actor_id):
+                self.services.publisher.status.pop(job.id, None)
                 cancelled.append(job)
         return cancelled
 
@@ -234,5 +234,5 @@ class ServerRules:
         if check is None or not params.screen:
             return images
         loop = asyncio.get_running_loop()
-        flags = await loop.run_in_executor(self.s.worker.gpu, lambda: [check(img.image) for img in images])
+        flags = await loop.run_in_executor(self.services.worker.gpu, lambda: [check(img.image) for img in images])
         return [blurred(img) if flagged else img for img, flagged in zip(images, flags, strict=True)]
