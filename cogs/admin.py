@@ -47,7 +47,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     channels = app_commands.Group(name="channels", description="Where the bot may be used")
     words = app_commands.Group(name="words", description="Banned prompt words and regexes")
     queue = app_commands.Group(name="queue", description="This server's jobs")
-    modules_group = app_commands.Group(name="modules", description="Hypernetwork modules shared with the server")
+    hypernets_group = app_commands.Group(name="modules", description="Hypernetwork modules shared with the server")
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -357,30 +357,30 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
 
     # -- hypernetwork modules ---------------------------------------------------------------------------------
     async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:
-        module = await self.services.admin.review_module(interaction.guild_id, interaction.user.id, name, approve)
+        module = await self.services.admin.review_hypernet(interaction.guild_id, interaction.user.id, name, approve)
         verdict = "now usable by everyone here" if approve else "rejected (only its owner sees it)"
         await self.reply(interaction, f"Module `{name}` by <@{module.owner_id}> is {verdict}.")
 
-    async def _module_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def _hypernet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         if not manages_server(interaction):  # command checks don't run for autocomplete
             return []
-        rows = await self.services.admin.shared_modules(interaction.guild_id)
+        rows = await self.services.admin.shared_hypernets(interaction.guild_id)
         return [app_commands.Choice(name=m.name, value=m.name) for m in rows if current.lower() in m.name.lower()][:25]
 
-    @modules_group.command(name="pending", description="Modules members shared that wait for approval")
-    async def modules_pending(self, interaction: discord.Interaction) -> None:
-        rows = await self.services.admin.pending_modules(interaction.guild_id)
+    @hypernets_group.command(name="pending", description="Modules members shared that wait for approval")
+    async def hypernets_pending(self, interaction: discord.Interaction) -> None:
+        rows = await self.services.admin.pending_hypernets(interaction.guild_id)
         lines = [f"`{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
         await self.reply(interaction, "\n".join(lines) or "No modules wait for approval.", title=f"Pending modules ({len(rows)})")
 
-    @modules_group.command(name="approve", description="Make a shared module usable by everyone on this server")
-    @app_commands.autocomplete(name=_module_autocomplete)
-    async def modules_approve(self, interaction: discord.Interaction, name: str) -> None:
+    @hypernets_group.command(name="approve", description="Make a shared module usable by everyone on this server")
+    @app_commands.autocomplete(name=_hypernet_autocomplete)
+    async def hypernets_approve(self, interaction: discord.Interaction, name: str) -> None:
         await self._review(interaction, name, approve=True)
 
-    @modules_group.command(name="reject", description="Refuse (or withdraw) a shared module")
-    @app_commands.autocomplete(name=_module_autocomplete)
-    async def modules_reject(self, interaction: discord.Interaction, name: str) -> None:
+    @hypernets_group.command(name="reject", description="Refuse (or withdraw) a shared module")
+    @app_commands.autocomplete(name=_hypernet_autocomplete)
+    async def hypernets_reject(self, interaction: discord.Interaction, name: str) -> None:
         await self._review(interaction, name, approve=False)
 
     # -- audit log -----------------------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from gen_core.images import ImageInputError, load_image
 from gen_core.prompts import PromptError, strip_extra_networks
 from services import ui
 from services.jobs import UserError, new_seed
-from storage import JobKind, ModuleStatus, modules, settings
+from storage import JobKind, ModuleStatus, hypernetworks, settings
 from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
 
 STRENGTH_RANGE = (-2.0, 2.0)
@@ -102,12 +102,12 @@ class Hypernets:
     async def visible(self, guild_id: int, user_id: int) -> list[Any]:
         """The modules this member may see; rows of trainings that failed or were cancelled are dropped."""
         rows = []
-        for module in await modules.visible(self.services.db, guild_id, user_id):
+        for module in await hypernetworks.visible(self.services.db, guild_id, user_id):
             job_id = (module.meta or {}).get("training_job")
             if job_id and not self.ready(module):
                 job = await self.services.queue.get(job_id)
                 if job is None or str(job.status) in _TRAINING_DONE:
-                    await modules.delete(self.services.db, module.id)
+                    await hypernetworks.delete(self.services.db, module.id)
                     continue
             rows.append(module)
         return rows
@@ -194,7 +194,7 @@ class Hypernets:
         except hypernetwork.HypernetworkError as exc:
             raise UserError(f"`{attachment.filename}`: {exc}") from None
         name = check_name(name or hn.name or Path(attachment.filename).stem)
-        if await modules.get(self.services.db, guild_id, name) is not None:
+        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name with `name:`.")
         hn.name = name
         native = hn.to_bytes()
@@ -202,7 +202,7 @@ class Hypernets:
         path = self.directory / str(guild_id) / f"{sha}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(native)
-        return await modules.register(self.services.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
+        return await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
 
     @staticmethod
     def _describe(hn: hypernetwork.Hypernetwork) -> dict[str, Any]:
@@ -217,8 +217,8 @@ class Hypernets:
 
     async def delete(self, guild_id: int, user_id: int, name: str) -> None:
         module = await self.find(guild_id, user_id, name, owned=True)
-        await modules.delete(self.services.db, module.id)
-        if not any(m.path == module.path for m in await modules.list_all(self.services.db, guild_id)):
+        await hypernetworks.delete(self.services.db, module.id)
+        if not any(m.path == module.path for m in await hypernetworks.list_all(self.services.db, guild_id)):
             Path(module.path).unlink(missing_ok=True)
 
     async def share(self, guild_id: int, user_id: int, name: str) -> Any:
@@ -227,7 +227,7 @@ class Hypernets:
             raise UserError(f"`{name}` is still training; share it once it is done.")
         if module.shared and module.status in (ModuleStatus.PENDING, ModuleStatus.APPROVED):
             raise UserError(f"`{name}` is already {module.status}.")
-        return await modules.update(self.services.db, module.id, shared=True, status=ModuleStatus.PENDING)
+        return await hypernetworks.update(self.services.db, module.id, shared=True, status=ModuleStatus.PENDING)
 
     # -- training ----------------------------------------------------------------------------------------
     async def train_params(self, name: str, images: list[Any], captions: list[str], steps: int | None) -> HypernetTrainParams:
@@ -269,16 +269,16 @@ class Hypernets:
         """Reserve the name (the module row), then queue the job; the row goes if nothing was queued."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
         name = params.module_name
-        if await modules.get(self.services.db, guild_id, name) is not None:
+        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
         params = dataclasses.replace(params, module_path=str(path))
-        module = await modules.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
+        module = await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
         jobs = await self.services.submit_from_interaction(interaction, [params])
         if not jobs:
-            await modules.delete(self.services.db, module.id)
+            await hypernetworks.delete(self.services.db, module.id)
             return []
-        await modules.update(self.services.db, module.id, metadata={"training_job": jobs[0].id})
+        await hypernetworks.update(self.services.db, module.id, metadata={"training_job": jobs[0].id})
         return jobs
 
 

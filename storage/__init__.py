@@ -105,10 +105,10 @@ Other repositories (module functions taking ``db``)
   guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
-* ``storage.modules`` (hypernetworks): register, get, get_by_id, visible, list_all, update, delete.
+* ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
 """
 
-from storage import images, moderation, modules, settings
+from storage import hypernetworks, images, moderation, settings
 from storage.db import Database, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError
 from storage.image_store import ImageStore, LocalImageStore
@@ -169,7 +169,7 @@ __all__ = [
     "compute_cost",
     "images",
     "moderation",
-    "modules",
+    "hypernetworks",
     "settings",
     "utcnow",
 ]

@@ -12,7 +12,7 @@ from PIL import Image, ImageStat
 
 from discord_emulator import InvokeError
 from gen_core.metadata import parse_parameters, read_png_parameters
-from storage import CostPolicy, ModuleStatus, compute_cost, moderation, modules
+from storage import CostPolicy, ModuleStatus, compute_cost, hypernetworks, moderation
 from tests.bot_fixtures import BotEnv
 from tests.test_bot_imagine import gated, imagine, is_result, posted_job
 
@@ -353,9 +353,9 @@ async def test_approving_a_shared_module_makes_it_visible_to_others(bot_env: Bot
     channel = guild.channel("general")
     db = bot_env.services.db
     for name in ("anime", "grim"):
-        await modules.register(db, guild.id, bob.id, name, f"/m/{name}.safetensors", "0" * 64, shared=True, status="pending")
-    await modules.register(db, guild.id, bob.id, "secret", "/m/secret.safetensors", "1" * 64)
-    assert await modules.visible(db, guild.id, alice.id) == []
+        await hypernetworks.register(db, guild.id, bob.id, name, f"/m/{name}.safetensors", "0" * 64, shared=True, status="pending")
+    await hypernetworks.register(db, guild.id, bob.id, "secret", "/m/secret.safetensors", "1" * 64)
+    assert await hypernetworks.visible(db, guild.id, alice.id) == []
     text = await admin(bot_env, mod, channel, "modules pending")
     assert "`anime`" in text and "`grim`" in text and "secret" not in text
     choices = await emu.autocomplete(mod, channel, "admin modules approve", {"name": "an"}, focused="name")
@@ -365,8 +365,8 @@ async def test_approving_a_shared_module_makes_it_visible_to_others(bot_env: Bot
 
     assert "now usable by everyone" in await admin(bot_env, mod, channel, "modules approve", name="anime")
     assert "rejected" in await admin(bot_env, mod, channel, "modules reject", name="grim")
-    assert [m.name for m in await modules.visible(db, guild.id, alice.id)] == ["anime"]
-    assert (await modules.get(db, guild.id, "grim")).status == ModuleStatus.REJECTED
+    assert [m.name for m in await hypernetworks.visible(db, guild.id, alice.id)] == ["anime"]
+    assert (await hypernetworks.get(db, guild.id, "grim")).status == ModuleStatus.REJECTED
     assert "not shared" in await refusal(await emu.invoke(mod, channel, "admin modules approve", {"name": "secret"}))
     assert "no module `nope`" in await refusal(await emu.invoke(mod, channel, "admin modules approve", {"name": "nope"}))
     assert "No modules wait" in await admin(bot_env, mod, channel, "modules pending")
