@@ -8,7 +8,6 @@ Every change is written to the audit log with the admin's id.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import discord
@@ -17,10 +16,9 @@ from discord.ext import commands
 
 from services import ui
 from services.jobs import UserError
-from services.rules import REGEX_PREFIX, ban_message, validate_banned_entry
+from services.rules import REGEX_PREFIX, validate_banned_entry
+from services.ui import manages_server
 from worker.jobs import JobKind
-
-log = logging.getLogger(__name__)
 
 AUDIT_PAGE = 10
 MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in JobKind]  # a price multiplier each
@@ -28,16 +26,6 @@ MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in 
 
 def fmt_multipliers(multipliers: dict[str, float]) -> str:
     return ", ".join(f"{k} ×{v:g}" for k, v in sorted(multipliers.items()))
-
-
-def manages_server(interaction: discord.Interaction) -> bool:
-    """The member's own permissions in this channel (Administrator implies Manage Server)."""
-    perms = interaction.permissions
-    return interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
-
-
-class Denied(app_commands.CheckFailure):
-    """The member lacks Manage Server; they were already told."""
 
 
 @app_commands.guild_only()
@@ -57,54 +45,19 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     def services(self) -> Any:
         return self.bot.services
 
-    # -- banned members: no command of the bot at all (generation is also refused in Services.guard) ----------
-    async def cog_load(self) -> None:
-        self.bot.tree.interaction_check = self.not_banned
-
-    async def cog_unload(self) -> None:
-        del self.bot.tree.interaction_check  # back to CommandTree's own
-
-    async def not_banned(self, interaction: discord.Interaction) -> bool:
-        if interaction.guild_id is None or manages_server(interaction):
-            return True
-        ban = await self.services.rules.ban_of(interaction.guild_id, interaction.user.id)
-        if ban is None:
-            return True
-        if interaction.type == discord.InteractionType.autocomplete:
-            await interaction.response.autocomplete([])
-        else:
-            await ui.refuse(interaction, ban_message(ban.reason))
-        return False
-
-    # -- permission check on every call and error rendering ----------------------------------------
+    # -- permission check on every call (after the tree's acknowledgement and access check) -------------------
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if manages_server(interaction):
-            return True
-        await self.reply(interaction, error="Only members with the Manage Server permission can use `/admin`.")
-        raise Denied()
-
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        if isinstance(error, Denied):
-            return
-        original = getattr(error, "original", error)
-        if isinstance(original, UserError | ValueError):
-            await self.reply(interaction, error=str(original))
-            return
-        log.error("/admin %s failed", interaction.command and interaction.command.qualified_name, exc_info=original)
-        await self.reply(interaction, error="That failed on the bot's side; the error is in its log.")
+        if not manages_server(interaction):
+            raise UserError("Only members with the Manage Server permission can use `/admin`.")
+        return True
 
     @staticmethod
-    async def reply(interaction: discord.Interaction, text: str = "", *, error: str | None = None, title: str | None = None) -> None:
-        if error is not None:
-            kwargs: dict[str, Any] = {"embed": ui.error_embed("Can't do that", error)}
-        elif title is not None:
-            kwargs = {"embed": discord.Embed(title=title, description=ui.clip(text, 4000))}
+    async def reply(interaction: discord.Interaction, text: str = "", *, title: str | None = None) -> None:
+        if title is not None:
+            kwargs: dict[str, Any] = {"embed": discord.Embed(title=title, description=ui.clip(text, 4000))}
         else:
             kwargs = {"content": ui.clip(text, 2000)}
-        if interaction.response.is_done():
-            await interaction.followup.send(ephemeral=True, **kwargs)
-        else:
-            await interaction.response.send_message(ephemeral=True, **kwargs)
+        await interaction.followup.send(ephemeral=True, **kwargs)  # the tree acknowledged the command
 
     async def audit(self, interaction: discord.Interaction, action: str, **kwargs: Any) -> None:
         await self.services.admin.audit(interaction.guild_id, interaction.user.id, action, **kwargs)
@@ -215,7 +168,6 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def ban(self, interaction: discord.Interaction, user: discord.Member, reason: str | None = None) -> None:
         if user.id == interaction.user.id:
             raise UserError("You cannot ban yourself.")
-        await interaction.response.defer(ephemeral=True, thinking=True)
         cancelled = await self.services.rules.ban(interaction.guild_id, user.id, interaction.user.id, reason)
         await self.audit(interaction, "ban", target_user_id=user.id,
                          details={"reason": reason, "cancelled_jobs": [j.id for j in cancelled]})

@@ -16,7 +16,7 @@ from gen_core.metadata import format_parameters
 from services import ui
 from services.edit import remix_params
 from services.hypernet import sample_params
-from services.jobs import UserError, new_seed
+from services.jobs import AccessDenied, UserError, new_seed
 from services.mix import sweep_params
 from worker.jobs import (
     EditParams,
@@ -65,16 +65,11 @@ def derive_params(
     )
 
 
-def is_moderator(member: Any) -> bool:
-    perms = getattr(member, "guild_permissions", None)
-    return bool(perms and (perms.manage_messages or perms.manage_guild or perms.administrator))
-
-
 class Actions:
     def __init__(self, services: Any) -> None:
         self.services = services
 
-    async def _job(self, job_id: int) -> Any:
+    async def job(self, job_id: int) -> Any:
         job = await self.services.queue.get(job_id)
         if job is None:
             raise UserError(f"Job #{job_id} no longer exists.")
@@ -91,38 +86,28 @@ class Actions:
             params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
         )
 
-    # -- buttons ----------------------------------------------------------------------------------
+    # -- buttons (acknowledged, admitted and owner-checked by ui.JobButton) ---------------------------------
     async def on_button(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
-        generating = action in ("reroll", "var", "up", "sweep", "eta")
-        if generating:  # acknowledge first: the checks below read SQL
-            await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.services.guard(interaction)
-            job = await self._job(job_id)
-            if generating:
-                jobs = await self.derive_and_submit(
-                    job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
-                )
-                await self.services.announce_queued(jobs, interaction=interaction)
-            elif action == "delete":
-                if interaction.user.id != job.user_id and not is_moderator(interaction.user):
-                    raise UserError("Only the person who made this image or a moderator can delete it.")
-                await interaction.response.defer()
-                await interaction.message.delete()
-            elif action == "cancel":
-                if interaction.user.id != job.user_id and not is_moderator(interaction.user):
-                    raise UserError("Only the person who asked for this job or a moderator can cancel it.")
-                if not await self.services.jobs.cancel(job_id, interaction.user.id):
-                    raise UserError(f"Job #{job_id} already finished.")
-                await interaction.response.edit_message(content=f"🛑 Job #{job_id} cancelled; {job.cost} credits refunded.", view=None, attachments=[])
-                self.services.publisher.status.pop(job_id, None)
-            else:
-                raise UserError("That button is not supported any more.")
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
+        job = await self.job(job_id)
+        if action in ui.GENERATING_ACTIONS:
+            jobs = await self.derive_and_submit(
+                job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
+            )
+            await self.services.announce_queued(jobs, interaction=interaction)
+        elif action == "delete":
+            await interaction.message.delete()
+        elif action == "cancel":
+            if not await self.services.jobs.cancel(job_id, interaction.user.id):
+                raise UserError(f"Job #{job_id} already finished.")
+            await interaction.edit_original_response(content=f"🛑 Job #{job_id} cancelled; {job.cost} credits refunded.", view=None, attachments=[])
+            self.services.publisher.status.pop(job_id, None)
+        else:
+            raise UserError("That button is not supported any more.")
 
-    # -- reactions ---------------------------------------------------------------------------------
+    # -- reactions -----------------------------------------------------------------------------------------
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
+        """A reaction on a result: the same access rules as a command or button (`Services.check_access`);
+        a refused member is ignored, any other refusal is told in the channel for a moment."""
         bot = self.services.bot
         if payload.user_id == bot.user.id or payload.guild_id is None:
             return
@@ -130,6 +115,17 @@ class Actions:
         if emoji not in (ui.REROLL, ui.DELETE, ui.FAVOURITE, ui.DM):
             return
         channel = bot.get_channel(payload.channel_id) or await bot.fetch_channel(payload.channel_id)
+        try:
+            await self.services.check_access(guild_id=payload.guild_id, user_id=payload.user_id, channel_id=payload.channel_id)
+            await self._react(payload, emoji, channel)
+        except AccessDenied:
+            return
+        except UserError as exc:
+            await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)
+        except discord.HTTPException as exc:
+            log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
+
+    async def _react(self, payload: discord.RawReactionActionEvent, emoji: str, channel: Any) -> None:
         job = await self.services.queue.by_message(payload.message_id)
         if job is None:  # posted a moment ago and not yet recorded, or not a result: ask the message
             try:
@@ -140,30 +136,23 @@ class Actions:
             if job is None or job.status != "done":
                 return
         member = payload.member
-        try:
-            if await self.services.refusal_for(payload.guild_id, payload.user_id, payload.channel_id):
-                return
-            if emoji == ui.REROLL:
-                jobs = await self.derive_and_submit(
-                    job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
-                    f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
-                )
-                status = await channel.send(f"🔄 <@{payload.user_id}> reroll of job #{job.id} queued…")
-                await self.services.announce_queued(jobs, message=status)
-            elif emoji == ui.DELETE:
-                if payload.user_id == job.user_id or is_moderator(member):
-                    await channel.get_partial_message(payload.message_id).delete()
-            elif emoji == ui.FAVOURITE:
-                for img in (job.result or {}).get("images", []):
-                    await self.services.images.favourite(payload.guild_id, payload.user_id, img["key"])
-            elif emoji == ui.DM:
-                user = member or await bot.fetch_user(payload.user_id)
-                lines = [f"**Job #{job.id}** ({job.kind})"]
-                for img in (job.result or {}).get("images", []):
-                    lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
-                await user.send(ui.clip("\n".join(lines), 2000))
-        except UserError as exc:
-            await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)
-        except discord.HTTPException as exc:
-            log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
+        if emoji == ui.REROLL:
+            jobs = await self.derive_and_submit(
+                job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
+                f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
+            )
+            status = await channel.send(f"🔄 <@{payload.user_id}> reroll of job #{job.id} queued…")
+            await self.services.announce_queued(jobs, message=status)
+        elif emoji == ui.DELETE:
+            if payload.user_id == job.user_id or ui.is_moderator(member):
+                await channel.get_partial_message(payload.message_id).delete()
+        elif emoji == ui.FAVOURITE:
+            for img in (job.result or {}).get("images", []):
+                await self.services.images.favourite(payload.guild_id, payload.user_id, img["key"])
+        elif emoji == ui.DM:
+            user = member or await self.services.bot.fetch_user(payload.user_id)
+            lines = [f"**Job #{job.id}** ({job.kind})"]
+            for img in (job.result or {}).get("images", []):
+                lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
+            await user.send(ui.clip("\n".join(lines), 2000))
 

@@ -30,9 +30,8 @@ from gen_core import hypernetwork
 from gen_core.buckets import nearest_bucket
 from gen_core.images import ImageInputError, load_image
 from gen_core.prompts import PromptError, strip_extra_networks
-from services import ui
 from services.jobs import UserError, new_seed
-from storage import JobKind, ModuleStatus, hypernetworks, settings
+from storage import ModuleStatus, hypernetworks, settings
 from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
 
 STRENGTH_RANGE = (-2.0, 2.0)
@@ -274,10 +273,11 @@ class Hypernets:
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
         params = dataclasses.replace(params, module_path=str(path))
         module = await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
-        jobs = await self.services.submit_from_interaction(interaction, [params])
-        if not jobs:
+        try:
+            jobs = await self.services.submit_from_interaction(interaction, [params])
+        except UserError:
             await hypernetworks.delete(self.services.db, module.id)
-            return []
+            raise
         await hypernetworks.update(self.services.db, module.id, metadata={"training_job": jobs[0].id})
         return jobs
 
@@ -287,11 +287,3 @@ def sample_params(p: HypernetTrainParams) -> ImagineParams:
     fields = sampling_fields(p) | {"user_prompt": p.prompt, "seed": new_seed(), "count": 1}
     return ImagineParams(**fields, hypernets=(HypernetUse(name=p.module_name, path=p.module_path, strength=1.0),))
 
-
-def train_view(job_id: int, n_images: int) -> discord.ui.View:
-    """Under a training result: 🔄 samples again with the module (an /imagine job), ❌ deletes the post."""
-    return ui.result_view(job_id, n_images, actions=("reroll", "delete"))
-
-
-def register_views() -> None:
-    ui.RESULT_VIEWS[JobKind.HYPERNET_TRAIN] = train_view

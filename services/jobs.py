@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from discord import app_commands
+
 from gen_core.buckets import parse_aspect
 from gen_core.geometry import Geometry
 from gen_core.samplers import SAMPLERS
@@ -20,8 +22,13 @@ from storage import CostPolicy, InsufficientCredits, JobSpec, QueueFull, compute
 from worker.jobs import PARAMS_VERSION, ImagineParams, JobParams, encode
 
 
-class UserError(Exception):
-    """A request the bot refuses; the message says what was wrong and what to do."""
+class UserError(app_commands.AppCommandError):
+    """A request the bot refuses; the message says what was wrong and what to do.  Raised anywhere while
+    an interaction is handled, it ends as an ephemeral refusal (`services.ui.report_error`)."""
+
+
+class AccessDenied(UserError):
+    """The member may not use the bot here (a ban, a channel rule, a DM, the bot's own permissions)."""
 
 
 UNDESIRED_PRESETS = ("heavy", "light", "none")

@@ -1,8 +1,8 @@
 """Server rules applied to every request: bans, channel allow/deny, per-guild and per-channel limits,
 banned words and regexes, the server negative prompt, NSFW gating and the optional image safety check.
 
-Two hooks carry them to every command: `Services.refusal_for` asks `refusal()` (bans, channels) before
-anything else, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
+Two hooks carry them to every command, button and reaction: `Services.check_access` asks `refusal()`
+(bans, channels) once the interaction is acknowledged, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
 negatives, NSFW) before pricing it.  Settings live in storage: the guild's settings blob (``limits``,
 ``negative``, ``nsfw``), channel rows (``enabled`` = not denied, blob ``allowed`` / ``limits``), bans and
 banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``.
@@ -162,11 +162,14 @@ class ServerRules:
         )
 
     # -- the checks ------------------------------------------------------------------------------
-    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None) -> str | None:
-        """Why this member may not use the bot here (a ban, a denied channel), or None."""
+    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None, *, channel_rules: bool = True) -> str | None:
+        """Why this member may not use the bot here (a ban; with ``channel_rules`` a denied or not-allowed
+        channel), or None.  Only `Services.check_access` asks."""
         ban, rows = await moderation.access_snapshot(self.db, guild_id, user_id)
         if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
             return ban_message(ban.reason)
+        if not channel_rules:
+            return None
         here = next((r for r in rows if r.channel_id == channel_id), None)
         if here is not None and not here.enabled:
             return "The server admins turned the bot off in this channel. Use it in another channel."
@@ -212,10 +215,6 @@ class ServerRules:
             extra.append(rules.nsfw.negative)
         negative = _join(p.negative, *(e for e in extra if e and e not in p.negative))
         return dataclasses.replace(p, screen=not rules.nsfw_channel and rules.nsfw.image_check, negative=negative)
-
-    async def ban_of(self, guild_id: int, user_id: int) -> Any:
-        """The member's ban here, or None."""
-        return await moderation.get_ban(self.db, guild_id, user_id)
 
     # -- actions on users and results --------------------------------------------------------------
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:

@@ -13,7 +13,7 @@ from PIL import Image, ImageStat
 from discord_emulator import InvokeError
 from gen_core.metadata import parse_parameters, read_png_parameters
 from storage import CostPolicy, ModuleStatus, compute_cost, hypernetworks, moderation
-from tests.bot_fixtures import BotEnv
+from tests.bot_fixtures import BotEnv, answer
 from tests.test_bot_imagine import gated, imagine, is_result, posted_job
 
 MANAGE_GUILD = 1 << 5
@@ -36,7 +36,7 @@ async def admin(env: BotEnv, actor, channel, command: str, /, **options) -> str:
 
 
 async def refusal(it) -> str:
-    reply = await it.original(5)
+    reply = await answer(it)
     assert reply.ephemeral and reply.embeds, reply.content
     return reply.embeds[0]["description"]
 
@@ -199,6 +199,9 @@ async def test_ban_cancels_and_refunds_queued_jobs_and_refuses_commands_and_reac
     assert "banned from using this bot on this server (spam)" in text
     assert "(spam)" in await refusal(await emu.invoke(alice, channel, "credits"))  # every command, not just generation
     assert "Your credits" in text_of(await (await emu.invoke(bob, channel, "credits")).original(5))
+    # autocomplete is never checked (it reads no rules and starts nothing): the command itself is refused
+    aspects = await emu.autocomplete(alice, channel, "imagine", {"prompt": "x", "aspect": "portrait"}, focused="aspect")
+    assert aspects and all("portrait" in c["name"].lower() for c in aspects)
     await emu.add_reaction(alice, bobs, "🔄")
     await asyncio.sleep(0.5)
     assert await bot_env.services.queue.list(guild_id=guild.id, user_id=alice.id) == []
@@ -207,7 +210,7 @@ async def test_ban_cancels_and_refunds_queued_jobs_and_refuses_commands_and_reac
     assert "(spam)" in await refusal(await imagine(bot_env, alice, channel))
 
     assert "may use the bot again" in await admin(bot_env, mod, channel, "unban", user=alice)
-    assert await bot_env.services.refusal_for(guild.id, alice.id, channel.id) is None
+    await bot_env.services.check_access(guild_id=guild.id, user_id=alice.id, channel_id=channel.id)  # no AccessDenied
     it = await emu.invoke(mod, channel, "admin unban", {"user": alice})
     assert "is not banned" in await refusal(it)
     assert (await audit_actions(bot_env, guild))[:2] == ["unban", "ban"]
@@ -231,7 +234,7 @@ async def test_channel_deny_and_allow_list(bot_env: BotEnv):
     await admin(bot_env, mod, general, "channels reset", channel=general)
     text = await admin(bot_env, mod, general, "channels list")
     assert "Allowed everywhere" in text and f"<#{art.id}>" in text
-    assert await bot_env.services.refusal_for(guild.id, alice.id, nsfw.id) is None
+    await bot_env.services.check_access(guild_id=guild.id, user_id=alice.id, channel_id=nsfw.id)  # no AccessDenied
     assert (await audit_actions(bot_env, guild))[:3] == ["channels.reset", "channels.allow", "channels.deny"]
 
 
