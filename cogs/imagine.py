@@ -109,7 +109,7 @@ class Imagine(commands.Cog):
         edit: str | None = None,
     ) -> None:
         params_list = self.services.jobs.imagine_params(options(prompt, None, aspect, steps, None, None, 0, count, None, None, None))
-        policy = await self.services.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
+        policy = await self.services.settings.policy(interaction.guild_id or 0)  # the server's multipliers
         total = sum(self.services.jobs.cost(p, policy) for p in params_list)
         balance = await self.services.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]

@@ -20,6 +20,7 @@ from services.hypernet import Hypernets
 from services.jobs import AccessDenied, JobService, UserError
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
+from services.settings import ServerSettings
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
 from worker.handlers import handlers
@@ -74,6 +75,7 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
+        self.settings = ServerSettings(self.db, config, self.policy)
         self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
