@@ -156,8 +156,22 @@ class EditRemixParams(JobParams):
         return f"{self.kind}:{self.source_job}:{self.sampling_key()}"
 
 
+class _Repaint:
+    """Outpaint and inpaint repaint part of an image at ``strength``: fewer steps are denoised, and jobs of
+    one strength batch together."""
+
+    strength: float
+
+    @property
+    def denoised_strength(self) -> float | None:
+        return self.strength
+
+    def batch_group(self) -> str:
+        return f"{super().batch_group()}:{self.strength}"  # type: ignore[misc]
+
+
 @dataclass(frozen=True, kw_only=True)
-class OutpaintParams(JobParams):
+class OutpaintParams(_Repaint, JobParams):
     """The input placed at ``box`` on a ``width`` × ``height`` canvas; the rest is painted."""
 
     kind: ClassVar[JobKind] = JobKind.OUTPAINT
@@ -171,16 +185,9 @@ class OutpaintParams(JobParams):
     source_job: int | None = None  # a chained outpaint: the job and candidate it continues
     source_index: int | None = None
 
-    @property
-    def denoised_strength(self) -> float | None:
-        return self.strength
-
-    def batch_group(self) -> str:
-        return f"{super().batch_group()}:{self.strength}"
-
 
 @dataclass(frozen=True, kw_only=True)
-class InpaintParams(JobParams):
+class InpaintParams(_Repaint, JobParams):
     """The white area of ``mask`` repainted in ``init_image`` (a variation repaints a result again)."""
 
     kind: ClassVar[JobKind] = JobKind.INPAINT
@@ -192,13 +199,6 @@ class InpaintParams(JobParams):
     mask_blur: int
     source_job: int | None = None
     source_index: int | None = None
-
-    @property
-    def denoised_strength(self) -> float | None:
-        return self.strength
-
-    def batch_group(self) -> str:
-        return f"{super().batch_group()}:{self.strength}"
 
 
 @dataclass(frozen=True, kw_only=True)
