@@ -44,7 +44,8 @@ Credits
     await ledger.check_invariant() -> list[str]             # empty when the books balance
 
 Balances are per user per guild. A guild overrides policy fields with
-``await settings.set_guild_policy(db, guild_id, actor_id, start_balance=…, multipliers={...})``.
+``await settings.set_guild_policy(db, guild_id, actor_id, start_balance=…, multipliers={...})``; a guild's
+``max_queued_per_user`` never exceeds the bot-wide policy's.
 
 Queue
 -----
@@ -102,7 +103,7 @@ Images
 Other repositories (module functions taking ``db``)
 ---------------------------------------------------
 * ``storage.settings``: touch_user, touch_guild, get_guild_settings, update_guild_settings, set_guild_policy,
-  guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
+  policy_of, guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
 * ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
