@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from gen_core.buckets import fit_to_bucket
 from services import ui
 from services.edit import EDIT_PRESET_CHOICES, ETA_RANGE, EditOptions, edit_params, register_views
 from services.jobs import UserError
@@ -45,11 +42,9 @@ class Edit(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             await self.s.guard(interaction)
-            picture = fit_to_bucket(await self.s.read_attachment(image), self.s.jobs.buckets)
+            upload = await self.s.fitted_upload(image)
             options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
-            buf = io.BytesIO()
-            picture.save(buf, format="PNG")
-            params = edit_params(self.s.jobs, options, *picture.size, init_image=await self.s.store.put(buf.getvalue()))
+            params = edit_params(self.s.jobs, options, upload.width, upload.height, init_image=upload.key)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return

@@ -6,11 +6,11 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
-from gen_core.buckets import bucket_choices
+from gen_core.buckets import FIT_MODES, bucket_choices
 from gen_core.samplers import SAMPLERS
 from services import ui
 from services.edit import EDIT_PRESET_CHOICES, edit_cost_line
-from services.jobs import ImagineOptions, UserError
+from services.jobs import ImagineOptions, Upload, UserError
 
 # Option descriptions shared by /imagine and /cost.
 DESCRIBE = {
@@ -25,13 +25,18 @@ DESCRIBE = {
     "clip_skip": "CLIP layer: 1 = last, 2 = penultimate (NovelAI default)",
     "quality": "Prepend the quality tags (default on)",
     "undesired": "Negative-tag preset: heavy, light (default) or none",
+    "image": "Start from your picture (PNG, JPEG or WebP; img2img), fitted to the nearest aspect bucket",
+    "strength": "With image: how much to change it, 0 = keep it, 1 = redraw it (default 0.7)",
+    "noise": "With image: extra noise mixed into it for more new detail, 0-1 (default 0)",
+    "fit": "With image: crop it to the bucket (default) or pad it to keep all of it",
 }
 SAMPLER_CHOICES = [app_commands.Choice(name=s, value=s) for s in SAMPLERS][:25]
 UNDESIRED_CHOICES = [app_commands.Choice(name=n, value=n) for n in ("heavy", "light", "none")]
+FIT_CHOICES = [app_commands.Choice(name=n, value=n) for n in FIT_MODES]
 
 
 def options(
-    prompt: str, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired
+    prompt: str, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength=None, noise=None
 ) -> ImagineOptions:
     return ImagineOptions(
         prompt=prompt,
@@ -45,6 +50,8 @@ def options(
         clip_skip=clip_skip,
         quality=True if quality is None else quality,
         undesired=undesired or "light",
+        strength=strength,
+        noise=noise,
     )
 
 
@@ -64,9 +71,9 @@ class Imagine(commands.Cog):
             matching = [app_commands.Choice(name=f"Custom ratio {current}", value=current)]
         return matching[:25]
 
-    @app_commands.command(name="imagine", description="Create images from a text prompt")
+    @app_commands.command(name="imagine", description="Create images from a text prompt, or from your picture with image:")
     @app_commands.describe(**DESCRIBE)
-    @app_commands.choices(sampler=SAMPLER_CHOICES, undesired=UNDESIRED_CHOICES)
+    @app_commands.choices(sampler=SAMPLER_CHOICES, undesired=UNDESIRED_CHOICES, fit=FIT_CHOICES)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -81,12 +88,22 @@ class Imagine(commands.Cog):
         clip_skip: app_commands.Range[int, 1, 12] | None = None,
         quality: bool | None = None,
         undesired: str | None = None,
+        image: discord.Attachment | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
+        noise: app_commands.Range[float, 0.0, 1.0] | None = None,
+        fit: str | None = None,
     ) -> None:
-        opts = options(prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired)
+        opts = options(
+            prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength, noise
+        )
         await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
         try:
             await self.s.guard(interaction)
-            params_list = self.s.jobs.imagine_params(opts)
+            upload = None
+            if image is not None:  # fitted to the named bucket, else to the one nearest its aspect ratio
+                bucket = self.s.jobs.bucket(aspect) if aspect else None
+                upload = await self.s.fitted_upload(image, bucket, fit or "crop")
+            params_list = self.s.jobs.imagine_params(opts, upload)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
@@ -97,6 +114,7 @@ class Imagine(commands.Cog):
     @app_commands.command(name="cost", description="What an /imagine would cost, without running it")
     @app_commands.describe(
         **{k: DESCRIBE[k] for k in ("prompt", "aspect", "steps", "count")},
+        strength="Price an img2img of your picture at this strength (it denoises strength × steps)",
         edit="Also price an /edit of that size with this preset",
     )
     @app_commands.choices(edit=EDIT_PRESET_CHOICES)
@@ -107,11 +125,13 @@ class Imagine(commands.Cog):
         aspect: str | None = None,
         steps: app_commands.Range[int, 1, 150] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
+        strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         edit: str | None = None,
     ) -> None:
-        opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None)
-        try:
-            params_list = self.s.jobs.imagine_params(opts)
+        opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None, strength)
+        try:  # with a strength: priced as an img2img of a picture already of the bucket's size
+            picture = None if strength is None else Upload("", *self.s.jobs.bucket(aspect), fit="crop")
+            params_list = self.s.jobs.imagine_params(opts, picture)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
@@ -119,14 +139,21 @@ class Imagine(commands.Cog):
         total = sum(self.s.jobs.cost(p, policy) for p in params_list)
         balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]
+        img2img = f" from a picture at strength {strength:g} ({p.denoised_steps} steps denoised)" if strength is not None else ""
         await interaction.response.send_message(
-            f"💰 {len(params_list)} job(s) of {p.count} image(s) at {p.width}×{p.height}, {p.steps} steps "
+            f"💰 {len(params_list)} job(s) of {p.count} image(s) at {p.width}×{p.height}, {p.steps} steps{img2img} "
             f"would cost **{total}** credits. Your balance: {balance}."
             + (edit_cost_line(self.s.jobs, edit, p, policy) if edit else ""),
             ephemeral=True,
         )
 
     cost.autocomplete("aspect")(_aspect_autocomplete)
+
+    @commands.Cog.listener()
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        target = ui.remix_target(interaction)  # a Remix form, submitted: routed by its custom_id
+        if target is not None:
+            await self.s.actions.on_remix(interaction, *target)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:

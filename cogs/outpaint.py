@@ -200,6 +200,6 @@ class Outpaint(commands.Cog):
 
 async def setup(bot: commands.Bot) -> None:
     ui.RESULT_VIEWS[JobKind.OUTPAINT] = outpaint_result_view
-    ui.RESULT_VIEWS[JobKind.INPAINT] = lambda job_id, n: ui.result_view(job_id, n, actions=("reroll", "var", "delete"))
+    ui.RESULT_VIEWS[JobKind.INPAINT] = lambda job_id, n: ui.result_view(job_id, n, actions=("reroll", "delete", "subtle", "var"))
     bot.add_dynamic_items(OutpaintButton)
     await bot.add_cog(Outpaint(bot))

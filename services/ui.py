@@ -38,16 +38,32 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_T
         await interaction.client.services.actions.on_button(interaction, self.job_id, self.action, self.index)
 
 
-def result_view(job_id: int, n_images: int, actions: tuple[str, ...] = ("reroll", "var", "up", "delete")) -> discord.ui.View:
+# The buttons of one image of a result, in a row per image (at most 4 images: with 🔄 ❌ on top that is
+# Discord's 5 rows of at most 5). "var" is Vary (Strong): the id the former V1-V4 buttons had, so
+# messages posted before Vary (Subtle) existed keep working.
+IMAGE_ACTIONS = ("subtle", "var", "remix", "up")
+_IMAGE_LABELS = {"subtle": ("Vary (Subtle)", "V{} Subtle"), "var": ("Vary (Strong)", "V{} Strong"),
+                 "remix": ("Remix", "Remix {}"), "up": ("Upscale", "U{}")}  # fmt: skip
+
+
+def image_button_label(action: str, index: int, n_images: int) -> str:
+    """``Vary (Subtle)`` under a single image, ``V2 Subtle`` under image 2 of several."""
+    single, numbered = _IMAGE_LABELS[action]
+    return single if n_images == 1 else numbered.format(index + 1)
+
+
+def result_view(
+    job_id: int, n_images: int, actions: tuple[str, ...] = ("reroll", "delete", *IMAGE_ACTIONS)
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     if "reroll" in actions:
         view.add_item(JobButton(job_id, "reroll", emoji=REROLL, style=discord.ButtonStyle.secondary, row=0))
     if "delete" in actions:
         view.add_item(JobButton(job_id, "delete", emoji=DELETE, style=discord.ButtonStyle.secondary, row=0))
-    for action, prefix, row in (("var", "V", 1), ("up", "U", 2)):
-        if action in actions:
-            for i in range(n_images):
-                view.add_item(JobButton(job_id, action, i, label=f"{prefix}{i + 1}", row=row))
+    for i in range(n_images):
+        for action in IMAGE_ACTIONS:
+            if action in actions:
+                view.add_item(JobButton(job_id, action, i, label=image_button_label(action, i, n_images), row=1 + i))
     return view
 
 
@@ -84,6 +100,17 @@ def job_id_from_message(message: discord.Message | dict[str, Any], action: str =
     return None
 
 
+_FIT_NOTES = {"crop": "cropped to its bucket (`fit:pad` keeps all of it)", "pad": "padded to its bucket (`fit:crop` fills it)"}
+
+
+def img2img_note(strength: float | None, noise: float | None = None, fit: str | None = None) -> str:
+    """`` · strength 0.7 · noise 0.1 · cropped …`` for a job that started from a picture (``strength`` set)."""
+    if strength is None:
+        return ""
+    note = f" · strength {strength:g} · noise {noise or 0:g}"
+    return note + (f" · {_FIT_NOTES[fit]}" if fit in _FIT_NOTES else "")
+
+
 def png_file(data: bytes, name: str) -> discord.File:
     return discord.File(io.BytesIO(data), filename=name)
 
@@ -109,3 +136,48 @@ async def refuse(interaction: discord.Interaction, message: str, title: str = "C
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- Remix: a modal pre-filled with the job's prompt and negative ------------------------------------------
+# custom_id = "remix:<job>:<index>"; its submission is handled by custom_id (see `remix_target`), never by
+# a Modal object kept in memory, so it works whoever submits, however late, after any restart.
+REMIX_TEMPLATE = re.compile(r"remix:(?P<job>[0-9]+):(?P<index>[0-9]+)")
+TEXT_INPUT_MAX = 4000  # Discord's limit on a text input's value
+
+
+def remix_modal(job_id: int, index: int, prompt: str, negative: str) -> discord.ui.Modal:
+    """The Remix form; stopped, so discord.py does not keep it (the submission is routed by custom_id)."""
+    modal = discord.ui.Modal(title="Remix", custom_id=f"remix:{job_id}:{index}", timeout=None)
+    modal.add_item(discord.ui.TextInput(
+        label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph, default=clip(prompt, TEXT_INPUT_MAX),
+        max_length=TEXT_INPUT_MAX,
+    ))  # fmt: skip
+    modal.add_item(discord.ui.TextInput(
+        label="Negative prompt", custom_id="negative", style=discord.TextStyle.paragraph,
+        default=clip(negative, TEXT_INPUT_MAX) or None, required=False, max_length=TEXT_INPUT_MAX,
+    ))  # fmt: skip
+    modal.stop()
+    return modal
+
+
+def remix_target(interaction: discord.Interaction) -> tuple[int, int] | None:
+    """``(job id, image index)`` when ``interaction`` submits a Remix modal."""
+    if interaction.type != discord.InteractionType.modal_submit:
+        return None
+    match = REMIX_TEMPLATE.fullmatch((interaction.data or {}).get("custom_id", ""))
+    return (int(match["job"]), int(match["index"])) if match else None
+
+
+def modal_values(interaction: discord.Interaction) -> dict[str, str]:
+    """The submitted text inputs of a modal by custom_id (in action rows or labels, as Discord sends them)."""
+    values: dict[str, str] = {}
+
+    def walk(component: dict[str, Any]) -> None:
+        if "value" in component and "custom_id" in component:
+            values[component["custom_id"]] = component["value"]
+        for child in component.get("components", []) + ([component["component"]] if "component" in component else []):
+            walk(child)
+
+    for component in (interaction.data or {}).get("components", []):
+        walk(component)
+    return values

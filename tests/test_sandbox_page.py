@@ -168,7 +168,7 @@ async def test_imagine_with_options_shows_progress_then_the_image_and_buttons_an
     await shot(page, tmp_path, "enlarged")
     await page.keyboard.press("Escape")
 
-    await first.locator("button.btn", has_text="V1").click()
+    await first.locator("button.btn", has_text="V1 Strong").click()
     await expect(results(page)).to_have_count(2, timeout=30_000)
     variation = await site.job(await results(page).nth(1).locator(".content").inner_text())
     assert variation.params.get("mode") == "variation", variation.params
