@@ -1,4 +1,5 @@
-"""/imagine (text-to-image) and /cost, plus the reactions on result messages."""
+"""/imagine (text-to-image, or img2img from an upload) and /cost, plus the job buttons, the Remix form and
+reactions on result messages."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from gen_core.buckets import FIT_MODES, bucket_choices
 from gen_core.samplers import SAMPLERS
 from services import ui
 from services.edit import EDIT_PRESET_CHOICES, edit_cost_line
-from services.jobs import ImagineOptions, Upload, UserError
+from services.jobs import ImagineOptions, Upload
 
 # Option descriptions shared by /imagine and /cost.
 DESCRIBE = {
@@ -59,19 +60,27 @@ class Imagine(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ui.JobButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ui.JobButton)
+
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     async def _aspect_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.s.jobs.buckets)]
+        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.services.jobs.buckets)]
         current = current.strip().lower()
         matching = [c for c in choices if current in c.name.lower() or current in c.value]
         if current and ":" in current and not matching:
             matching = [app_commands.Choice(name=f"Custom ratio {current}", value=current)]
         return matching[:25]
 
-    @app_commands.command(name="imagine", description="Create images from a text prompt, or from your picture with image:")
+    @app_commands.command(
+        name="imagine", description="Create images from a text prompt, or from your picture with image:", extras={ui.GENERATES: True}
+    )
     @app_commands.describe(**DESCRIBE)
     @app_commands.choices(sampler=SAMPLER_CHOICES, undesired=UNDESIRED_CHOICES, fit=FIT_CHOICES)
     async def imagine(
@@ -96,18 +105,11 @@ class Imagine(commands.Cog):
         opts = options(
             prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength, noise
         )
-        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
-        try:
-            await self.s.guard(interaction)
-            upload = None
-            if image is not None:  # fitted to the named bucket, else to the one nearest its aspect ratio
-                bucket = self.s.jobs.bucket(aspect) if aspect else None
-                upload = await self.s.fitted_upload(image, bucket, fit or "crop")
-            params_list = self.s.jobs.imagine_params(opts, upload)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        await self.s.submit_from_interaction(interaction, params_list)
+        upload = None
+        if image is not None:  # fitted to the named bucket, else to the one nearest its aspect ratio
+            bucket = self.services.jobs.bucket(aspect) if aspect else None
+            upload = await self.services.fitted_upload(image, bucket, fit or "crop")
+        await self.services.submit_from_interaction(interaction, self.services.jobs.imagine_params(opts, upload))
 
     imagine.autocomplete("aspect")(_aspect_autocomplete)
 
@@ -129,21 +131,18 @@ class Imagine(commands.Cog):
         edit: str | None = None,
     ) -> None:
         opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None, strength)
-        try:  # with a strength: priced as an img2img of a picture already of the bucket's size
-            picture = None if strength is None else Upload("", *self.s.jobs.bucket(aspect), fit="crop")
-            params_list = self.s.jobs.imagine_params(opts, picture)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        policy = await self.s.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
-        total = sum(self.s.jobs.cost(p, policy) for p in params_list)
-        balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
+        # with a strength: priced as an img2img of a picture already of the bucket's size
+        picture = None if strength is None else Upload("", *self.services.jobs.bucket(aspect), fit="crop")
+        params_list = self.services.jobs.imagine_params(opts, picture)
+        policy = await self.services.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
+        total = sum(self.services.jobs.cost(p, policy) for p in params_list)
+        balance = await self.services.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]
         img2img = f" from a picture at strength {strength:g} ({p.denoised_steps} steps denoised)" if strength is not None else ""
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"💰 {len(params_list)} job(s) of {p.count} image(s) at {p.width}×{p.height}, {p.steps} steps{img2img} "
             f"would cost **{total}** credits. Your balance: {balance}."
-            + (edit_cost_line(self.s.jobs, edit, p, policy) if edit else ""),
+            + (edit_cost_line(self.services.jobs, edit, p, policy) if edit else ""),
             ephemeral=True,
         )
 
@@ -151,13 +150,13 @@ class Imagine(commands.Cog):
 
     @commands.Cog.listener()
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        target = ui.remix_target(interaction)  # a Remix form, submitted: routed by its custom_id
-        if target is not None:
-            await self.s.actions.on_remix(interaction, *target)
+        form = ui.RemixForm.submitted(interaction)  # a Remix form, submitted: routed by its custom_id
+        if form is not None:
+            await form.handle(interaction)
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        await self.s.actions.on_reaction(payload)
+        await self.services.actions.on_reaction(payload)
 
 
 async def setup(bot: commands.Bot) -> None:

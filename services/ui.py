@@ -1,14 +1,17 @@
-"""Shared Discord UI pieces: job buttons (restart-safe), result views, refusals and progress text."""
+"""Shared Discord UI pieces: the one error and check path (the command tree, `CheckedItem`, `report_error`),
+job buttons (restart-safe), result views, refusals and progress text."""
 
 from __future__ import annotations
 
 import io
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 import discord
+from discord import app_commands
+
+from services.jobs import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,107 @@ def job_custom_id(job_id: int, action: str, index: int | None = None) -> str:
     return f"job:{job_id}:{action}" + (f":{index}" if index is not None else "")
 
 
-class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_TEMPLATE):
-    """Every button under a job's messages; the action runs through the bot's JobService."""
+def manages_server(interaction: discord.Interaction) -> bool:
+    """The member's own permissions in this channel (Administrator implies Manage Server)."""
+    perms = interaction.permissions
+    return interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
+
+
+def is_moderator(member: Any) -> bool:
+    perms = getattr(member, "guild_permissions", None)
+    return bool(perms and (perms.manage_messages or perms.manage_guild or perms.administrator))
+
+
+# -- the one error and check path -----------------------------------------------------------------------------
+GENERATES = "generates"  # app command extras key: the command starts jobs here (all channel rules apply)
+
+
+async def admit(interaction: discord.Interaction, *, channel_rules: bool) -> None:
+    """Apply the ban and channel rules (`Services.check_access`, which reads SQL): the check every command,
+    button and form passes, once it is acknowledged.  ``channel_rules``: the interaction may start a job or
+    post here, so the channel rules and the bot's own permissions apply too, and members who manage the
+    server are not exempt from a ban."""
+    await interaction.client.services.check_access(
+        guild_id=interaction.guild_id,
+        user_id=interaction.user.id,
+        channel_id=interaction.channel_id,
+        manager=manages_server(interaction),
+        channel_rules=channel_rules,
+        bot_permissions=interaction.app_permissions,
+    )
+
+
+async def report_error(interaction: discord.Interaction, error: Exception) -> None:
+    """How every failed command or button ends: a `UserError` as an ephemeral refusal with its text, any
+    other error logged and answered with an apology."""
+    original = getattr(error, "original", error)
+    if isinstance(original, UserError):
+        await refuse(interaction, str(original))
+        return
+    log.error("interaction %s failed", interaction.command and interaction.command.qualified_name, exc_info=original)
+    await refuse(interaction, "That failed on the bot's side; the error is in its log.")
+
+
+class CommandTree(app_commands.CommandTree):
+    """The bot's tree: every command is acknowledged and admitted (`admit`) before it runs, and every
+    error of a command ends in `report_error`.  Autocomplete is never checked: it answers at once."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if interaction.type is discord.InteractionType.autocomplete:
+            return True
+        command = interaction.command
+        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: admit reads SQL
+        await admit(interaction, channel_rules=bool(command and command.extras.get(GENERATES)))
+        return True
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
+        await report_error(interaction, error)
+
+
+class CheckedItem:
+    """Base of the bot's restart-safe components (mixed into a `discord.ui.DynamicItem`, or a submitted
+    `RemixForm`): acknowledge, `admit`, the item's own check (`check`, e.g. ownership) in
+    `interaction_check`, then `run`.  Dynamic items have no view to report to, so errors of either end in
+    this item's `on_error`."""
+
+    channel_rules = True  # clicks start jobs or post here: the channel rules apply
+
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        """Answer within Discord's 3 s before anything reads SQL (unless the answer is a form: a modal must be
+        the first answer, so `run` sends it); default: a deferred update."""
+        await interaction.response.defer()
+
+    async def check(self, interaction: discord.Interaction) -> None:
+        """Raise `UserError` when this member may not use this item (after the access rules)."""
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        try:
+            await self.acknowledge(interaction)
+            await admit(interaction, channel_rules=self.channel_rules)
+            await self.check(interaction)
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+            return False
+        return True
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction)
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_error(interaction, error)
+
+
+GENERATING_ACTIONS = ("reroll", "subtle", "var", "up", "sweep", "eta")  # not "remix": it answers with its form
+
+
+class JobButton(CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_TEMPLATE):
+    """Every button under a job's messages; the action runs through the bot's `Actions`."""
 
     def __init__(self, job_id: int, action: str, index: int | None = None, **button: Any) -> None:
         self.job_id, self.action, self.index = job_id, action, index
@@ -34,7 +136,22 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_T
         index = match["index"]
         return cls(int(match["job"]), match["action"], int(index) if index is not None else None)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        if self.action in GENERATING_ACTIONS:  # the answer is a new ephemeral message: the queue position
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        elif self.action != "remix":  # Remix answers with its form (`Actions.on_button`), after the checks
+            await interaction.response.defer()
+
+    async def check(self, interaction: discord.Interaction) -> None:
+        """Only the job's owner or a moderator deletes a result or cancels a job."""
+        if self.action not in ("delete", "cancel") or is_moderator(interaction.user):
+            return
+        job = await interaction.client.services.actions.job(self.job_id)
+        if interaction.user.id != job.user_id:
+            what = "made this image" if self.action == "delete" else "asked for this job"
+            raise UserError(f"Only the person who {what} or a moderator can {self.action} it.")
+
+    async def run(self, interaction: discord.Interaction) -> None:
         await interaction.client.services.actions.on_button(interaction, self.job_id, self.action, self.index)
 
 
@@ -65,15 +182,6 @@ def result_view(
             if action in actions:
                 view.add_item(JobButton(job_id, action, i, label=image_button_label(action, i, n_images), row=1 + i))
     return view
-
-
-# Result views of job kinds whose buttons differ from `result_view` (each registered by its cog).
-RESULT_VIEWS: dict[str, Callable[[int, int], discord.ui.View]] = {}
-
-
-def result_view_for(kind: str, job_id: int, n_images: int) -> discord.ui.View:
-    build = RESULT_VIEWS.get(kind)
-    return build(job_id, n_images) if build else result_view(job_id, n_images)
 
 
 def cancel_view(job_id: int) -> discord.ui.View:
@@ -139,7 +247,7 @@ def clip(text: str, limit: int) -> str:
 
 
 # -- Remix: a modal pre-filled with the job's prompt and negative ------------------------------------------
-# custom_id = "remix:<job>:<index>"; its submission is handled by custom_id (see `remix_target`), never by
+# custom_id = "remix:<job>:<index>"; its submission is handled by custom_id (see `RemixForm`), never by
 # a Modal object kept in memory, so it works whoever submits, however late, after any restart.
 REMIX_TEMPLATE = re.compile(r"remix:(?P<job>[0-9]+):(?P<index>[0-9]+)")
 TEXT_INPUT_MAX = 4000  # Discord's limit on a text input's value
@@ -160,12 +268,30 @@ def remix_modal(job_id: int, index: int, prompt: str, negative: str) -> discord.
     return modal
 
 
-def remix_target(interaction: discord.Interaction) -> tuple[int, int] | None:
-    """``(job id, image index)`` when ``interaction`` submits a Remix modal."""
-    if interaction.type != discord.InteractionType.modal_submit:
-        return None
-    match = REMIX_TEMPLATE.fullmatch((interaction.data or {}).get("custom_id", ""))
-    return (int(match["job"]), int(match["index"])) if match else None
+class RemixForm(CheckedItem):
+    """A submitted Remix form of image ``index`` of job ``job_id``: acknowledged, admitted, then a strong
+    variation with the form's texts (`Actions.on_remix`); errors end in `report_error`."""
+
+    def __init__(self, job_id: int, index: int) -> None:
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    def submitted(cls, interaction: discord.Interaction) -> RemixForm | None:
+        """The form ``interaction`` submits, when it submits a Remix modal."""
+        if interaction.type != discord.InteractionType.modal_submit:
+            return None
+        match = REMIX_TEMPLATE.fullmatch((interaction.data or {}).get("custom_id", ""))
+        return cls(int(match["job"]), int(match["index"])) if match else None
+
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the answer is the queue position
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        await interaction.client.services.actions.on_remix(interaction, self.job_id, self.index)
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        if await self.interaction_check(interaction):
+            await self.callback(interaction)
 
 
 def modal_values(interaction: discord.Interaction) -> dict[str, str]:

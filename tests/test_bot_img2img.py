@@ -229,3 +229,26 @@ def walk_inputs(components):
         if c["type"] == 4:
             yield c
         yield from walk_inputs(c.get("components", []) + ([c["component"]] if "component" in c else []))
+
+
+async def test_remix_admits_before_its_form_and_again_on_submission(env: BotEnv):
+    emu = env.emu
+    guild, alice, mod = emu.guild(), emu.user("alice"), emu.user("mod")
+    channel = guild.channel("general")
+    await (await emu.invoke(alice, channel, "imagine", {"prompt": "a cat", "steps": 4})).wait_acked(3)
+    result = await emu.wait_for_message(channel, is_result, timeout=30)
+    source = await result_job(env, result)
+    remix = next(b.custom_id for b in result.buttons if b.label == "Remix")
+    opened = await emu.click(alice, result, remix)
+    assert await opened.wait_acked(3) == 9
+    await (await emu.invoke(mod, channel, "admin ban", {"user": alice, "reason": "spam"})).original(10)
+    before = await env.balance(guild, alice)
+
+    refused = await emu.click(alice, result, remix)  # no form for a banned member: the refusal is the answer
+    assert await refused.wait_acked(3) == 4 and refused.modal is None
+    assert "(spam)" in (await refused.original(5)).embeds[0]["description"]
+    submitted = await emu.submit_modal(alice, opened, {"prompt": "a dog"})  # a form opened before the ban
+    assert "(spam)" in await followup_refusal(submitted)
+    assert await env.balance(guild, alice) == before
+    assert [j.id for j in await env.services.queue.list(guild_id=guild.id, statuses=None)] == [source.id]
+    assert emu.failures == []
