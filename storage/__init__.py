@@ -134,7 +134,7 @@ from storage.models import (
     ModuleStatus,
     User,
 )
-from storage.policy import CostPolicy, compute_cost
+from storage.policy import CostPolicy, compute_cost, denoised_steps
 from storage.queue import JobQueue, JobSpec, SqlJobQueue
 
 __all__ = [
@@ -168,6 +168,7 @@ __all__ = [
     "StorageError",
     "User",
     "compute_cost",
+    "denoised_steps",
     "images",
     "moderation",
     "hypernetworks",
