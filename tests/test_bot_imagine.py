@@ -219,7 +219,7 @@ async def test_crash_before_posting_is_recovered_exactly_once(make_emulator, tmp
         assert await env.balance(guild, alice) == before - job.cost
         # Killed between posting and recording the post: the restart finds the message instead of reposting.
         async with env.services.db.write() as session:
-            await session.execute(update(Job).where(Job.id == job.id).values(posted_message_id=None))
+            await session.execute(update(Job).where(Job.id == job.id).values(posted_message_id=None, answered_at=None))
         await env.restart()
         await asyncio.sleep(1.0)
         assert len([m for m in emu.channel_messages(channel) if is_result(m)]) == 1
