@@ -132,6 +132,10 @@ class Imagine(commands.Cog):
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self.s.actions.on_reaction(payload)
 
+    @commands.Cog.listener()
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        self.s.actions.on_reaction_removed(payload)
+
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Imagine(bot))

@@ -32,6 +32,8 @@ from worker.jobs import (
 
 log = logging.getLogger(__name__)
 
+REROLLS_KEPT = 10_000  # handled 🔄 reactions remembered against a second delivery (a resume replays seconds)
+
 
 def derive_params(
     job: Any, params: JobParams, action: str, index: int | None, generation: Any, geometry: Geometry
@@ -73,6 +75,9 @@ def is_moderator(member: Any) -> bool:
 class Actions:
     def __init__(self, services: Any) -> None:
         self.s = services
+        # (message, user) of 🔄 reactions handled and not removed since: the gateway delivers at least once,
+        # so the same reaction can arrive twice across a resume; only removing and adding it again rerolls again
+        self._rerolled: dict[tuple[int, int], None] = {}  # insertion-ordered; the oldest go beyond REROLLS_KEPT
 
     async def _job(self, job_id: int) -> Any:
         job = await self.s.queue.get(job_id)
@@ -121,7 +126,18 @@ class Actions:
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
 
+    @staticmethod
+    async def _tell_privately(user: Any, text: str) -> None:
+        try:
+            await user.send(text)
+        except discord.HTTPException:  # DMs closed: nothing public instead
+            log.info("could not DM %s: %s", user.id, text)
+
     # -- reactions ---------------------------------------------------------------------------------
+    def on_reaction_removed(self, payload: discord.RawReactionActionEvent) -> None:
+        if str(payload.emoji) == ui.REROLL:
+            self._rerolled.pop((payload.message_id, payload.user_id), None)
+
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         bot = self.s.bot
         if payload.user_id == bot.user.id or payload.guild_id is None:
@@ -129,6 +145,12 @@ class Actions:
         emoji = str(payload.emoji)
         if emoji not in (ui.REROLL, ui.DELETE, ui.FAVOURITE, ui.DM):
             return
+        if emoji == ui.REROLL:
+            if (payload.message_id, payload.user_id) in self._rerolled:  # delivered again: already handled
+                return
+            self._rerolled[payload.message_id, payload.user_id] = None
+            if len(self._rerolled) > REROLLS_KEPT:
+                del self._rerolled[next(iter(self._rerolled))]
         channel = bot.get_channel(payload.channel_id) or await bot.fetch_channel(payload.channel_id)
         job = await self.s.queue.by_message(payload.message_id)
         if job is None:  # posted a moment ago and not yet recorded, or not a result: ask the message
@@ -144,6 +166,13 @@ class Actions:
             if await self.s.refusal_for(payload.guild_id, payload.user_id, payload.channel_id):
                 return
             if emoji == ui.REROLL:
+                if not _can_post_images(channel):  # refused before anything is charged, privately
+                    await self._tell_privately(
+                        member or await bot.fetch_user(payload.user_id),
+                        f"I can't post images in <#{payload.channel_id}> (I need View Channel, Send Messages and "
+                        "Attach Files there), so your 🔄 was not queued and nothing was charged.",
+                    )
+                    return
                 jobs = await self.derive_and_submit(
                     job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
                     f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
@@ -167,3 +196,11 @@ class Actions:
         except discord.HTTPException as exc:
             log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
 
+
+
+def _can_post_images(channel: Any) -> bool:
+    me = getattr(getattr(channel, "guild", None), "me", None)
+    if me is None:
+        return True  # nothing cached to judge by: the post itself will tell
+    perms = channel.permissions_for(me)
+    return perms.view_channel and perms.send_messages and perms.attach_files
