@@ -16,6 +16,7 @@ import time
 import pytest
 
 from bench.crash_audit import Members, audit, image_files
+from bench.crash_recovery import run_soak
 from emulated_bot import BotProcess, bot_config_data
 
 STAGES = ["queued and mid-sampling", "claimed", "images stored", "posted, not recorded", "retrying a post", "refunded, DM pending"]
@@ -115,3 +116,8 @@ def _running(data_dir) -> bool:
 async def _all_answered(emu, config, members) -> bool:
     report = await audit(emu, f"sqlite+aiosqlite:///{config['storage']['data_dir']}/bot.db", members)
     return report["accepted"] == len(members.users) and report["problems"] == []
+
+
+async def test_soak_with_random_kills_loses_and_duplicates_nothing(tiny_model_dir, tmp_path):
+    report = await run_soak(tiny_model_dir, n_jobs=30, n_members=6, kills=2, seed=7, folder=tmp_path)
+    assert report["problems"] == [] and report["jobs"] >= report["accepted"] > 0, report
