@@ -55,10 +55,6 @@ class GenerationRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_embeds: Any = None
 
-    @property
-    def is_img2img(self) -> bool:
-        return self.init_image is not None
-
     def image_seeds(self) -> list[int]:
         """Seeds of the request's images (requires a resolved seed)."""
         if self.seed is None:
@@ -119,10 +115,6 @@ class Progress:
     preview: Image.Image | None = None
     previews: tuple[Image.Image, ...] = ()
     stage: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total if self.total else 1.0
 
 
 @dataclass

@@ -1,7 +1,7 @@
 """worker registry and durable announcements: the workers table; jobs.answered_at, announce_attempts, next_announce_at
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2027-01-20
 
 Jobs that finished before this revision count as answered (their result or failure was announced, or
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0003"
-down_revision: str | None = "0002"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
