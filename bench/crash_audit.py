@@ -28,6 +28,7 @@ class Members:
     channel: Any
     users: list[Any]
     accepted: dict[int, Any] = field(default_factory=dict)  # job id -> the user who asked
+    refused: list[str] = field(default_factory=list)  # what the bot said to requests it turned down
     _n: int = 0
 
     @classmethod
@@ -41,7 +42,8 @@ class Members:
         return cls(emu, guild.channel(channel), users)
 
     async def imagine(self, user: Any, steps: int = 3, **options: Any) -> int | None:
-        """One /imagine; the job id once the bot said it is queued, None if the bot died first."""
+        """One /imagine; the job id once the bot said it is queued, None if it refused (too many queued jobs, no
+        credits: in ``refused``) or died first."""
         self._n += 1
         it = await self.emu.invoke(user, self.channel, "imagine", {"prompt": f"a cat {self._n}", "steps": steps, **options})
         for _ in range(200):
@@ -50,6 +52,10 @@ class Members:
             if match:
                 self.accepted[int(match[1])] = user
                 return int(match[1])
+            refusals = [e.get("description", "") for f in it.followups for e in (f.embeds or [])]
+            if refusals:
+                self.refused.append(refusals[0])
+                return None
             await asyncio.sleep(0.05)
         return None
 

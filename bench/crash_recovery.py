@@ -116,14 +116,14 @@ async def run_soak(
             members = Members.create(emu, n_members)
             kill_after = sorted(rng.sample(range(1, n_jobs), kills))  # kill after this many requests
             began = time.monotonic()
-            lost_requests = 0
+            unanswered = 0
             try:
                 await bot.start()
                 sent = 0
                 while sent < n_jobs:
                     wave = min(n_jobs - sent, rng.randint(1, 8), (kill_after[0] - sent) if kill_after else n_jobs)
                     results = await asyncio.gather(*(members.imagine(rng.choice(members.users), steps=steps) for _ in range(wave)))
-                    lost_requests += results.count(None)
+                    unanswered += results.count(None)
                     sent += wave
                     if kill_after and sent >= kill_after[0]:
                         kill_after.pop(0)
@@ -137,7 +137,8 @@ async def run_soak(
             return {
                 "n_jobs": n_jobs, "n_members": n_members, "kills": kills, "steps": steps, "seed": seed,
                 "accepted": report["accepted"], "jobs": report["jobs"], "statuses": report["statuses"],
-                "unaccepted_requests": lost_requests, "problems": report["problems"],
+                "refused": len(members.refused), "refusals": sorted(set(members.refused))[:5],
+                "not_accepted": unanswered - len(members.refused), "problems": report["problems"],
                 "wall_s": round(time.monotonic() - began, 1),
             }  # fmt: skip
 

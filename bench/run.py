@@ -245,8 +245,8 @@ def rows_crash_recovery(r: dict[str, Any]) -> list[Row]:
             f"logged in) takes {rec['start_median_s']:.1f} s of it; problems: {rec['problems']}"),
         Row("crash_recovery", f"soak: {soak['n_jobs']} jobs, {soak['n_members']} members, {soak['kills']} kill -9",
             f"{len(soak['problems'])} problems", "0 lost, 0 duplicated", _check(not soak["problems"]),
-            f"{soak['accepted']} accepted, {soak['statuses']}, {soak['unaccepted_requests']} requests unanswered "
-            f"because the bot died before accepting them; {soak['wall_s']} s"),
+            f"{soak['accepted']} accepted, {soak['statuses']}; {soak['refused']} refused ({soak['refusals']}), "
+            f"{soak['not_accepted']} neither accepted nor refused; {soak['wall_s']} s"),
         Row("crash_recovery", "heartbeat: one beat / time between beats", f"{beat['share_of_throughput'] * 100:.3f} %",
             "≤ 1 %", _check(beat["share_of_throughput"] <= 0.01),
             f"{beat['beat_median_ms']} ms (p99 {beat['beat_p99_ms']} ms) every {beat['interval_s']} s "

@@ -58,7 +58,6 @@ Queue
         # when one request makes several jobs); stored and returned as str.
         # raises InsufficientCredits(cost, balance) / QueueFull(limit) with nothing written
     batch = await queue.claim(worker_id, max_batch=4, lease_s=120) -> list[Job]   # same batch_key as head
-    await queue.extend_lease(job_ids, lease_s) -> list[int]       # ids still running
     await queue.complete(job_id, result, final_cost=None, images=(), worker_id=None) -> bool
         # 'settle:<job>' (0, or partial refund) and the image records in one transaction; with worker_id only
         # while that worker holds the job

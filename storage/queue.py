@@ -107,11 +107,6 @@ class JobQueue(abc.ABC):
         become ``running`` with a lease and ``attempts + 1``. Skips paused guilds. Empty list if idle."""
 
     @abc.abstractmethod
-    async def extend_lease(self, job_ids: Iterable[int], lease_s: float) -> list[int]:
-        """Extend the lease of those jobs that are still running; returns their ids (a job missing from the
-        result was cancelled or reaped: stop working on it)."""
-
-    @abc.abstractmethod
     async def complete(
         self,
         job_id: int,
@@ -299,12 +294,6 @@ _FINISH = (
     .returning(jobs.c.account_id, jobs.c.cost)
 )
 _STATUS = select(jobs.c.status).where(jobs.c.id == bindparam("p_job_id"))
-_EXTEND = (
-    update(jobs)
-    .where(jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.status == RUNNING)
-    .values(lease_expires_at=bindparam("p_lease"), updated_at=bindparam("p_now"))
-    .returning(jobs.c.id)
-)
 _MARK_POSTED = (
     update(jobs)
     .where(jobs.c.id == bindparam("p_job_id"), jobs.c.posted_message_id.is_(None))
@@ -562,14 +551,6 @@ class SqlJobQueue(JobQueue):
             return claimed
 
         return await self.db.run_write(unit)
-
-    async def extend_lease(self, job_ids: Iterable[int], lease_s: float) -> list[int]:
-        ids = builtins.list(job_ids)
-        if not ids:
-            return []
-        now = self.db.now()
-        params = {"p_ids": ids, "p_lease": now + timedelta(seconds=lease_s), "p_now": now}
-        return await self.db.run_write(lambda s: builtins.list(s.scalars(_EXTEND, params).all()))
 
     async def requeue_expired(
         self, max_attempts: int = 3, dead: Iterable[str] = ()
