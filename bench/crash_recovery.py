@@ -57,8 +57,8 @@ async def _until_answered(emu: Emulator, folder: Path, members: Members, timeout
 
 
 def _bot(emu: Emulator, folder: Path, model_dir: Path, steps: int) -> BotProcess:
-    # production worker settings; the tiny model's short default sampling
-    data = bot_config_data(emu, folder / "data", model_dir, generation={"default_steps": steps})
+    # production worker settings; the tiny model's short default sampling; room in the queue for every request
+    data = bot_config_data(emu, folder / "data", model_dir, generation={"default_steps": steps}, limits={"max_queued_per_user": 50})
     data["worker"] = {}
     return BotProcess(emu, data, folder)
 
