@@ -93,8 +93,9 @@ class Account(commands.Cog):
             params = row.params or {}
             name = f"thumb{i}.png"
             files.append(ui.png_file(thumbnail(await self.services.store.get(row.key)), name))
+            img2img = ui.img2img_note(params.get("denoising_strength"), params.get("extra_noise"))
             embed = discord.Embed(
-                title=f"#{row.job_id} · seed {row.seed}",
+                title=ui.clip(f"#{row.job_id} · seed {row.seed}{img2img}", 256),
                 description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),
             )
             embed.set_thumbnail(url=f"attachment://{name}")

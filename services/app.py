@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import discord
 
+from gen_core.buckets import fit_to_bucket
 from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba
@@ -17,7 +20,7 @@ from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
-from services.jobs import AccessDenied, JobService, UserError
+from services.jobs import AccessDenied, JobService, Upload, UserError
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
@@ -143,6 +146,20 @@ class Services:
             return decode(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
+
+    async def fitted_upload(self, attachment: discord.Attachment, bucket: tuple[int, int] | None = None, fit: str = "crop") -> Upload:
+        """An uploaded picture (capped and decoded as `read_attachment`) fitted to ``bucket`` (else the
+        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG."""
+        picture = await self.read_attachment(attachment)
+
+        def fitted_png() -> tuple[bytes, tuple[int, int]]:  # resampling a large upload: off the event loop
+            image = fit_to_bucket(picture, [bucket] if bucket else self.jobs.buckets, fit=fit)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            return buf.getvalue(), image.size
+
+        data, (width, height) = await asyncio.to_thread(fitted_png)
+        return Upload(key=await self.store.put(data), width=width, height=height, fit=fit)
 
     # -- the ban and channel rules: every command, button and reaction passes here --------------
     async def check_access(

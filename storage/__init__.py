@@ -144,7 +144,7 @@ from storage.models import (
     User,
     WorkerRecord,
 )
-from storage.policy import CostPolicy, compute_cost
+from storage.policy import CostPolicy, compute_cost, denoised_steps
 from storage.queue import JobQueue, JobSpec, SqlJobQueue
 
 __all__ = [
@@ -179,6 +179,7 @@ __all__ = [
     "User",
     "WorkerRecord",
     "compute_cost",
+    "denoised_steps",
     "images",
     "moderation",
     "hypernetworks",
