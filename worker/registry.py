@@ -16,9 +16,19 @@ import logging
 import os
 import socket
 import uuid
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+
+def host_identity() -> str:
+    """This machine: its host name and boot id (two machines that share a name are still two hosts)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()[:8]
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()[:200]}/{boot}" if boot else socket.gethostname()[:255]
 
 
 def process_alive(pid: int) -> bool:
@@ -38,9 +48,9 @@ class Registration:
         self.kind = kind
         self.lease_s = lease_s
         self.max_attempts = max_attempts
-        self.host = socket.gethostname()
+        self.host = host_identity()
         self.pid = os.getpid()
-        self.worker_id = f"{kind}-{self.host[:40]}-{self.pid}-{uuid.uuid4().hex[:8]}"
+        self.worker_id = f"{kind}-{socket.gethostname()[:40]}-{self.pid}-{uuid.uuid4().hex[:8]}"
 
     async def register(self) -> None:
         await self.queue.register_worker(self.worker_id, kind=self.kind, host=self.host, pid=self.pid, lease_s=self.lease_s)
