@@ -158,6 +158,10 @@ class Imagine(commands.Cog):
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
         await self.services.actions.on_reaction(payload)
 
+    @commands.Cog.listener()
+    async def on_raw_reaction_remove(self, payload: discord.RawReactionActionEvent) -> None:
+        self.services.actions.on_reaction_removed(payload)
+
 
 async def setup(bot: commands.Bot) -> None:
     await bot.add_cog(Imagine(bot))

@@ -32,6 +32,8 @@ from worker.jobs import (
 
 log = logging.getLogger(__name__)
 
+REROLLS_KEPT = 10_000  # handled 🔄 reactions remembered against a second delivery (a resume replays seconds)
+
 
 VARY_ACTIONS = ("subtle", "var", "remix")  # Vary (Subtle), Vary (Strong), Remix (strong, with new text)
 
@@ -75,6 +77,9 @@ def derive_params(
 class Actions:
     def __init__(self, services: Any) -> None:
         self.services = services
+        # (message, user) of 🔄 reactions handled and not removed since: the gateway delivers at least once,
+        # so the same reaction can arrive twice across a resume; only removing and adding it again rerolls again
+        self._rerolled: dict[tuple[int, int], None] = {}  # insertion-ordered; the oldest go beyond REROLLS_KEPT
 
     async def job(self, job_id: int) -> Any:
         job = await self.services.queue.get(job_id)
@@ -135,6 +140,10 @@ class Actions:
         await self.services.announce_queued(jobs, interaction=interaction)
 
     # -- reactions -----------------------------------------------------------------------------------------
+    def on_reaction_removed(self, payload: discord.RawReactionActionEvent) -> None:
+        if str(payload.emoji) == ui.REROLL:
+            self._rerolled.pop((payload.message_id, payload.user_id), None)
+
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         """A reaction on a result: the same access rules as a command or button (`Services.check_access`);
         a refused member is ignored, any other refusal is told in the channel for a moment."""
@@ -144,6 +153,12 @@ class Actions:
         emoji = str(payload.emoji)
         if emoji not in (ui.REROLL, ui.DELETE, ui.FAVOURITE, ui.DM):
             return
+        if emoji == ui.REROLL:
+            if (payload.message_id, payload.user_id) in self._rerolled:  # delivered again: already handled
+                return
+            self._rerolled[payload.message_id, payload.user_id] = None
+            if len(self._rerolled) > REROLLS_KEPT:
+                del self._rerolled[next(iter(self._rerolled))]
         channel = bot.get_channel(payload.channel_id) or await bot.fetch_channel(payload.channel_id)
         try:
             await self.services.check_access(guild_id=payload.guild_id, user_id=payload.user_id, channel_id=payload.channel_id)
@@ -167,6 +182,13 @@ class Actions:
                 return
         member = payload.member
         if emoji == ui.REROLL:
+            if not _can_post_images(channel):  # refused before anything is charged, privately
+                await _tell_privately(
+                    member or await self.services.bot.fetch_user(payload.user_id),
+                    f"I can't post images in <#{payload.channel_id}> (I need View Channel, Send Messages and "
+                    "Attach Files there), so your 🔄 was not queued and nothing was charged.",
+                )
+                return
             jobs = await self.derive_and_submit(
                 job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
                 f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
@@ -186,3 +208,17 @@ class Actions:
                 lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
             await user.send(ui.clip("\n".join(lines), 2000))
 
+
+def _can_post_images(channel: Any) -> bool:
+    me = getattr(getattr(channel, "guild", None), "me", None)
+    if me is None:
+        return True  # nothing cached to judge by: the post itself will tell
+    perms = channel.permissions_for(me)
+    return perms.view_channel and perms.send_messages and perms.attach_files
+
+
+async def _tell_privately(user: Any, text: str) -> None:
+    try:
+        await user.send(text)
+    except discord.HTTPException:  # DMs closed: nothing public instead
+        log.info("could not DM %s: %s", user.id, text)

@@ -86,7 +86,6 @@ class Services:
         self.worker = Worker(
             queue=self.queue,
             store=self.store,
-            images=self.images,
             publisher=self.publisher,
             engine_loader=engine_loader or default_engine_loader(config),
             handlers=handlers(self.edit_cache, ModuleCache()),
@@ -96,6 +95,9 @@ class Services:
             max_attempts=w.max_attempts,
             poll_interval_s=w.poll_interval_s,
             preview_every=w.preview_every,
+            announce_retries=w.announce_retries,
+            announce_backoff_s=w.announce_backoff_s,
+            announce_backoff_max_s=w.announce_backoff_max_s,
             screen=self.rules.screen,
         )
         self.hypernets = Hypernets(self)

@@ -55,11 +55,14 @@ class StorageConfig:
 @dataclass
 class WorkerConfig:
     max_batch: int = 4
-    lease_s: float = 300.0
+    lease_s: float = 10.0
     max_attempts: int = 3
     poll_interval_s: float = 0.5
     progress_interval_s: float = 3.0
     preview_every: int = 5
+    announce_retries: int = 6
+    announce_backoff_s: float = 5.0
+    announce_backoff_max_s: float = 60.0
 
 
 @dataclass

@@ -217,9 +217,12 @@ async def test_crash_before_posting_is_recovered_exactly_once(make_emulator, tmp
         job = await posted_job(env, result)
         assert job.status == "done" and job.posted_message_id == result.id
         assert await env.balance(guild, alice) == before - job.cost
-        # Killed between posting and recording the post: the restart finds the message instead of reposting.
+        # Killed between posting and recording the post: the restart finds the message instead of reposting,
+        # however much was said in the channel since (its history is read from the job's finish on).
+        for i in range(120):
+            await emu.send_message(alice, channel, f"chatter {i}")
         async with env.services.db.write() as session:
-            await session.execute(update(Job).where(Job.id == job.id).values(posted_message_id=None))
+            await session.execute(update(Job).where(Job.id == job.id).values(posted_message_id=None, answered_at=None))
         await env.restart()
         await asyncio.sleep(1.0)
         assert len([m for m in emu.channel_messages(channel) if is_result(m)]) == 1

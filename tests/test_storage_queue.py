@@ -199,14 +199,15 @@ async def test_lease_expiring_max_attempts_times_fails_and_refunds(backend, tmp_
         assert await env.ledger.balance(100, 1) == 100
 
 
-async def test_extend_lease_keeps_a_slow_job_alive(backend, tmp_path):
+async def test_heartbeat_keeps_a_slow_job_alive_and_drops_a_cancelled_one(backend, tmp_path):
     async with environment(backend, tmp_path) as env:
         a, _ = await env.queue.enqueue(spec(1))
         b, _ = await env.queue.enqueue(spec(1))
+        await env.queue.register_worker("w", kind="embedded", host="h", pid=1, lease_s=10)
         await env.queue.claim("w", max_batch=2, lease_s=10)
         env.clock.advance(8)
         assert await env.queue.cancel(b.id, actor_id=1)
-        assert sorted(await env.queue.extend_lease([a.id, b.id], 10)) == [a.id]  # b was cancelled: stop it
+        assert await env.queue.heartbeat("w", 10) == [a.id]  # b was cancelled: stop it
         env.clock.advance(8)
         assert await env.queue.requeue_expired() == ([], [])
         assert await env.queue.complete(a.id, {})
