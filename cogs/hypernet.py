@@ -12,7 +12,7 @@ from discord.ext import commands
 
 from gen_core import hypernetwork
 from services import ui
-from services.hypernet import STRENGTH_RANGE, check_name, read_training_zip, register_views
+from services.hypernet import STRENGTH_RANGE, check_name, register_views
 from services.jobs import UserError
 
 log = logging.getLogger(__name__)
@@ -88,16 +88,7 @@ class Hypernet(commands.Cog):
                 f"Layers {' → '.join(f'{x:g}' for x in s.layers)} · activation {s.activation}"
                 f" · layer norm {'on' if s.layer_norm else 'off'} · widths {', '.join(map(str, hn.widths))}",
             ]
-            if meta.get("base_model"):
-                lines.append(f"Base model: {meta['base_model']}")
-            if training := meta.get("training"):
-                lines.append(
-                    f"Trained on {training['images']} images for {training['steps']} steps"
-                    f" (buckets {', '.join(f'{k}×{v}' for k, v in training['buckets'].items())}; final loss {training['final_loss']:.4f})"
-                )
-            elif meta.get("step"):
-                lines.append(f"Imported from A1111 (step {meta['step']})")
-            return "\n".join(lines)
+            return "\n".join([*lines, *hypernetwork.describe_origin(meta)])
 
         await self._run(interaction, text())
 
@@ -181,32 +172,11 @@ class Hypernet(commands.Cog):
         try:
             await self.s.guard(interaction)
             name = check_name(name)
-            pairs = await self._training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
-            params = await self.h.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
-            await self.h.submit_training(interaction, params)
+            pairs = await self.h.training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
+            params = self.h.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
+            await self.h.submit_training(interaction, params, [p[0] for p in pairs])
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
-
-    async def _training_set(self, first: discord.Attachment, more: list[discord.Attachment], captions: str | None):
-        limits = self.s.config.limits
-        if first.filename.lower().endswith(".zip"):
-            if more:
-                raise UserError("Give either a zip or images, not both.")
-            if first.size > limits.max_attachment_bytes:
-                raise UserError(f"`{first.filename}` is {first.size / 1e6:.1f} MB; the limit is {limits.max_attachment_bytes / 1e6:.0f} MB.")
-            pairs = read_training_zip(await first.read(), limits.max_train_images, limits.max_input_pixels, limits.max_attachment_bytes)
-        else:
-            pairs = [(await self.s.read_attachment(a), None) for a in (first, *more)]
-        given = [c.strip() for c in (captions or "").split("|")] if captions and captions.strip() else []
-        if len(given) not in (0, 1, len(pairs)):
-            raise UserError(f"Give one caption for all images or one per image ({len(pairs)}), separated by `|`.")
-        out = []
-        for i, (image, caption) in enumerate(pairs):
-            text = caption or (given[i] if len(given) == len(pairs) else given[0] if given else None)
-            if not text:
-                raise UserError("Every image needs a caption: use `captions:` or .txt files beside the images in the zip.")
-            out.append((image, text))
-        return out
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -9,7 +11,7 @@ from typing import Any
 import discord
 
 from gen_core.hypernetwork import ModuleCache
-from gen_core.images import ImageInputError, load_image, load_image_rgba
+from gen_core.images import ImageInputError, load_image, load_image_rgba, png_bytes
 from gen_core.imagic import TunedCache
 from services import ui
 from services.actions import Actions
@@ -126,17 +128,32 @@ class Services:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return {"init_image": image}
 
-    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False) -> Any:
-        """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
-        oversized or non-image files clearly."""
+    async def download(self, attachment: discord.Attachment) -> bytes:
+        """An uploaded file's bytes, refused above the attachment size limit before downloading."""
         limit = self.config.limits.max_attachment_bytes
         if attachment.size > limit:
             raise UserError(f"`{attachment.filename}` is {attachment.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        data = await attachment.read()
+        if len(data) > limit:
+            raise UserError(f"`{attachment.filename}` is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        return data
+
+    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False) -> Any:
+        """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
+        oversized or non-image files clearly; decoding runs off the event loop."""
+        data = await self.download(attachment)
+        decode = load_image_rgba if rgba else load_image
+        limits = self.config.limits
         try:
-            decode = load_image_rgba if rgba else load_image
-            return decode(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(decode, data, max_bytes=limits.max_attachment_bytes, max_pixels=limits.max_input_pixels)
+            )
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
+
+    async def store_png(self, image: Any) -> str:
+        """Store a picture as PNG (encoded off the event loop); its image store key."""
+        return await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, image))
 
     # -- checks before anything is charged -------------------------------------------------
     async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:

@@ -87,6 +87,7 @@ class LimitsConfig:
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_input_pixels: int = 4096 * 4096
     max_train_images: int = 64
+    max_train_pixels: int = 64 * 2**20  # decoded pixels of one training request, all images together
     max_train_steps: int = 2000
     max_mix_prompts: int = 4
 

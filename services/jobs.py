@@ -169,17 +169,7 @@ class JobService:
         `request_key` identifies the Discord request (interaction id, or reaction + message):
         a retry of the same request returns the same jobs and charges nothing more.
         """
-        if self.modules is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
-            params_list = await self.modules.apply(kind, guild_id, user_id, params_list)
-        if self.moderation is not None:  # the server's limits, banned words, negatives and NSFW rules
-            params_list = await self.moderation.apply(guild_id, channel_id, kind, params_list)
-            for params in params_list:
-                self.check_tokens(params.get("negative", ""))
-        policy = await self.ledger.policy_for(guild_id)
-        total = sum(self.cost(kind, p, policy) for p in params_list)
-        balance = await self.ledger.balance(guild_id, user_id)
-        if total > balance:
-            raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
+        params_list, policy, total = await self.check(kind, params_list, guild_id, channel_id, user_id)
         jobs = []
         try:
             for i, params in enumerate(params_list):
@@ -206,6 +196,26 @@ class JobService:
         if self.worker:
             self.worker.wake()
         return jobs
+
+    async def check(
+        self, kind: str, params_list: list[dict[str, Any]], guild_id: int, channel_id: int, user_id: int
+    ) -> tuple[list[dict[str, Any]], CostPolicy, int]:
+        """Everything `submit` checks before it writes: modules, the server's rules and the member's
+        credits.  Returns the parameters as they will be queued, the guild's cost policy and the total
+        price; raises `UserError`.  Commands that must store uploads call it first, so a refused
+        request leaves nothing behind."""
+        if self.modules is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
+            params_list = await self.modules.apply(kind, guild_id, user_id, params_list)
+        if self.moderation is not None:  # the server's limits, banned words, negatives and NSFW rules
+            params_list = await self.moderation.apply(guild_id, channel_id, kind, params_list)
+            for params in params_list:
+                self.check_tokens(params.get("negative", ""))
+        policy = await self.ledger.policy_for(guild_id)
+        total = sum(self.cost(kind, p, policy) for p in params_list)
+        balance = await self.ledger.balance(guild_id, user_id)
+        if total > balance:
+            raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
+        return params_list, policy, total
 
     async def _cancel_all(self, jobs: list[Any], actor_id: int) -> None:
         for job in jobs:
