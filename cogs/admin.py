@@ -17,7 +17,8 @@ from discord.ext import commands
 
 from services import ui
 from services.jobs import UserError
-from services.moderation import REGEX_PREFIX, ban_message, validate_banned_entry
+from services.moderation import ban_message, validate_banned_entry
+from services.text_filter import REGEX_PREFIX, compile_entries
 from storage import ModuleStatus, moderation, modules, settings
 from storage.policy import DEFAULT_MULTIPLIERS
 
@@ -306,7 +307,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         installed = "installed" if self.s.moderation.safety_check else "not installed in this bot"
         text = (
             "NSFW prompts work only in age-restricted channels.\n"
-            f"**NSFW terms:** {', '.join(rules.terms) or 'none'}\n"
+            f"**NSFW terms:** {', '.join(rules.terms.names) or 'none'}\n"
             f"**Enforced negative elsewhere:** {rules.negative or 'none'}\n"
             f"**Image safety check elsewhere:** {'on' if rules.image_check else 'off'} ({installed})"
         )
@@ -330,7 +331,12 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @words.command(name="list", description="The banned words and regexes")
     async def words_list(self, interaction: discord.Interaction) -> None:
         words = await moderation.banned_words(self.s.db, interaction.guild_id)
-        text = "\n".join(f"`{w}`" + (" (regex)" if w.startswith(REGEX_PREFIX) else "") for w in words)
+        disabled = dict(compile_entries(tuple(words)).disabled)
+        text = "\n".join(
+            f"`{w}`" + (" (regex)" if w.startswith(REGEX_PREFIX) else "")
+            + (f" — **disabled**: {disabled[w]}. Remove it and add an RE2 pattern." if w in disabled else "")
+            for w in words
+        )
         await self.reply(interaction, text or "No banned words.", title=f"Banned words ({len(words)})")
 
     @app_commands.command(name="negative", description="Show or set the negative prompt added to every request here")

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import itertools
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,24 +23,37 @@ class UserError(Exception):
 
 
 UNDESIRED_PRESETS = ("heavy", "light", "none")
-_PERMUTATION = re.compile(r"\{([^{}]*,[^{}]*)\}")
+def _permutation_spans(prompt: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every ``{…}`` group without braces inside and with a comma, left to right
+    (one linear scan: a regex for this backtracks quadratically on ``{,,,,…`` without a closing brace)."""
+    spans, opened = [], None
+    for i, ch in enumerate(prompt):
+        if ch == "{":
+            opened = i
+        elif ch == "}":
+            if opened is not None and "," in prompt[opened + 1 : i]:
+                spans.append((opened, i + 1))
+            opened = None
+    return spans
 
 
 def expand_permutations(prompt: str, limit: int) -> list[str]:
     """Midjourney-style `{a, b}` groups (containing a comma) → one prompt per combination."""
-    groups = [[part.strip() for part in m.group(1).split(",")] for m in _PERMUTATION.finditer(prompt)]
-    if not groups:
+    spans = _permutation_spans(prompt)
+    if not spans:
         return [prompt]
+    groups = [[part.strip() for part in prompt[start + 1 : end - 1].split(",")] for start, end in spans]
     total = 1
     for g in groups:
         total *= len(g)
     if total > limit:
         raise UserError(f"That prompt expands to {total} prompts; the limit is {limit}. Use fewer `{{a, b}}` options.")
-    pieces = _PERMUTATION.split(prompt)  # text, group, text, group, ..., text
+    ends = [0, *(end for _, end in spans)]
+    texts = [prompt[a:start] for a, (start, _) in zip(ends, spans, strict=False)] + [prompt[spans[-1][1]:]]
     prompts = []
     for combo in itertools.product(*groups):
-        out = pieces[0]
-        for choice, tail in zip(combo, pieces[2::2], strict=True):
+        out = texts[0]
+        for choice, tail in zip(combo, texts[1:], strict=True):
             out += choice + tail
         prompts.append(out)
     return prompts
@@ -142,9 +154,9 @@ class JobService:
         if self.count_tokens is None or not text:
             return
         limit = 75 * self.config.model.max_chunks
-        n = self.count_tokens(text)
+        n = self.count_tokens(text, limit)
         if n > limit:
-            raise UserError(f"That prompt is {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
+            raise UserError(f"That prompt is at least {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
 
     def cost(self, kind: str, params: dict[str, Any], policy: CostPolicy | None = None) -> int:
         """The price under `policy` (the guild's, from `Ledger.policy_for`; default: the built-in one)."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -23,13 +23,23 @@ from sqlalchemy import select
 
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
+from services.text_filter import (
+    REGEX_PREFIX,
+    PatternError,
+    WordFilter,
+    compile_entries,
+    compile_entry,
+    fold,
+    shown,
+)
 from storage import moderation
 from storage.models import Ban, BannedWord, ChannelSettings, GuildSettings
+
+log = logging.getLogger(__name__)
 
 SafetyCheck = Callable[[Image.Image], bool]
 """An image safety check: True means the image must not be shown in a non-NSFW channel."""
 
-REGEX_PREFIX = "re:"
 POLICY_KEY = "cost_policy"  # the guild settings key of the cost policy overrides (storage.settings.set_guild_policy)
 
 
@@ -48,7 +58,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class NsfwRules:
-    terms: tuple[str, ...]
+    terms: WordFilter
     negative: str
     image_check: bool
 
@@ -58,7 +68,7 @@ class Rules:
     """Everything that applies to one request in one channel."""
 
     limits: Limits
-    banned: tuple[str, ...]
+    banned: WordFilter
     negative: str
     nsfw: NsfwRules
     nsfw_channel: bool
@@ -68,15 +78,9 @@ def split_terms(text: str) -> tuple[str, ...]:
     return tuple(t.strip().casefold() for t in text.split(",") if t.strip())
 
 
-def word_pattern(entry: str) -> re.Pattern[str]:
-    """A banned entry as a case-insensitive pattern: ``re:<regex>`` as is, a word or phrase as a whole word."""
-    if entry.startswith(REGEX_PREFIX):
-        return re.compile(entry[len(REGEX_PREFIX):], re.IGNORECASE)
-    return re.compile(rf"(?<!\w){re.escape(entry)}(?!\w)", re.IGNORECASE)
-
-
 def validate_banned_entry(entry: str) -> str:
-    """The entry as it will be stored, or `UserError` saying what is wrong with it."""
+    """The entry as it will be stored, or `UserError` saying what is wrong with it (a regex must
+    compile under RE2, the linear-time engine every filter runs on)."""
     entry = entry.strip()
     if not entry:
         raise UserError("Give a word, a phrase, or a regex written as `re:<pattern>`.")
@@ -84,15 +88,13 @@ def validate_banned_entry(entry: str) -> str:
         if entry != entry.casefold():
             raise UserError("Regexes are matched ignoring case and stored in lower case: write it in lower case "
                             "(for `\\W`, `\\S`, `\\D` use `[^\\w]`, `[^\\s]`, `[^\\d]`).")
-        try:
-            word_pattern(entry)
-        except re.error as exc:
-            raise UserError(f"`{entry[len(REGEX_PREFIX):]}` is not a valid regex: {exc}.") from None
+    elif not fold(entry).split():
+        raise UserError("Give a word or phrase with letters or digits in it.")
+    try:
+        compile_entry(entry.casefold())
+    except PatternError as exc:
+        raise UserError(f"`{shown(entry)}` is not a valid regex: {exc}.") from None
     return entry.casefold()
-
-
-def _first_match(text: str, entries: tuple[str, ...]) -> str | None:
-    return next((e for e in entries if word_pattern(e).search(text)), None)
 
 
 def _join(*parts: str) -> str:
@@ -118,6 +120,7 @@ class Moderation:
     def __init__(self, services: Any) -> None:
         self.s = services
         self.safety_check: SafetyCheck | None = None  # installed in code: services.moderation.safety_check = fn
+        self._reported: set[tuple[int, str]] = set()  # disabled regexes already written to the audit log
 
     @property
     def db(self) -> Any:
@@ -156,15 +159,26 @@ class Moderation:
         nsfw = blob.get("nsfw", {})
         return Rules(
             limits=Limits(**values),
-            banned=tuple(words),
+            banned=await self._banned_filter(guild_id, tuple(words)),
             negative=blob.get("negative", ""),
             nsfw=NsfwRules(
-                terms=split_terms(nsfw.get("terms", conf.nsfw_terms)),
+                terms=compile_entries(split_terms(nsfw.get("terms", conf.nsfw_terms))),
                 negative=nsfw.get("negative", conf.sfw_negative),
                 image_check=nsfw.get("image_check", conf.image_check),
             ),
             nsfw_channel=self.is_nsfw_channel(channel_id),
         )
+
+    async def _banned_filter(self, guild_id: int, words: tuple[str, ...]) -> WordFilter:
+        """The guild's banned entries compiled; stored regexes RE2 cannot run (written before it was
+        the engine) are left out, logged, and recorded once per run in the audit log (actor 0: the bot); `/admin words list` shows them."""
+        compiled = compile_entries(words)
+        for entry, reason in compiled.disabled:
+            if (guild_id, entry) not in self._reported:
+                self._reported.add((guild_id, entry))
+                log.warning("guild %s: banned regex %r disabled: %s", guild_id, entry, reason)
+                await moderation.audit(self.db, guild_id, 0, "words.disabled", details={"word": entry, "reason": reason})
+        return compiled
 
     # -- the checks ------------------------------------------------------------------------------
     async def refusal(self, guild_id: int, user_id: int, channel_id: int | None) -> str | None:
@@ -215,13 +229,12 @@ class Moderation:
         if "prompt" not in p:
             return p
         prompt = p["prompt"]
-        if (hit := _first_match(prompt, rules.banned)) is not None:
-            shown = hit[len(REGEX_PREFIX):] if hit.startswith(REGEX_PREFIX) else hit
-            raise UserError(f"Your prompt contains `{shown}`, which is banned on this server. Rephrase it (nothing was queued).")
+        if (hit := rules.banned.first_match(prompt)) is not None:
+            raise UserError(f"Your prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
         negative = p.get("negative", "")
         extra = [rules.negative]
         if not rules.nsfw_channel:
-            if (hit := _first_match(prompt, rules.nsfw.terms)) is not None:
+            if (hit := rules.nsfw.terms.first_match(prompt)) is not None:
                 raise UserError(
                     f"`{hit}` is NSFW content, which this server allows only in age-restricted channels. "
                     "Use an age-restricted (NSFW) channel, or rephrase."
