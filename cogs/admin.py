@@ -304,7 +304,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
             await settings.update_guild_settings(self.s.db, interaction.guild_id, {"nsfw": {**current, **patch}}, interaction.user.id)
             await self.audit(interaction, "nsfw", details=patch)
         rules = (await self.s.moderation.rules(interaction.guild_id, None)).nsfw
-        installed = "installed" if self.s.moderation.safety_check else "not installed in this bot"
+        installed = self.s.moderation.describe_check()
         text = (
             "NSFW prompts work only in age-restricted channels.\n"
             f"**NSFW terms:** {', '.join(rules.terms.names) or 'none'}\n"

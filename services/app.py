@@ -13,6 +13,7 @@ import discord
 from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba, png_bytes
 from gen_core.imagic import TunedCache
+from gen_core.safety import load_checker
 from services import ui
 from services.actions import Actions
 from services.config import Config
@@ -97,6 +98,13 @@ class Services:
         self.actions = Actions(self)
 
     async def start(self) -> None:
+        mode = self.config.moderation.image_check
+        model_path = self.config.model_path if self.config.model.path else None
+        self.moderation.safety_check = await asyncio.get_running_loop().run_in_executor(None, load_checker, mode, model_path)
+        if self.moderation.safety_check is None and mode != "false":
+            log.warning("image_check = %r: %s; install the nudenet extra to screen results", mode, self.moderation.describe_check())
+        else:
+            log.info("image safety check: %s", self.moderation.describe_check())
         await self.db.upgrade()
         await self.worker.start()
         self.jobs.count_tokens = self.worker.engine.count_tokens

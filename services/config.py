@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from gen_core.safety import MODES as SAFETY_MODES
+
 
 class ConfigError(ValueError):
     """The configuration file or an environment override is invalid."""
@@ -96,7 +98,7 @@ class LimitsConfig:
 class ModerationConfig:
     nsfw_terms: str = "nsfw, nude, nudity, naked, explicit, porn, hentai, sex, topless, genitals"
     sfw_negative: str = "nsfw, nude, nudity, naked, explicit, sexual"
-    image_check: bool = True
+    image_check: str = "auto"  # auto | nudenet | diffusers | false (gen_core.safety)
 
 
 @dataclass
@@ -170,7 +172,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 _CHOICES = {
     ("model", "device"): {"auto", "cuda", "mps", "cpu"},
     ("model", "dtype"): {"auto", "fp16", "bf16", "fp32"},
+    ("moderation", "image_check"): set(SAFETY_MODES),
 }
+#: Settings that were booleans once: ``true`` / ``false`` in an older file still mean what they did.
+_FORMER_BOOLS = {("moderation", "image_check"): ("auto", "false")}
 
 
 def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
@@ -219,6 +224,8 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
             if key not in hints:
                 errors.append(f"unknown key {section_name}.{key} (known: {', '.join(hints)})")
                 continue
+            if isinstance(value, bool) and (section_name, key) in _FORMER_BOOLS:
+                value = _FORMER_BOOLS[section_name, key][0 if value else 1]
             coerced = _coerce(value, hints[key], f"{section_name}.{key}", errors)
             if coerced is not None:
                 setattr(section, key, coerced)

@@ -119,12 +119,20 @@ def blurred(image: GeneratedImage) -> GeneratedImage:
 class Moderation:
     def __init__(self, services: Any) -> None:
         self.s = services
-        self.safety_check: SafetyCheck | None = None  # installed in code: services.moderation.safety_check = fn
+        self.safety_check: SafetyCheck | None = None  # set at start from moderation.image_check (gen_core.safety)
         self._reported: set[tuple[int, str]] = set()  # disabled regexes already written to the audit log
 
     @property
     def db(self) -> Any:
         return self.s.db
+
+    def describe_check(self) -> str:
+        """Which image check is active, in words (start-up log, `/admin nsfw`)."""
+        check = self.safety_check
+        if check is None:
+            return "no image check is active: flagged results cannot be blurred (see moderation.image_check)"
+        name = getattr(check, "name", None) or getattr(check, "__name__", type(check).__name__)
+        return f"{name} is active"
 
     # -- reading the rules -----------------------------------------------------------------------
     def default_limits(self, max_queued: int) -> dict[str, int]:
@@ -164,7 +172,7 @@ class Moderation:
             nsfw=NsfwRules(
                 terms=compile_entries(split_terms(nsfw.get("terms", conf.nsfw_terms))),
                 negative=nsfw.get("negative", conf.sfw_negative),
-                image_check=nsfw.get("image_check", conf.image_check),
+                image_check=nsfw.get("image_check", conf.image_check != "false"),
             ),
             nsfw_channel=self.is_nsfw_channel(channel_id),
         )

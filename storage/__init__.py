@@ -108,7 +108,7 @@ Other repositories (module functions taking ``db``)
 """
 
 from storage import images, moderation, modules, settings
-from storage.db import Database, utcnow
+from storage.db import Database, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError
 from storage.image_store import ImageStore, LocalImageStore
 from storage.images import ImageRepo
@@ -165,6 +165,7 @@ __all__ = [
     "User",
     "compute_cost",
     "images",
+    "masked_url",
     "moderation",
     "modules",
     "settings",

@@ -43,6 +43,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def masked_url(url: str | URL) -> str:
+    """A database URL fit for logs: the password replaced by ``***``."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def is_sqlite_url(url: str | URL) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
@@ -242,4 +247,4 @@ class Database:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"Database({self.url.render_as_string(hide_password=True)!r})"
+        return f"Database({masked_url(self.url)!r})"

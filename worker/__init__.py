@@ -236,7 +236,8 @@ class Worker:
                 params=params,
                 batch_index=index,
             )
-            stored.append({"key": key, "seed": gen.seed, "width": gen.image.width, "height": gen.image.height})
+            stored.append({"key": key, "seed": gen.seed, "width": gen.image.width, "height": gen.image.height,
+                           **({"blurred": True} if params.get("Safety check") == "blurred" else {})})  # fmt: skip
         await self.queue.complete(job.id, {"images": stored})
         await self.publish(job)
 
