@@ -49,8 +49,8 @@ class OutpaintButton(discord.ui.DynamicItem[discord.ui.Button], template=r"outpa
         services = interaction.client.services
         try:
             await services.guard(interaction)
-            job = await services.queue.get(self.job_id)
-            if job is None or job.kind != "outpaint" or not job.result:
+            job = await services.job_in_guild(self.job_id, interaction.guild_id)
+            if job.kind != "outpaint" or not job.result:
                 raise UserError(f"Outpaint job #{self.job_id} no longer exists.")
             if self.action == "pick":
                 await pick(interaction, job, self.index)

@@ -12,6 +12,7 @@ import discord
 
 from gen_core.metadata import format_parameters
 from services import ui
+from services.disclosure import shareable_parameters
 from services.edit import EDIT_KINDS, remix_params
 from services.hypernet import TRAIN_KIND, sample_params
 from services.jobs import UserError, new_seed
@@ -54,12 +55,6 @@ class Actions:
     def __init__(self, services: Any) -> None:
         self.s = services
 
-    async def _job(self, job_id: int) -> Any:
-        job = await self.s.queue.get(job_id)
-        if job is None:
-            raise UserError(f"Job #{job_id} no longer exists.")
-        return job
-
     async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
         if job.kind in EDIT_KINDS:  # re-mix the kept tuned state: no optimisation again
             kind, params = "edit_remix", remix_params(job, action, index)
@@ -81,7 +76,7 @@ class Actions:
             await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             await self.s.guard(interaction)
-            job = await self._job(job_id)
+            job = await self.s.job_in_guild(job_id, interaction.guild_id)
             if generating:
                 jobs = await self.derive_and_submit(
                     job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
@@ -116,12 +111,16 @@ class Actions:
         job = await self.s.queue.by_message(payload.message_id)
         if job is None:  # posted a moment ago and not yet recorded, or not a result: ask the message
             try:
-                job_id = ui.job_id_from_message(await channel.fetch_message(payload.message_id))
+                message = await channel.fetch_message(payload.message_id)
             except discord.HTTPException:
                 return
+            # buttons are read only from the bot's own messages: another bot's or a webhook's could name any job
+            job_id = ui.job_id_from_message(message) if message.author.id == bot.user.id else None
             job = await self.s.queue.get(job_id) if job_id else None
             if job is None or job.status != "done":
                 return
+        if job.guild_id != payload.guild_id:
+            return
         member = payload.member
         try:
             if await self.s.refusal_for(payload.guild_id, payload.user_id, payload.channel_id):
@@ -141,12 +140,22 @@ class Actions:
                     await self.s.images.favourite(payload.guild_id, payload.user_id, img["key"])
             elif emoji == ui.DM:
                 user = member or await bot.fetch_user(payload.user_id)
+                visible = {m.name for m in await self.s.hypernets.visible(payload.guild_id, payload.user_id)}
                 lines = [f"**Job #{job.id}** ({job.kind})"]
                 for img in (job.result or {}).get("images", []):
-                    lines.append("```\n" + format_parameters({**job.params, "seed": img["seed"]}) + "\n```")
+                    shown = shareable_parameters({**job.params, "seed": img["seed"]}, visible)
+                    lines.append("```\n" + format_parameters(shown) + "\n```")
                 await user.send(ui.clip("\n".join(lines), 2000))
-        except UserError as exc:
-            await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)
+        except UserError as exc:  # answered privately: a refused reaction never posts in the channel
+            await self._tell(payload, str(exc))
         except discord.HTTPException as exc:
             log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
+
+    async def _tell(self, payload: discord.RawReactionActionEvent, text: str) -> None:
+        """A direct message to the member who reacted; nothing if their DMs are closed."""
+        try:
+            user = payload.member or await self.s.bot.fetch_user(payload.user_id)
+            await user.send(ui.clip(text, 2000))
+        except discord.HTTPException as exc:
+            log.info("could not DM %s: %s", payload.user_id, exc)
 

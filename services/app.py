@@ -163,6 +163,13 @@ class Services:
         """Store a picture as PNG (encoded off the event loop); its image store key."""
         return await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, image))
 
+    async def job_in_guild(self, job_id: int, guild_id: int | None) -> Any:
+        """A job of this server: ids from buttons and messages are never trusted across servers."""
+        job = await self.queue.get(job_id)
+        if job is None or job.guild_id != guild_id:
+            raise UserError(f"Job #{job_id} no longer exists.")
+        return job
+
     # -- checks before anything is charged -------------------------------------------------
     async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:
         if guild_id is None:

@@ -193,13 +193,17 @@ class Hypernets:
     # -- jobs --------------------------------------------------------------------------------------
     async def apply(self, kind: str, guild_id: int, user_id: int, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Strip ``<hypernet:name:strength>`` tags from the prompts and record the modules each job uses:
-        the tagged ones, else the member's active ones.  Jobs that already carry modules keep them."""
+        the tagged ones, else the member's active ones.  Jobs derived from another job (🔄, V, U)
+        carry its modules: each is looked up again for this member, who may use only what they can
+        see (their own, or shared and approved), at its current file."""
         if kind not in MODULE_KINDS:
             return params_list
         out = []
         for params in params_list:
             params = dict(params)
-            if "modules" not in params:
+            if "modules" in params:
+                params["modules"] = await self._recheck(guild_id, user_id, params["modules"])
+            else:
                 tags = self._strip_tags(params)
                 chosen = [(await self.find(guild_id, user_id, n), check_strength(s)) for n, s in tags]
                 chosen = chosen or await self.active(guild_id, user_id)
@@ -209,6 +213,21 @@ class Hypernets:
                 if chosen:
                     params["modules"] = [{"name": m.name, "path": m.path, "strength": s} for m, s in chosen]
             out.append(params)
+        return out
+
+    async def _recheck(self, guild_id: int, user_id: int, used: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        visible = {m.name: m for m in await self.visible(guild_id, user_id)}
+        out = []
+        for entry in used:
+            module = visible.get(entry["name"])
+            if module is None:
+                raise UserError(
+                    f"That image was made with the module `{entry['name']}`, which you can't use here "
+                    "(it is private to its owner, not approved, or gone). Nothing was charged."
+                )
+            if not self.ready(module):
+                raise UserError(f"`{module.name}` is still training. Use it once its sample image is posted.")
+            out.append({"name": module.name, "path": module.path, "strength": entry["strength"]})
         return out
 
     @staticmethod

@@ -109,7 +109,7 @@ Other repositories (module functions taking ``db``)
 
 from storage import images, moderation, modules, settings
 from storage.db import Database, masked_url, utcnow
-from storage.errors import InsufficientCredits, QueueFull, StorageError
+from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
 from storage.images import ImageRepo
 from storage.ledger import Ledger
@@ -163,6 +163,7 @@ __all__ = [
     "SqlJobQueue",
     "StorageError",
     "User",
+    "WrongGuild",
     "compute_cost",
     "images",
     "masked_url",
