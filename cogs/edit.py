@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import io
+import functools
 
 import discord
 from discord import app_commands
@@ -45,15 +45,13 @@ class Edit(commands.Cog):
         await interaction.response.defer(ephemeral=True, thinking=True)
         try:
             await self.s.guard(interaction)
-            picture = fit_to_bucket(await self.s.read_attachment(image), self.s.jobs.buckets)
+            picture = await self.s.read_attachment(image, then=functools.partial(fit_to_bucket, buckets=self.s.jobs.buckets))
             options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
             params = edit_params(self.s.jobs, options, *picture.size)
         except UserError as exc:
             await ui.refuse(interaction, str(exc))
             return
-        buf = io.BytesIO()
-        picture.save(buf, format="PNG")
-        params["init_image"] = await self.s.store.put(buf.getvalue())
+        params["init_image"] = await self.s.store_png(picture)
         await self.s.submit_from_interaction(interaction, "edit", [params])
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -146,16 +146,19 @@ class Services:
             raise UserError(f"`{attachment.filename}` is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
         return data
 
-    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False) -> Any:
+    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False, then: Callable[[Any], Any] | None = None) -> Any:
         """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
-        oversized or non-image files clearly; decoding runs off the event loop."""
+        oversized or non-image files clearly; decoding (and ``then``, e.g. a resize) runs off the event loop."""
         data = await self.download(attachment)
         decode = load_image_rgba if rgba else load_image
         limits = self.config.limits
+
+        def work() -> Any:
+            image = decode(data, max_bytes=limits.max_attachment_bytes, max_pixels=limits.max_input_pixels)
+            return then(image) if then is not None else image
+
         try:
-            return await asyncio.get_running_loop().run_in_executor(
-                None, functools.partial(decode, data, max_bytes=limits.max_attachment_bytes, max_pixels=limits.max_input_pixels)
-            )
+            return await asyncio.get_running_loop().run_in_executor(None, work)
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
 
