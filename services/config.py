@@ -92,6 +92,7 @@ class LimitsConfig:
     max_train_pixels: int = 64 * 2**20  # decoded pixels of one training request, all images together
     max_train_steps: int = 2000
     max_mix_prompts: int = 4
+    max_job_gpu_s: float = 1800.0  # estimated GPU seconds one job may take (0 = no cap), whatever credits pay for
 
 
 @dataclass

@@ -59,6 +59,10 @@ def expand_permutations(prompt: str, limit: int) -> list[str]:
     return prompts
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
+
+
 def new_seed() -> int:
     return random.randrange(0, 2**32)
 
@@ -222,12 +226,26 @@ class JobService:
             params_list = await self.moderation.apply(guild_id, channel_id, kind, params_list)
             for params in params_list:
                 self.check_tokens(params.get("negative", ""))
+        self._check_gpu_time(kind, params_list)
         policy = await self.ledger.policy_for(guild_id)
         total = sum(self.cost(kind, p, policy) for p in params_list)
         balance = await self.ledger.balance(guild_id, user_id)
         if total > balance:
             raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
         return params_list, policy, total
+
+    def _check_gpu_time(self, kind: str, params_list: list[dict[str, Any]]) -> None:
+        """Refuse a job whose estimated GPU time is over ``limits.max_job_gpu_s``: its compute (the
+        price without any server's multipliers) times the worker's measured seconds per unit."""
+        cap = self.config.limits.max_job_gpu_s
+        if not cap or self.worker is None:
+            return
+        seconds = max(self.cost(kind, p) for p in params_list) * self.worker.stats.seconds_per_cost
+        if seconds > cap:
+            raise UserError(
+                f"That job would take about {_duration(seconds)} of GPU time; this bot allows {_duration(cap)} per job. "
+                "Use fewer steps, a smaller size or fewer images (nothing was charged)."
+            )
 
     async def _cancel_all(self, jobs: list[Any], actor_id: int) -> None:
         for job in jobs:

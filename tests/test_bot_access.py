@@ -10,7 +10,7 @@ import pytest
 from services.jobs import UserError
 from storage import WrongGuild, settings
 from tests import test_bot_hypernet
-from tests.bot_fixtures import BotEnv, followup_refusal, is_result, png
+from tests.bot_fixtures import BotEnv, bot_config, followup_refusal, is_result, png, running_bot
 from tests.test_bot_hypernet import imagine, picture, reply
 from tests.test_hypernetwork import a1111_file
 
@@ -87,3 +87,19 @@ async def test_job_ids_and_channels_do_not_cross_servers(env: BotEnv):
     with pytest.raises(WrongGuild):
         await settings.update_channel_settings(env.services.db, guild.id + 1, channel.id, enabled=False, actor_id=1)
     assert await env.services.refusal_for(guild.id, alice.id, channel.id) is None
+
+
+async def test_a_job_over_the_gpu_time_cap_is_refused_whatever_the_credits(emulator, tmp_path, tiny_model_dir):
+    config = bot_config(emulator, tmp_path / "data", tiny_model_dir, limits={"max_job_gpu_s": 1.0},
+                        credits={"start_balance": 10**9})  # fmt: skip
+    async with running_bot(emulator, config) as env:
+        emu = env.emu
+        guild, alice = emu.guild(), emu.user("alice")
+        channel = guild.channel("general")
+        env.services.worker.stats.seconds_per_cost = 0.5  # as measured on a slow GPU
+        before = await env.balance(guild, alice)
+        it = await emu.invoke(alice, channel, "imagine", {"prompt": "a cat", "steps": 40, "count": 4})
+        assert " s of GPU time; this bot allows 1 s per job" in await followup_refusal(it)
+        assert await env.balance(guild, alice) == before
+        await (await emu.invoke(alice, channel, "imagine", {"prompt": "a cat", "steps": 1})).wait_acked(3)
+        await emu.wait_for_message(channel, is_result, timeout=30)
