@@ -21,7 +21,7 @@ from services.hypernet import TRAIN_KIND, Hypernets
 from services.jobs import JobService, UserError
 from services.moderation import Moderation
 from services.publisher import DiscordPublisher
-from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
+from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
 from worker import Worker
 from worker.handlers import HANDLERS, RAW_INPUT_KINDS, edit_handlers, hypernet_handlers
 
@@ -106,6 +106,7 @@ class Services:
         else:
             log.info("image safety check: %s", self.moderation.describe_check())
         await self.db.upgrade()
+        await gc.collect(self.db, self.store)  # what requests that never got queued left behind
         await self.worker.start()
         self.jobs.count_tokens = self.worker.engine.count_tokens
 

@@ -107,7 +107,7 @@ Other repositories (module functions taking ``db``)
 * ``storage.modules`` (hypernetworks): register, get, get_by_id, visible, list_all, update, delete.
 """
 
-from storage import images, moderation, modules, settings
+from storage import gc, images, moderation, modules, settings
 from storage.db import Database, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
@@ -165,6 +165,7 @@ __all__ = [
     "User",
     "WrongGuild",
     "compute_cost",
+    "gc",
     "images",
     "masked_url",
     "moderation",
