@@ -62,6 +62,8 @@ class Actions:
             kind, params = "imagine", sample_params(job)
         else:
             kind, params = job.kind, derive_params(job, action, index, self.s.config.generation)
+            if "init_image" in params and not await self.s.store.exists(params["init_image"]):
+                raise UserError("That image is no longer stored on this server, so it can't be varied or upscaled. 🔄 still rerolls it.")
             area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)
             if params["width"] * params["height"] > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")

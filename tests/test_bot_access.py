@@ -103,3 +103,19 @@ async def test_a_job_over_the_gpu_time_cap_is_refused_whatever_the_credits(emula
         assert await env.balance(guild, alice) == before
         await (await emu.invoke(alice, channel, "imagine", {"prompt": "a cat", "steps": 1})).wait_acked(3)
         await emu.wait_for_message(channel, is_result, timeout=30)
+
+
+async def test_variations_of_an_image_no_longer_stored_answer_clearly(env: BotEnv):
+    emu = env.emu
+    guild, alice = emu.guild(), emu.user("alice")
+    channel = guild.channel("general")
+    message, job = await imagine(env, alice, channel)
+    await env.services.store.delete(job.result["images"][0]["key"])
+    balance = await env.balance(guild, alice)
+    for action in ("var:0", "up:0"):
+        button = next(b for b in message.buttons if b.custom_id.endswith(f":{action}"))
+        assert "no longer stored" in await followup_refusal(await emu.click(alice, message, button.custom_id))
+    assert await env.balance(guild, alice) == balance
+    reroll = next(b for b in message.buttons if b.custom_id.endswith(":reroll"))
+    await (await emu.click(alice, message, reroll.custom_id)).wait_acked(3)
+    await emu.wait_for_message(channel, lambda m: is_result(m) and m.id != message.id, timeout=30)
