@@ -57,8 +57,8 @@ def open_zip(data: bytes, limits: ArchiveLimits) -> zipfile.ZipFile:
         raise ArchiveError(f"The archive holds more than {limits.max_members} entries; that is more than the bot reads")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error):
-        raise ArchiveError(DAMAGED_ZIP) from None
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError, EOFError, struct.error, NotImplementedError):
+        raise ArchiveError(DAMAGED_ZIP) from None  # NotImplementedError: a "version needed" zipfile cannot read
     infos = archive.infolist()
     if len(infos) > limits.max_members:
         raise ArchiveError(f"The archive holds {len(infos)} entries; the limit is {limits.max_members}")

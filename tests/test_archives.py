@@ -92,6 +92,11 @@ def test_damaged_zips_become_archive_errors():
     archive = open_zip(bytes(data), LIMITS)
     with pytest.raises(ArchiveError, match="a.txt` in the zip is damaged"):
         read_member(archive, archive.infolist()[0])
+    future = bytearray(data)
+    at = future.index(b"PK\x01\x02")
+    future[at + 6] = 64  # "version needed to extract" 6.4 (found by tests/test_fuzz.py's long run)
+    with pytest.raises(ArchiveError, match="damaged or not a zip"):
+        open_zip(bytes(future), LIMITS)
     broken = bytes(data).replace(b"PK\x01\x02", b"XX\x01\x02")  # the central directory
     with pytest.raises(ArchiveError, match="damaged or not a zip"):
         open_zip(broken, LIMITS)
