@@ -1,8 +1,9 @@
-"""Entry point: `python bot.py [--config PATH] [--sandbox] [migrate]`.
+"""Entry point: `python bot.py [--config PATH] [--sandbox [--port N] [--no-browser] [--terminal]] [migrate]`.
 
 Reads `config.toml` (+ environment overrides), builds the bot, upgrades the database, loads
 every cog in `cogs/`, starts the GPU worker and syncs the slash commands.  `--sandbox` runs the
-same bot against the local Discord emulator with the tiny model and no Discord account.
+same bot against the local Discord emulator with the tiny model and no Discord account, shown in a
+local web page (see the `sandbox` package).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import cogs
 from gen_core.safety import SafetyCheckerError
 from services.app import Services
 from services.config import Config, ConfigError, load_config
-from services.ui import JobButton
+from services.ui import CommandTree
 from storage import masked_url
 
 log = logging.getLogger("bot")
@@ -45,6 +46,7 @@ class DiffusionBot(commands.Bot):
             intents=intents,
             guild_ready_timeout=config.discord.guild_ready_timeout,
             help_command=None,
+            tree_cls=CommandTree,  # every command acknowledged, admitted, and its errors answered in one place
         )
         self.config = config
         self.services = Services(self, config, engine_loader=engine_loader)
@@ -54,7 +56,6 @@ class DiffusionBot(commands.Bot):
         for module in pkgutil.iter_modules(cogs.__path__):
             if not module.name.startswith("_"):
                 await self.load_extension(f"cogs.{module.name}")
-        self.add_dynamic_items(JobButton)
         guild_id = self.config.discord.sync_guild
         if guild_id:
             guild = discord.Object(guild_id)
@@ -108,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Self-hosted Stable Diffusion bot for Discord.")
     parser.add_argument("command", nargs="?", choices=["run", "migrate"], default="run")
     parser.add_argument("--config", default="config.toml", help="path to the TOML configuration (default: config.toml)")
-    parser.add_argument("--sandbox", action="store_true", help="run against a local Discord emulator with the tiny model")
+    parser.add_argument("--sandbox", action="store_true", help="run against a local Discord emulator with the tiny model, in a web page")
+    parser.add_argument("--port", type=int, default=0, help="sandbox: the page's port on 127.0.0.1 (default 0: any free one)")
+    parser.add_argument("--no-browser", action="store_true", help="sandbox: only print the page's URL, never open a browser")
+    parser.add_argument("--terminal", action="store_true", help="sandbox: read commands from stdin instead of serving a page")
     parser.add_argument("--log-level", default="INFO")
     args = parser.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -125,9 +129,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         if args.sandbox:
-            from services.sandbox import run_sandbox
+            import sandbox
 
-            asyncio.run(run_sandbox(config))
+            if args.terminal:
+                asyncio.run(sandbox.run_terminal(config))
+            else:
+                asyncio.run(sandbox.run_page(config, port=args.port, open_browser=not args.no_browser))
         else:
             asyncio.run(run_bot(config))
     except SafetyCheckerError as exc:

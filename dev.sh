@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install the project into .venv (CPU build of torch first) and run it.
-#   ./dev.sh sandbox   start the bot against the local Discord emulator with the tiny model
-#   ./dev.sh test      run the whole test suite (lint + pytest)
+#   ./dev.sh sandbox   start the bot against the local Discord emulator with the tiny model, in a web page
+#                      (prints "Sandbox page: http://127.0.0.1:PORT/"; --port N, --no-browser, --terminal)
+#   ./dev.sh test      run the whole test suite (lint + pytest; the browser tests drive Debian's Chromium)
 set -euo pipefail
 cd "$(dirname "$0")"
 PY=${PYTHON:-python3}
@@ -25,6 +26,15 @@ install() {
     fi
 }
 
+# The sandbox page's tests drive Debian's Chromium through Playwright (never `playwright install`).
+chromium() {
+    if [ ! -x /usr/bin/chromium ] && [ -z "${CHROMIUM:-}" ] && command -v apt-get >/dev/null; then
+        local sudo=""
+        [ "$(id -u)" -eq 0 ] || sudo=sudo
+        $sudo apt-get install -y chromium || { $sudo apt-get update && $sudo apt-get install -y chromium; }
+    fi
+}
+
 case "${1:-}" in
     sandbox)
         install
@@ -33,8 +43,10 @@ case "${1:-}" in
         ;;
     test)
         install
+        chromium
         shift
         ruff check .
+        lint-imports
         exec python -m pytest -q "$@"
         ;;
     *)

@@ -1,7 +1,7 @@
 """The real bot end to end: /imagine through the Discord emulator, and acknowledgements under load.
 
 Both parts run the unmodified bot (``bot.DiffusionBot`` with its cogs, worker, SQLite database and
-the tiny model) against the in-process Discord emulator, through ``tests.bot_fixtures.BotEnv``.
+the tiny model) against the in-process Discord emulator, through ``emulated_bot.BotEnv``.
 The bot runs with the production worker settings (previews every 5 steps, a progress edit at most
 every 3 s), not the test fixture's speed-ups.
 
@@ -91,7 +91,7 @@ def _is_result(message) -> bool:
 async def _bot(data_dir: Path, model_dir: Path, n_users: int = 0, **sections: dict[str, Any]):
     """A started emulator (+ ``n_users`` extra guild members) and the real bot; stopped cleanly."""
     from discord_emulator import Emulator, EmulatorSettings, configure_discord_py
-    from tests.bot_fixtures import BotEnv, bot_config
+    from emulated_bot import BotEnv, bot_config
 
     emu = Emulator(EmulatorSettings())
     await emu.start()
@@ -132,7 +132,8 @@ async def _overhead(
 ) -> dict[str, Any]:
     from PIL import Image
 
-    from worker.handlers import request_from_params
+    from worker.handlers import sampling_request
+    from worker.jobs import params_of
 
     async with _bot(data_dir, model_dir) as (env, timed, _users):
         emu = env.emu
@@ -154,7 +155,7 @@ async def _overhead(
             await emu.wait_until(lambda: status is None or status.deleted, 10, "the status message to go")
             if request is None:
                 job = await env.services.queue.get(int(msg.content.split("job #")[1].split()[0]))
-                request = request_from_params(job.params)
+                request = sampling_request(params_of(job))
                 data = await emu.read_attachment(msg.attachments[0])
                 result_pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
             assert len(timed.calls) == before + 1, "expected exactly one engine call per /imagine"

@@ -204,14 +204,14 @@ def load_engine(model_dir: Path, device: str, dtype: str, **config: Any):
 
 
 def configure(engine, *, attention: str = "sdpa", channels_last: bool = True) -> None:
-    """Re-apply the engine's module configuration (``Engine._configure_modules``) with other settings."""
+    """Re-apply the engine's module configuration (``Engine.configure_modules``) with other settings."""
     from gen_core.engine import Engine
 
     config = dataclasses.replace(
         engine.config, attention=attention, channels_last=channels_last, compile=False
     )
-    Engine._configure_modules(engine.txt2img, config, engine.device)
-    if not channels_last:  # _configure_modules only ever switches it on
+    Engine.configure_modules(engine.txt2img, config, engine.device)
+    if not channels_last:  # configure_modules only ever switches it on
         engine.unet.to(memory_format=torch.contiguous_format)
     engine.config = config
 

@@ -85,7 +85,7 @@ def _engine(sd15: bool, model_dir: str | Path | None):
     config = EngineConfig(model_path="sd15-sized-random")
     device = resolve_device(config.device)
     pipe = sd15_sized_pipeline().to(device, resolve_dtype(config.dtype, device))
-    Engine._configure_modules(pipe, config, device)
+    Engine.configure_modules(pipe, config, device)
     return Engine(pipe, config, model_name="sd15-sized-random")
 
 

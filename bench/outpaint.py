@@ -30,7 +30,7 @@ def run(
     engine = tiny_engine(model_dir, prefix="bench-outpaint-")
 
     src = Image.fromarray((np.random.default_rng(0).random((size, size, 3)) * 255).astype(np.uint8))
-    plan = plan_outpaint(src.size, "right", size // 2, 4 * size * size)
+    plan = plan_outpaint(src.size, "right", size // 2, 4 * size * size, engine.geometry)
     width, height = plan.canvas
     base = GenerationRequest("a beach at sunset", width=width, height=height, steps=steps, seed=1, count=count)
 

@@ -88,6 +88,7 @@ Observe the bot
     emu.commands.global_commands / .guild_commands[guild.id] / .names(guild) / .get("admin credits grant")
     emu.events (ordered log: rest, gateway.*, message.*, reaction.*, interaction*, commands.sync, typing,
         failure, ...), emu.events_of("rest.rate_limited")
+    queue = emu.subscribe()    # every event from now on, as it happens (await queue.get()); emu.unsubscribe(queue)
 
 Platform rules (sizes in EmulatorSettings, shrink them in tests)
 ----------------------------------------------------------------

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from .models import Attachment, Channel, Guild, Role, User
+from .models import Attachment, Channel, Guild, Perm, Role, User
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -105,7 +105,8 @@ def command_visible(cmd: dict[str, Any], guild: Guild | None, channel: Channel, 
         needed = int(needed)
         have = guild.base_permissions(user)
         if have & needed != needed or (needed == 0 and have & 8 == 0):
-            return f"the user lacks default_member_permissions={needed}"
+            names = ", ".join(p.name.replace("GUILD", "SERVER").replace("_", " ").title() for p in Perm if needed & p)
+            return f"the user lacks default_member_permissions={needed} ({names or 'Administrator'})"
     return None
 
 

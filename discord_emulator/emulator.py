@@ -111,6 +111,7 @@ class Emulator:
         self._consumed: set[int] = set()  # message ids already returned by wait_for_message
         self._posted = 0
         self._waiters: list[asyncio.Future[None]] = []
+        self._subscribers: list[asyncio.Queue[Event]] = []
         self._timers: list[asyncio.TimerHandle] = []
         self._runner: web.AppRunner | None = None
         self.port: int | None = None
@@ -353,7 +354,18 @@ class Emulator:
         event = Event(len(self.events) + 1, kind, data)
         self.events.append(event)
         log.debug("%r", event)
+        for queue in self._subscribers:
+            queue.put_nowait(event)
         return event
+
+    def subscribe(self) -> asyncio.Queue[Event]:
+        """A queue that receives every event logged from now on, until :meth:`unsubscribe`."""
+        queue: asyncio.Queue[Event] = asyncio.Queue()
+        self._subscribers.append(queue)
+        return queue
+
+    def unsubscribe(self, queue: asyncio.Queue[Event]) -> None:
+        self._subscribers.remove(queue)
 
     def events_of(self, kind: str) -> list[Event]:
         """Events whose kind equals ``kind`` or starts with ``kind + "."``."""

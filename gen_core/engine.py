@@ -31,6 +31,7 @@ from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
 from PIL import Image
 
 from gen_core import prompts
+from gen_core.geometry import Geometry
 from gen_core.preview import latents_to_images, side_by_side
 from gen_core.samplers import canonical_sampler, make_scheduler
 from gen_core.types import (
@@ -40,6 +41,7 @@ from gen_core.types import (
     GenerationRequest,
     GenerationResult,
     Progress,
+    is_cancelled,
 )
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ _UNET_WEIGHT_FILES = (
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 # diffusers renamed the loading keyword torch_dtype -> dtype (the old one warns); older releases
 # only know torch_dtype.
-_DTYPE_KW = (
+DTYPE_KW = (
     "dtype"
     if hasattr(importlib.import_module("diffusers.utils.deprecation_utils"), "_resolve_dtype")
     else "torch_dtype"
@@ -117,16 +119,9 @@ def effective_img2img_steps(steps: int, strength: float) -> int:
     return min(steps, max(1, int(steps * strength + 1e-6)))
 
 
-def _pipeline_strength(steps: int, denoise_steps: int) -> float:
-    # The strength that makes diffusers' int(steps * strength) land exactly on denoise_steps.
+def pipeline_strength(steps: int, denoise_steps: int) -> float:
+    """The strength that makes diffusers' ``int(steps * strength)`` land exactly on ``denoise_steps``."""
     return 1.0 if denoise_steps >= steps else (denoise_steps + 0.5) / steps
-
-
-def _is_cancelled(cancel: CancelLike) -> bool:
-    if cancel is None:
-        return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set() if is_set is not None else cancel())
 
 
 def _find_unet_weights(folder: Path) -> Path | None:
@@ -146,7 +141,7 @@ class _DropMessage(logging.Filter):
         return self.fragment not in record.getMessage()
 
 
-def _derive_pipeline(cls, pipe, dtype: torch.dtype):
+def derive_pipeline(cls, pipe, dtype: torch.dtype):
     """``cls.from_pipe(pipe)``: a pipeline sharing every component of ``pipe`` (no second UNet).
 
     The dtype must be passed: from_pipe casts the (shared!) modules to it, fp32 by default.  That
@@ -156,7 +151,7 @@ def _derive_pipeline(cls, pipe, dtype: torch.dtype):
     target = logging.getLogger("diffusers.models.modeling_utils")
     target.addFilter(quiet)
     try:
-        return cls.from_pipe(pipe, **{_DTYPE_KW: dtype})
+        return cls.from_pipe(pipe, **{DTYPE_KW: dtype})
     finally:
         target.removeFilter(quiet)
 
@@ -189,7 +184,7 @@ class Engine:
         self.txt2img = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
-        self.img2img = _derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
+        self.img2img = derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
         for p in (self.txt2img, self.img2img):
             p.set_progress_bar_config(disable=True)
         self.encoder = prompts.PromptEncoder(
@@ -197,6 +192,7 @@ class Engine:
         )
         self.model_name = model_name
         self.scheduler_config = dict(pipe.scheduler.config)
+        self.geometry = Geometry.of_pipeline(pipe)
         self.lock = threading.RLock()
         self._hash_file = hash_file
         self._model_hash: str | None = None
@@ -221,7 +217,7 @@ class Engine:
         dtype = resolve_dtype(config.dtype, device)
         if dtype == torch.float16 and device.type == "cpu":
             log.warning("fp16 on the CPU is slow and partly unsupported; consider dtype='fp32'")
-        kwargs: dict[str, Any] = {_DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
+        kwargs: dict[str, Any] = {DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
         path = Path(config.model_path).expanduser()
         hash_file: Path | None
         if path.is_dir():
@@ -241,7 +237,7 @@ class Engine:
             raise FileNotFoundError(f"Model not found: {config.model_path}")
 
         pipe.to(device)
-        cls._configure_modules(pipe, config, device)
+        cls.configure_modules(pipe, config, device)
         engine = cls(pipe, config, model_name=name, hash_file=hash_file)
         log.info(
             "loaded %s on %s (%s) in %.1fs",
@@ -253,7 +249,7 @@ class Engine:
         return engine
 
     @staticmethod
-    def _configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
+    def configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         if config.attention == "sdpa":
@@ -310,7 +306,7 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     @staticmethod
-    def batch_key(req: GenerationRequest) -> tuple:
+    def pipeline_key(req: GenerationRequest) -> tuple:
         """Requests with equal keys can share one UNet batch (prompts, seeds, count, init images,
         extra noise and ``extra`` may differ).  For img2img the key holds the number of denoising
         steps that the strength gives, not the strength itself."""
@@ -334,11 +330,12 @@ class Engine:
         cfg = self.config
         if not isinstance(req.prompt, str) or not isinstance(req.negative, str):
             raise ValueError("prompt and negative prompt must be text")
+        g = self.geometry
         for label, value in (("Width", req.width), ("Height", req.height)):
-            if not isinstance(value, int) or value < 64:
-                raise ValueError(f"{label} must be a whole number of at least 64 pixels (got {value!r})")
-            if value % 8:
-                raise ValueError(f"{label} must be a multiple of 8 (64 recommended); got {value}")
+            if not isinstance(value, int) or value < g.min_side:
+                raise ValueError(f"{label} must be a whole number of at least {g.min_side} pixels (got {value!r})")
+            if value % g.vae_factor:
+                raise ValueError(f"{label} must be a multiple of {g.vae_factor} ({g.step} recommended); got {value}")
         if req.width * req.height > cfg.max_area:
             side = int(math.isqrt(cfg.max_area))
             raise ValueError(
@@ -397,7 +394,7 @@ class Engine:
 
         All requests are validated and their prompts encoded before any denoising, so a bad
         request (``ValueError``; ``prompts.PromptTooLong`` is one) fails the call early.  Requests
-        with equal :meth:`batch_key` run as one pipeline call (at most ``config.max_count`` images,
+        with equal :meth:`pipeline_key` run as one pipeline call (at most ``config.max_count`` images,
         whole requests) with per-image generators, so every image is the one its seed gives alone.
         A request's prompt and negative are padded to a common number of 77-token chunks; by default
         requests whose padded lengths differ run as separate UNet batches, because padding with
@@ -414,13 +411,13 @@ class Engine:
             return []
         resolved = [self.resolve(r) for r in reqs]
         with self.lock, torch.inference_mode():
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled()
             embeds = self.encode_all(resolved)
             results: list[GenerationResult | None] = [None] * len(resolved)
             try:
                 for group in self.plan(resolved, embeds):
-                    if _is_cancelled(cancel):
+                    if is_cancelled(cancel):
                         raise Cancelled()
                     images = self._run_group(group, resolved, embeds, progress, cancel, preview_every)
                     for index in group:
@@ -453,7 +450,7 @@ class Engine:
         """Indices grouped into UNet batches, in order of first appearance."""
         groups: dict[tuple, list[int]] = {}
         for i, r in enumerate(reqs):
-            key = self.batch_key(r)
+            key = self.pipeline_key(r)
             if not self.config.pad_prompts_in_batch:
                 key += (embeds[i][0].shape[1],)
             groups.setdefault(key, []).append(i)
@@ -538,7 +535,7 @@ class Engine:
                     latents.append(lat)
                     g += 1
             call["image"] = torch.cat(latents)
-            call["strength"] = _pipeline_strength(
+            call["strength"] = pipeline_strength(
                 first.steps, effective_img2img_steps(first.steps, first.strength)
             )
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
@@ -561,7 +558,7 @@ class Engine:
 
     def step_callback(self, indices, counts, progress, cancel, preview_every):
         def on_step_end(pipe, step_index, timestep, tensors):
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled()
             if progress is not None:
                 step = step_index + 1

@@ -43,7 +43,8 @@ from safetensors.torch import load, save
 
 from gen_core.archives import ArchiveError, ArchiveLimits, check_torch_archive
 from gen_core.buckets import nearest_bucket
-from gen_core.types import Cancelled, Progress
+from gen_core.training import denoising_loss, image_latents, noise_schedule, training_session
+from gen_core.types import Cancelled, Progress, is_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -526,12 +527,11 @@ class TrainConfig:
     """Options of :func:`train`.  ``shallow_penalty`` weighs the squared context change at the
     highest-resolution attention layers (which overfit first); deeper layers count 4× less per level."""
 
-    steps: int = 200
+    steps: int = 500
     lr: float = 1e-4
     batch_size: int = 1
     structure: Structure = Structure()
     shallow_penalty: float = 0.001
-    checkpoint_every: int = 0
     clip_skip: int = 2
     seed: int = 0
 
@@ -574,11 +574,7 @@ def prepare_examples(engine: Any, images: Sequence[Image.Image], captions: Seque
     for image, caption in zip(images, captions, strict=True):
         image = to_rgb(image) if image.mode != "RGB" else image
         bucket, _ = training_size(image.size, buckets)
-        scaled = fit_for_training(image, buckets)
-        with torch.inference_mode():
-            pixels = engine.img2img.image_processor.preprocess(scaled).to(engine.device, engine.vae.dtype)
-            latents = engine.vae.encode(pixels).latent_dist.mode() * engine.vae.config.scaling_factor
-        examples.append(Example(bucket, latents.float().clone(), caption))
+        examples.append(Example(bucket, image_latents(engine, fit_for_training(image, buckets)), caption))
     return examples
 
 
@@ -609,18 +605,12 @@ def encode_captions(engine: Any, captions: Sequence[str], clip_skip: int) -> lis
         return [encoder.encode(c, clip_skip=clip_skip, min_chunks=chunks).clone() for c in captions]
 
 
-def _scheduler(engine: Any) -> Any:
-    from diffusers import DDPMScheduler
-
-    return DDPMScheduler.from_config(engine.txt2img.scheduler.config)
-
-
 def _noise(scheduler: Any, shape: torch.Size, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     t = torch.randint(0, int(scheduler.config.num_train_timesteps), (shape[0],), generator=generator)
     return torch.randn(shape, generator=generator), t
 
 
-def denoising_loss(
+def chain_loss(
     engine: Any,
     scheduler: Any,
     latents: torch.Tensor,
@@ -630,16 +620,9 @@ def denoising_loss(
     chain: Chain,
     penalty: _Penalty | None = None,
 ) -> torch.Tensor:
-    """The UNet's noise (or v) prediction error on ``latents`` noised to ``t``, with ``chain`` applied."""
-    from gen_core.imagic import _autocast
-
-    device = engine.device
-    latents, noise, t = latents.to(device), noise.to(device), t.to(device)
-    noisy = scheduler.add_noise(latents, noise, t)
-    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
-    with applied(engine, chain, penalty), _autocast(engine):
-        pred = engine.unet(noisy.to(engine.dtype), t, encoder_hidden_states=cond.to(device, engine.dtype)).sample
-    return torch.nn.functional.mse_loss(pred.float(), target.float())
+    """The denoising loss with ``chain`` applied (its context changes added to ``penalty``)."""
+    with applied(engine, chain, penalty):
+        return denoising_loss(engine, scheduler, latents, cond, noise, t)
 
 
 def evaluate(
@@ -657,7 +640,7 @@ def evaluate(
     timesteps: a score to compare hypernetworks (or none) on the same data."""
     examples = prepare_examples(engine, images, captions, buckets)
     conds = encode_captions(engine, captions, clip_skip)
-    scheduler = _scheduler(engine)
+    scheduler = noise_schedule(engine)
     generator = torch.Generator("cpu").manual_seed(seed)
     total = 0.0
     with torch.inference_mode():
@@ -666,7 +649,7 @@ def evaluate(
             top, left = (ex.latents.shape[2] - h) // 2, (ex.latents.shape[3] - w) // 2
             latents = ex.latents[:, :, top : top + h, left : left + w].expand(samples, -1, -1, -1)
             noise, t = _noise(scheduler, latents.shape, generator)
-            total += float(denoising_loss(engine, scheduler, latents, cond.expand(samples, -1, -1), noise, t, chain))
+            total += float(chain_loss(engine, scheduler, latents, cond.expand(samples, -1, -1), noise, t, chain))
     return total / len(examples)
 
 
@@ -680,7 +663,6 @@ def train(
     *,
     progress: Callable[[Progress], Any] | None = None,
     cancel: Any = None,
-    checkpoint: Callable[[Hypernetwork, int], Any] | None = None,
 ) -> TrainResult:
     """Train a new hypernetwork on captioned images; the base model stays frozen and unchanged.
 
@@ -688,12 +670,8 @@ def train(
     bucket and takes a fresh random crop of each latent.  The loss is the denoising loss (noise or
     v, as the scheduler predicts) plus ``shallow_penalty`` × the depth-weighted context change.
     ``progress`` gets one :class:`Progress` per step (stage ``"training"``), ``cancel`` is checked
-    every step (:class:`Cancelled`), ``checkpoint(hypernetwork, step)`` runs every
-    ``checkpoint_every`` steps.
+    every step (:class:`Cancelled`).
     """
-    from gen_core.engine import _is_cancelled
-    from gen_core.imagic import _training_session  # the engine held, the UNet frozen and restored as found
-
     if not images:
         raise HypernetworkError("training needs at least one image")
     examples = prepare_examples(engine, images, captions, buckets)
@@ -702,14 +680,14 @@ def train(
     generator = torch.Generator("cpu").manual_seed(config.seed)
     hn = Hypernetwork.new(name, sorted(model_widths(engine.unet)), config.structure, seed=config.seed)
     hn.to(engine.device).train(True)
-    scheduler = _scheduler(engine)
+    scheduler = noise_schedule(engine)
     optimiser = torch.optim.AdamW(hn.parameters(), lr=config.lr, weight_decay=0.0)
     losses: list[float] = []
     batches = _batches(examples, config.batch_size, rng)
-    with _training_session(engine) as unet:
+    with training_session(engine) as unet:  # the engine held, the UNet frozen and restored as found
         unet.eval()
         for step in range(1, config.steps + 1):
-            if _is_cancelled(cancel):
+            if is_cancelled(cancel):
                 raise Cancelled()
             idx = next(batches)
             bucket = examples[idx[0]].bucket
@@ -718,15 +696,13 @@ def train(
             noise, t = _noise(scheduler, latents.shape, generator)
             penalty = _Penalty(latents.shape[2] * latents.shape[3])
             with torch.enable_grad():
-                denoise = denoising_loss(engine, scheduler, latents, cond, noise, t, [(hn, 1.0)], penalty)
+                denoise = chain_loss(engine, scheduler, latents, cond, noise, t, [(hn, 1.0)], penalty)
                 (denoise + config.shallow_penalty * penalty.total).backward()
             optimiser.step()
             optimiser.zero_grad(set_to_none=True)
             losses.append(float(denoise.detach()))
             if progress is not None:
                 progress(Progress(step, config.steps, (0,), stage=STAGE_TRAIN))
-            if checkpoint is not None and config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.steps:
-                checkpoint(hn, step)
     hn.train(False)
     counts = collections.Counter(f"{ex.bucket[0]}x{ex.bucket[1]}" for ex in examples)
     hn.meta = {

@@ -17,7 +17,7 @@ The tuned state (``e_tgt``, ``e_opt``, the unconditional embedding and the adapt
 :class:`TunedState`, saved as safetensors in a size-bounded :class:`TunedCache`, so re-rendering
 with another ``η`` or seed (:func:`remix`) is one sampling pass without any optimisation.
 
-Shared-engine hygiene: every stage runs inside :func:`_training_session`, which on exit (also on
+Shared-engine hygiene: every stage runs inside :func:`gen_core.training.training_session`, which on exit (also on
 error or cancellation) unloads the adapters (the original ``Linear`` modules are put back), restores
 every parameter's ``requires_grad`` flag, drops gradients, switches gradient checkpointing back off
 and returns the UNet to eval mode; a txt2img on the same engine afterwards gives identical pixels.
@@ -40,13 +40,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from diffusers import DDPMScheduler
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from gen_core.engine import CancelLike, Engine, ProgressFn, _is_cancelled
+from gen_core.engine import CancelLike, Engine, ProgressFn
 from gen_core.images import to_rgb
-from gen_core.types import Cancelled, GenerationRequest, GenerationResult, Progress
+from gen_core.training import denoising_loss, image_latents, noise_schedule, training_session
+from gen_core.types import Cancelled, GenerationRequest, GenerationResult, Progress, is_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -252,33 +252,9 @@ def _attach_adapter(unet: Any, rank: int) -> dict[str, torch.nn.Parameter]:
 
 
 @contextlib.contextmanager
-def _training_session(engine: Engine) -> Iterator[Any]:
-    """Hold the engine, freeze the UNet, and leave it exactly as found whatever happens."""
-    unet = engine.unet
-    with engine.lock:
-        if getattr(unet, "_hf_peft_config_loaded", False):  # never unload adapters someone else attached
-            raise RuntimeError("the UNet already carries peft adapters; Imagic needs it bare")
-        flags = {n: p.requires_grad for n, p in unet.named_parameters()}
-        was_training = unet.training
-        was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
-        unet.requires_grad_(False)
-        try:
-            yield unet
-        finally:
-            if getattr(unet, "_hf_peft_config_loaded", False):
-                unet.unload_lora()  # puts the original Linear modules back
-            if not was_checkpointing and getattr(unet, "is_gradient_checkpointing", False):
-                unet.disable_gradient_checkpointing()
-            for name, p in unet.named_parameters():
-                p.requires_grad_(flags.get(name, False))
-                p.grad = None
-            unet.train(was_training)
-
-
-@contextlib.contextmanager
 def attached(engine: Engine, state: TunedState) -> Iterator[None]:
     """The state's adapters on the engine's UNet for sampling; removed on exit."""
-    with _training_session(engine) as unet:
+    with training_session(engine) as unet:
         params = _attach_adapter(unet, state.lora_rank)
         missing = set(params) ^ set(state.adapter)
         if missing:
@@ -296,12 +272,6 @@ def _maybe_checkpoint(engine: Engine, preset: ImagicPreset) -> None:
         engine.unet.enable_gradient_checkpointing()
 
 
-def _autocast(engine: Engine) -> contextlib.AbstractContextManager:
-    if engine.device.type == "cuda" and engine.dtype in (torch.float16, torch.bfloat16):
-        return torch.autocast("cuda", dtype=engine.dtype)
-    return contextlib.nullcontext()
-
-
 # ----------------------------------------------------------------------------- stages
 
 
@@ -310,10 +280,7 @@ def encode_image(engine: Engine, image: Image.Image, width: int, height: int) ->
     image = to_rgb(image) if image.mode != "RGB" else image
     if image.size != (width, height):
         image = image.resize((width, height), Image.Resampling.LANCZOS)
-    with torch.inference_mode():
-        pixels = engine.img2img.image_processor.preprocess(image).to(engine.device, engine.vae.dtype)
-        latents = engine.vae.encode(pixels).latent_dist.mode() * engine.vae.config.scaling_factor
-    return latents.float().clone()
+    return image_latents(engine, image)
 
 
 class _Denoising:
@@ -322,7 +289,7 @@ class _Denoising:
     def __init__(self, engine: Engine, latents: torch.Tensor, seed: int) -> None:
         self.engine = engine
         self.latents = latents
-        self.scheduler = DDPMScheduler.from_config(engine.txt2img.scheduler.config)
+        self.scheduler = noise_schedule(engine)
         self.generator = torch.Generator("cpu").manual_seed(seed)
         self.steps = int(self.scheduler.config.num_train_timesteps)
 
@@ -333,18 +300,8 @@ class _Denoising:
         return t, noise
 
     def loss(self, embedding: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        e = self.engine
         latents = self.latents.expand(len(t), -1, -1, -1)
-        noise, t_dev = noise.to(e.device), t.to(e.device)
-        noisy = self.scheduler.add_noise(latents, noise, t_dev)
-        if self.scheduler.config.prediction_type == "v_prediction":
-            target = self.scheduler.get_velocity(latents, noise, t_dev)
-        else:
-            target = noise
-        cond = embedding.expand(len(t), -1, -1)
-        with _autocast(e):
-            pred = e.unet(noisy.to(e.dtype), t_dev, encoder_hidden_states=cond.to(e.dtype)).sample
-        return torch.nn.functional.mse_loss(pred.float(), target.float())
+        return denoising_loss(self.engine, self.scheduler, latents, embedding.expand(len(t), -1, -1), noise, t)
 
 
 def reconstruction_loss(
@@ -373,7 +330,7 @@ def _optimise(
     scaler = torch.amp.GradScaler(engine.device.type, enabled=engine.dtype == torch.float16)
     losses = []
     for step in range(1, steps + 1):
-        if _is_cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled()
         t, noise = task.sample(batch)
         with torch.enable_grad():
@@ -407,7 +364,7 @@ def optimise_embedding(
     """Stage 1: ``e_opt`` (CPU, fp32) and the loss of every step; the model stays frozen."""
     task = _Denoising(engine, latents.to(engine.device), seed)
     e_opt = torch.nn.Parameter(e_tgt.detach().to(engine.device, torch.float32).clone())
-    with _training_session(engine):
+    with training_session(engine):
         _maybe_checkpoint(engine, preset)
         losses = _optimise(
             task, [e_opt], lambda t, n: task.loss(e_opt, t, n),
@@ -430,7 +387,7 @@ def tune_model(
     loss of every step.  The adapters are removed from the UNet before this returns."""
     task = _Denoising(engine, latents.to(engine.device), seed + 1)
     embedding = e_opt.to(engine.device, torch.float32)
-    with _training_session(engine) as unet:
+    with training_session(engine) as unet:
         params = _attach_adapter(unet, preset.lora_rank)
         _maybe_checkpoint(engine, preset)
         unet.train()

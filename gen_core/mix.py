@@ -42,10 +42,9 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from gen_core.engine import _is_cancelled
 from gen_core.preview import side_by_side
 from gen_core.samplers import make_scheduler
-from gen_core.types import Cancelled, GeneratedImage, GenerationRequest, GenerationResult
+from gen_core.types import Cancelled, GeneratedImage, GenerationRequest, GenerationResult, is_cancelled
 
 log = logging.getLogger(__name__)
 
@@ -260,7 +259,7 @@ def generate_mix(
     with engine.lock, torch.inference_mode():
         try:
             for index, (req, base, weights, seeds) in enumerate(resolved):
-                if _is_cancelled(cancel):
+                if is_cancelled(cancel):
                     raise Cancelled()
                 images = _render(engine, req, base, weights, seeds, index, progress, cancel, preview_every)
                 package = _package(engine, req, base, weights, seeds, images)

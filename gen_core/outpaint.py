@@ -3,7 +3,7 @@
 Both are one operation: an image, a mask (white = regenerate) and a prompt.
 
 * Outpaint: :func:`plan_outpaint` sizes the new canvas (original plus the added border, snapped to
-  multiples of 64, downscaling the original first when the canvas would exceed the area limit);
+  multiples of the model's grid step (64 px for SD 1.x), downscaling the original first when the canvas would exceed the area limit);
   :func:`outpaint_inputs` builds the canvas (the new area edge-extended, blurred and given noise
   matched to the image's colours, not flat grey) and the feathered mask.
 * Inpaint: :func:`inpaint_mask` reads the mask (a second image, or the image's transparency),
@@ -33,14 +33,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
+from gen_core.geometry import Geometry
 from gen_core.images import has_alpha, to_rgb, to_rgba
 from gen_core.samplers import make_scheduler
-from gen_core.types import Cancelled, GeneratedImage, GenerationRequest
+from gen_core.types import Cancelled, GeneratedImage, GenerationRequest, is_cancelled
 
 DIRECTIONS = ("left", "right", "up", "down")
 ZOOMS = {"zoom": 2.0, "zoom1.5": 1.5, "zoom2": 2.0}
 FILLS = ("original", "noise", "blur")
-SNAP = 64
 
 
 class MaskError(ValueError):
@@ -54,17 +54,13 @@ class MaskError(ValueError):
 class OutpaintPlan:
     """Where the (possibly downscaled) original sits on the new canvas."""
 
-    canvas: tuple[int, int]  # width, height: multiples of 64
+    canvas: tuple[int, int]  # width, height: multiples of the model's grid step
     box: tuple[int, int, int, int]  # left, top, width, height of the original on the canvas
     downscaled: bool  # the original was made smaller to keep the canvas within the area limit
 
     @property
     def original_size(self) -> tuple[int, int]:
         return self.box[2], self.box[3]
-
-
-def _snap_up(value: float) -> int:
-    return max(SNAP, math.ceil(value / SNAP) * SNAP)
 
 
 def _borders(size: tuple[int, int], direction: str, pixels: int) -> tuple[float, float, float, float]:
@@ -80,21 +76,23 @@ def _borders(size: tuple[int, int], direction: str, pixels: int) -> tuple[float,
     return tuple(float(pixels) if d == direction else 0.0 for d in DIRECTIONS)  # type: ignore[return-value]
 
 
-def plan_outpaint(size: tuple[int, int], direction: str, pixels: int, max_area: int) -> OutpaintPlan:
+def plan_outpaint(
+    size: tuple[int, int], direction: str, pixels: int, max_area: int, geometry: Geometry
+) -> OutpaintPlan:
     """The canvas for extending an image of ``size`` by ``pixels`` towards ``direction``.
 
     ``direction`` is left/right/up/down or a zoom out (``zoom1.5``, ``zoom2``; ``zoom`` = ×2).
-    The canvas is snapped up to multiples of 64: the slack goes to the extended side (split for a
+    The canvas is snapped up to the model's grid (64 px for SD 1.x): the slack goes to the extended side (split for a
     zoom and across the other axis).  If the canvas would exceed ``max_area`` the original and the
     border are scaled down together first (``downscaled``).
     """
-    if max_area < SNAP * SNAP:
-        raise ValueError(f"max_area must be at least {SNAP * SNAP}")
+    if max_area < geometry.step**2:
+        raise ValueError(f"max_area must be at least {geometry.step**2}")
     scale = 1.0
     while True:
         w, h = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
         left, right, up, down = (b * scale for b in _borders(size, direction, pixels))
-        width, height = _snap_up(w + left + right), _snap_up(h + up + down)
+        width, height = geometry.snap_up(w + left + right), geometry.snap_up(h + up + down)
         if width * height <= max_area:
             break
         scale *= min(0.98, math.sqrt(max_area / (width * height)))
@@ -220,16 +218,16 @@ def inpaint_mask(image: Image.Image, mask: Image.Image | None) -> Image.Image:
     return Image.fromarray((hard * 255).astype(np.uint8), "L")
 
 
-def work_size(size: tuple[int, int], max_area: int) -> tuple[int, int]:
-    """The generation size for an inpaint of an image of ``size``: scaled within ``max_area``, multiples of 64."""
+def work_size(size: tuple[int, int], max_area: int, geometry: Geometry) -> tuple[int, int]:
+    """The generation size for an inpaint of an image of ``size``: scaled within ``max_area``, on the model's grid."""
     w, h = size
     scale = min(1.0, math.sqrt(max_area / (w * h)))
-    width, height = max(SNAP, round(w * scale / SNAP) * SNAP), max(SNAP, round(h * scale / SNAP) * SNAP)
+    width, height = geometry.snap(w * scale), geometry.snap(h * scale)
     while width * height > max_area:
         if width >= height:
-            width -= SNAP
+            width -= geometry.step
         else:
-            height -= SNAP
+            height -= geometry.step
     return width, height
 
 
@@ -267,12 +265,12 @@ def _soft_mask_processor(pipe: Any) -> Any:
 def _load_inpaint_unet(path: str, dtype: torch.dtype) -> Any:
     from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
 
-    from gen_core.engine import _DTYPE_KW
+    from gen_core.engine import DTYPE_KW
 
     source = Path(path).expanduser()
     if source.is_file():
-        return StableDiffusionInpaintPipeline.from_single_file(str(source), **{_DTYPE_KW: dtype}).unet
-    return UNet2DConditionModel.from_pretrained(str(source), subfolder="unet", **{_DTYPE_KW: dtype})
+        return StableDiffusionInpaintPipeline.from_single_file(str(source), **{DTYPE_KW: dtype}).unet
+    return UNet2DConditionModel.from_pretrained(str(source), subfolder="unet", **{DTYPE_KW: dtype})
 
 
 def inpaint_pipeline(engine: Any) -> Any:
@@ -280,12 +278,12 @@ def inpaint_pipeline(engine: Any) -> Any:
     ``engine.config.inpaint_path`` with the engine's VAE, text encoder and tokenizer."""
     from diffusers import StableDiffusionInpaintPipeline
 
-    from gen_core.engine import Engine, _derive_pipeline
+    from gen_core.engine import Engine, derive_pipeline
 
     holder = _PIPELINES.setdefault(engine, _Pipelines())
     with holder.lock:
         if holder.pipe is None:
-            pipe = _derive_pipeline(StableDiffusionInpaintPipeline, engine.txt2img, engine.dtype)
+            pipe = derive_pipeline(StableDiffusionInpaintPipeline, engine.txt2img, engine.dtype)
             path = getattr(engine.config, "inpaint_path", "")
             if path:
                 unet = _load_inpaint_unet(path, engine.dtype).to(engine.device)
@@ -301,7 +299,7 @@ def inpaint_pipeline(engine: Any) -> Any:
                     feature_extractor=None,
                     requires_safety_checker=False,
                 )
-                Engine._configure_modules(pipe, engine.config, engine.device)
+                Engine.configure_modules(pipe, engine.config, engine.device)
             pipe.mask_processor = _soft_mask_processor(pipe)
             pipe.set_progress_bar_config(disable=True)
             holder.pipe = pipe
@@ -320,7 +318,7 @@ def inpaint_batch(
     Image ``k`` of a request uses seed ``seed + k``.  Returns the images per request, each the
     size of its ``init_image``, equal to it wherever its mask is 0.
     """
-    from gen_core.engine import _is_cancelled, _pipeline_strength, effective_img2img_steps
+    from gen_core.engine import effective_img2img_steps, pipeline_strength
 
     if not items:
         return []
@@ -329,12 +327,12 @@ def inpaint_batch(
     for r, it in zip(reqs, items, strict=True):
         if r.init_image is None or it.mask.size != r.init_image.size:
             raise ValueError("an inpaint request needs an image and a mask of the same size")
-        if engine.batch_key(r) != engine.batch_key(first):
+        if engine.pipeline_key(r) != engine.pipeline_key(first):
             raise ValueError("inpaint requests in one batch must share size, steps, sampler, CFG and strength")
     pipe = inpaint_pipeline(engine)
     size = (first.width, first.height)
     with engine.lock, torch.inference_mode():
-        if _is_cancelled(cancel):
+        if is_cancelled(cancel):
             raise Cancelled()
         embeds = engine.encode_all(reqs)
         length = max(e[0].shape[1] for e in embeds)
@@ -353,7 +351,7 @@ def inpaint_batch(
             "mask_image": masks,
             "height": first.height,
             "width": first.width,
-            "strength": _pipeline_strength(first.steps, effective_img2img_steps(first.steps, first.strength)),
+            "strength": pipeline_strength(first.steps, effective_img2img_steps(first.steps, first.strength)),
             "num_inference_steps": first.steps,
             "guidance_scale": first.cfg,
             "generator": generators,

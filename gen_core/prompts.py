@@ -302,7 +302,7 @@ def _split_into_chunks(
 # --------------------------------------------------------------------------------------------
 
 
-def _final_layer_norm(text_encoder) -> torch.nn.Module:
+def final_layer_norm(text_encoder) -> torch.nn.Module:
     for owner in (text_encoder, getattr(text_encoder, "text_model", None)):
         norm = getattr(owner, "final_layer_norm", None)
         if norm is not None:
@@ -347,7 +347,7 @@ class PromptEncoder:
         self.comma_id: int | None = (
             comma if isinstance(comma, int) and comma != tokenizer.unk_token_id else None
         )
-        self._final_norm = _final_layer_norm(text_encoder)
+        self._final_norm = final_layer_norm(text_encoder)
         self._empty_cache: dict[tuple, torch.Tensor] = {}
 
     # -- configuration ---------------------------------------------------------------------

@@ -75,11 +75,32 @@ def write_clip_tokenizer_files(out_dir: Path, vocab_gz: Path | None = None) -> N
     )
 
 
+def load_clip_tokenizer():
+    """A ``CLIPTokenizer`` with CLIP's real BPE vocabulary (SD 1.x's tokenizer), built offline."""
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer_files(Path(tmp))
+        (Path(tmp) / "tokenizer_config.json").write_text(
+            json.dumps(
+                {
+                    "tokenizer_class": "CLIPTokenizer",
+                    "model_max_length": 77,
+                    "bos_token": "<|startoftext|>",
+                    "eos_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>",
+                    "pad_token": "<|endoftext|>",
+                }
+            )
+        )
+        return CLIPTokenizer.from_pretrained(tmp)
+
+
 def build_tiny_pipeline(seed: int = 0, inpainting: bool = False):
     """Return a tiny randomly initialised ``StableDiffusionPipeline`` (not saved)."""
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     text_dim = 32
     torch.manual_seed(seed)
@@ -125,21 +146,7 @@ def build_tiny_pipeline(seed: int = 0, inpainting: bool = False):
             projection_dim=text_dim,
         )
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        write_clip_tokenizer_files(Path(tmp))
-        (Path(tmp) / "tokenizer_config.json").write_text(
-            json.dumps(
-                {
-                    "tokenizer_class": "CLIPTokenizer",
-                    "model_max_length": 77,
-                    "bos_token": "<|startoftext|>",
-                    "eos_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>",
-                    "pad_token": "<|endoftext|>",
-                }
-            )
-        )
-        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+    tokenizer = load_clip_tokenizer()
     scheduler = PNDMScheduler(
         beta_start=0.00085,
         beta_end=0.012,

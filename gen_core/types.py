@@ -15,6 +15,14 @@ class Cancelled(Exception):
     """Raised by the engine when a run was cancelled (it stops at the next step)."""
 
 
+def is_cancelled(cancel: Any) -> bool:
+    """Whether a run should stop now: ``cancel`` is None, a ``threading.Event`` or a callable."""
+    if cancel is None:
+        return False
+    is_set = getattr(cancel, "is_set", None)
+    return bool(is_set() if is_set is not None else cancel())
+
+
 @dataclass
 class GenerationRequest:
     """One user job: ``count`` images of one prompt.
@@ -46,10 +54,6 @@ class GenerationRequest:
     noise: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_embeds: Any = None
-
-    @property
-    def is_img2img(self) -> bool:
-        return self.init_image is not None
 
     def image_seeds(self) -> list[int]:
         """Seeds of the request's images (requires a resolved seed)."""
@@ -111,10 +115,6 @@ class Progress:
     preview: Image.Image | None = None
     previews: tuple[Image.Image, ...] = ()
     stage: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total if self.total else 1.0
 
 
 @dataclass

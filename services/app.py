@@ -10,37 +10,38 @@ from typing import Any
 
 import discord
 
+from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba, png_bytes
 from gen_core.imagic import TunedCache
 from gen_core.safety import load_checker
 from services import ui
 from services.actions import Actions
+from services.admin import ServerAdmin
 from services.config import Config
-from services.hypernet import TRAIN_KIND, Hypernets
-from services.jobs import JobService, UserError
-from services.moderation import Moderation
+from services.hypernet import Hypernets
+from services.jobs import AccessDenied, JobService, UserError
 from services.publisher import DiscordPublisher
+from services.rules import ServerRules
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
 from worker import Worker
-from worker.handlers import HANDLERS, RAW_INPUT_KINDS, edit_handlers, hypernet_handlers
+from worker.handlers import handlers
+from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, OutpaintParams
 
 log = logging.getLogger(__name__)
 
 
 def default_engine_loader(config: Config):
-    """Load the configured checkpoint (the tiny offline model when none is configured)."""
+    """Load the configured checkpoint (the toy-world model when none is configured)."""
 
     def load():
         from gen_core.engine import Engine
-        from gen_core.tiny import ensure_tiny_model
         from gen_core.types import EngineConfig
 
-        path = config.model_path if config.model.path else ensure_tiny_model(config.model_path)
         m = config.model
         return Engine.load(
             EngineConfig(
-                model_path=str(path),
+                model_path=str(config.model_path),
                 device=m.device,
                 dtype=m.dtype,
                 attention=m.attention,
@@ -60,6 +61,8 @@ class Services:
     def __init__(self, bot: discord.Client, config: Config, engine_loader: Any = None) -> None:
         self.bot = bot
         self.config = config
+        self.geometry = Geometry.of_folder(config.model_path)
+        config.generation.fit_to_model(self.geometry)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         credits = config.credits
         self.policy = CostPolicy(
@@ -74,7 +77,7 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
-        self.moderation = Moderation(self)
+        self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
         w = config.worker
@@ -84,27 +87,30 @@ class Services:
             images=self.images,
             publisher=self.publisher,
             engine_loader=engine_loader or default_engine_loader(config),
-            handlers={**HANDLERS, **edit_handlers(self.edit_cache), **hypernet_handlers(ModuleCache())},
+            handlers=handlers(self.edit_cache, ModuleCache()),
             load_inputs=self.load_inputs,
             max_batch=w.max_batch,
             lease_s=w.lease_s,
             max_attempts=w.max_attempts,
             poll_interval_s=w.poll_interval_s,
             preview_every=w.preview_every,
-            screen=self.moderation.screen,
+            screen=self.rules.screen,
         )
         self.hypernets = Hypernets(self)
-        self.jobs = JobService(config, self.queue, self.ledger, self.worker, moderation=self.moderation, modules=self.hypernets)
+        self.jobs = JobService(
+            config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets
+        )
         self.actions = Actions(self)
+        self.admin = ServerAdmin(self)
 
     async def start(self) -> None:
         mode = self.config.moderation.image_check
-        model_path = self.config.model_path if self.config.model.path else None
-        self.moderation.safety_check = await asyncio.get_running_loop().run_in_executor(None, load_checker, mode, model_path)
-        if self.moderation.safety_check is None and mode != "false":
-            log.warning("image_check = %r: %s; install the nudenet extra to screen results", mode, self.moderation.describe_check())
+        loop = asyncio.get_running_loop()
+        self.rules.safety_check = await loop.run_in_executor(None, load_checker, mode, self.config.model_path)
+        if self.rules.safety_check is None and mode != "false":
+            log.warning("image_check = %r: %s; install the nudenet extra to screen results", mode, self.rules.describe_check())
         else:
-            log.info("image safety check: %s", self.moderation.describe_check())
+            log.info("image safety check: %s", self.rules.describe_check())
         await self.db.upgrade()
         await gc.collect(self.db, self.store)  # what requests that never got queued left behind
         await self.worker.start()
@@ -115,27 +121,25 @@ class Services:
         await self.db.close()
 
     # -- inputs ------------------------------------------------------------------------------------
-    async def load_inputs(self, job: Any) -> dict[str, Any]:
+    async def load_inputs(self, params: JobParams) -> Inputs:
         """Decode a job's stored input images (capped), resized to the job's size."""
-        if job.kind == TRAIN_KIND:  # the training images, at their stored size
-            cap = self.config.limits.max_input_pixels
-            return {"train_images": [load_image(await self.store.get(k), max_pixels=cap) for k in job.params["train_images"]]}
-        key = job.params.get("init_image")
+        cap = self.config.limits.max_input_pixels
+        if isinstance(params, HypernetTrainParams):  # the training images, at their stored size
+            return Inputs(train_images=tuple([load_image(await self.store.get(k), max_pixels=cap) for k in params.train_images]))
+        key = getattr(params, "init_image", None)
         if not key:
-            return {}
-        image = load_image(await self.store.get(key), max_pixels=self.config.limits.max_input_pixels)
-        if job.kind in RAW_INPUT_KINDS:  # outpaint/inpaint: the original pixels, and the stored mask
-            mask_key = job.params.get("mask")
-            if mask_key:
-                mask = load_image(await self.store.get(mask_key), max_pixels=self.config.limits.max_input_pixels)
-                return {"init_image": image, "mask": mask.convert("L")}
-            return {"init_image": image}
-        size = (job.params["width"], job.params["height"])
+            return Inputs()
+        image = load_image(await self.store.get(key), max_pixels=cap)
+        if isinstance(params, InpaintParams):  # the original pixels, and the stored mask
+            return Inputs(image=image, mask=load_image(await self.store.get(params.mask), max_pixels=cap).convert("L"))
+        if isinstance(params, OutpaintParams):  # the original pixels
+            return Inputs(image=image)
+        size = (params.width, params.height)
         if image.size != size:
             from PIL import Image
 
             image = image.resize(size, Image.Resampling.LANCZOS)
-        return {"init_image": image}
+        return Inputs(image=image)
 
     async def download(self, attachment: discord.Attachment) -> bytes:
         """An uploaded file's bytes, refused above the attachment size limit before downloading."""
@@ -167,49 +171,49 @@ class Services:
         """Store a picture as PNG (encoded off the event loop); its image store key."""
         return await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, image))
 
-    async def job_in_guild(self, job_id: int, guild_id: int | None) -> Any:
-        """A job of this server: ids from buttons and messages are never trusted across servers."""
-        job = await self.queue.get(job_id)
-        if job is None or job.guild_id != guild_id:
-            raise UserError(f"Job #{job_id} no longer exists.")
-        return job
-
-    # -- checks before anything is charged -------------------------------------------------
-    async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:
+    # -- the ban and channel rules: every command, button and reaction passes here --------------
+    async def check_access(
+        self,
+        *,
+        guild_id: int | None,
+        user_id: int,
+        channel_id: int | None,
+        manager: bool = False,
+        channel_rules: bool = True,
+        bot_permissions: discord.Permissions | None = None,
+    ) -> None:
+        """Raise `AccessDenied` when this member may not use the bot here: a ban (members who manage the
+        server are exempt where nothing is generated, so /admin stays theirs), and where ``channel_rules``
+        (a job may start or the bot posts here): a DM, a denied or not-allowed channel, and the bot's own
+        channel permissions (``bot_permissions``; a reaction has none to check).  Call it after the
+        acknowledgement: it reads SQL."""
         if guild_id is None:
-            return "Image generation works in servers, not in DMs. Use the commands in a server channel."
-        return await self.moderation.refusal(guild_id, user_id, channel_id)
-
-    async def guard(self, interaction: discord.Interaction) -> None:
-        """Raise `UserError` when this interaction may not start a job here."""
-        reason = await self.refusal_for(interaction.guild_id, interaction.user.id, interaction.channel_id)
+            if channel_rules:
+                raise AccessDenied("Image generation works in servers, not in DMs. Use the commands in a server channel.")
+            return
+        if manager and not channel_rules:
+            return
+        reason = await self.rules.refusal(guild_id, user_id, channel_id, channel_rules=channel_rules)
         if reason:
-            raise UserError(reason)
-        perms = interaction.app_permissions
-        if not (perms.send_messages and perms.attach_files and perms.view_channel):
-            raise UserError(
+            raise AccessDenied(reason)
+        perms = bot_permissions
+        if channel_rules and perms is not None and not (perms.send_messages and perms.attach_files and perms.view_channel):
+            raise AccessDenied(
                 "I can't post images in this channel (I need View Channel, Send Messages and Attach Files). "
                 "Ask a server admin to allow them, or use another channel."
             )
 
     # -- submission from an interaction ---------------------------------------------------------
-    async def submit_from_interaction(self, interaction: discord.Interaction, kind: str, params_list: list[dict]) -> list[Any]:
-        """Acknowledge at once (ephemeral; unless the cog already has), then reserve credits and
-        enqueue; refusals cost nothing."""
-        if not interaction.response.is_done():
-            await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            jobs = await self.jobs.submit(
-                kind=kind,
-                params_list=params_list,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                user_id=interaction.user.id,
-                request_key=str(interaction.id),
-            )
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return []
+    async def submit_from_interaction(self, interaction: discord.Interaction, params_list: list[JobParams]) -> list[Any]:
+        """Reserve credits and enqueue (the interaction is already acknowledged and admitted), then show the
+        queue position; a refusal is a `UserError` and costs nothing."""
+        jobs = await self.jobs.submit(
+            params_list=params_list,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            request_key=str(interaction.id),
+        )
         await self.announce_queued(jobs, interaction=interaction)
         return jobs
 

@@ -14,7 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, get_type_hints
 
+from gen_core.geometry import Geometry
+from gen_core.hypernetwork import TrainConfig
+from gen_core.imagic import PRESETS
 from gen_core.safety import MODES as SAFETY_MODES
+from toyworld import MODEL_DIR as TOYWORLD_MODEL
 
 
 class ConfigError(ValueError):
@@ -32,7 +36,7 @@ class DiscordConfig:
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # empty: the tiny offline model, built on first use under data_dir
+    path: str = ""  # empty: the toy-world model shipped in toyworld/model
     device: str = "auto"  # auto | cuda | mps | cpu
     dtype: str = "auto"  # auto | fp16 | bf16 | fp32
     attention: str = "sdpa"
@@ -65,7 +69,7 @@ class GenerationConfig:
     default_cfg: float = 7.0
     default_sampler: str = "Euler a"
     default_aspect: str = "portrait"
-    max_area: int = 512 * 768  # largest bucket area; raise on big GPUs
+    max_area: int = 0  # largest bucket area; 0: the model's (512x768 for SD 1.x); raise on big GPUs
     quality_tags: str = "masterpiece, best quality"
     undesired_light: str = "lowres, bad anatomy, bad hands, text, error, worst quality, low quality, jpeg artifacts"
     undesired_heavy: str = (
@@ -74,10 +78,17 @@ class GenerationConfig:
     )
     variation_strength: float = 0.6
     upscale_strength: float = 0.35
-    outpaint_pixels: int = 256  # default border added by /outpaint
+    outpaint_pixels: int = 0  # default border added by /outpaint; 0: half the model's side (256 for SD 1.x)
     outpaint_strength: float = 1.0  # denoising strength of /outpaint (below 1 starts from the edge-extended fill)
     inpaint_strength: float = 0.75  # default strength of /inpaint
-    mask_blur: int = 16  # feather (pixels) of outpaint/inpaint masks into the kept area
+    mask_blur: int = -1  # feather (pixels) of outpaint/inpaint masks into the kept area; -1: side/32 (16 for SD 1.x)
+
+    def fit_to_model(self, geometry: Geometry) -> None:
+        """Fill the sizes left to the model (0 / -1) from the loaded model's geometry."""
+        self.max_area = self.max_area or geometry.bucket_area
+        self.outpaint_pixels = self.outpaint_pixels or geometry.outpaint_pixels
+        if self.mask_blur < 0:
+            self.mask_blur = max(1, geometry.native // 32)
 
 
 @dataclass
@@ -107,19 +118,20 @@ class EditConfig:
     default_eta: float = 0.7
     sampler: str = "DDIM"
     cache_mb: int = 2048
-    fast_embed_steps: int = 50
-    fast_tune_steps: int = 100
-    quality_embed_steps: int = 500
-    quality_tune_steps: int = 750
+    # the presets' own step counts unless config.toml changes them (gen_core.imagic.PRESETS)
+    fast_embed_steps: int = PRESETS["fast"].embed_steps
+    fast_tune_steps: int = PRESETS["fast"].tune_steps
+    quality_embed_steps: int = PRESETS["quality"].embed_steps
+    quality_tune_steps: int = PRESETS["quality"].tune_steps
 
 
 @dataclass
 class HypernetConfig:
-    train_steps: int = 500
-    lr: float = 1e-4
-    batch_size: int = 1
-    shallow_penalty: float = 0.001
-    checkpoint_every: int = 100
+    # gen_core's training defaults unless config.toml changes them (gen_core.hypernetwork.TrainConfig)
+    train_steps: int = TrainConfig.steps
+    lr: float = TrainConfig.lr
+    batch_size: int = TrainConfig.batch_size
+    shallow_penalty: float = TrainConfig.shallow_penalty
     max_active: int = 4
     max_file_mb: int = 200
 
@@ -154,7 +166,7 @@ class Config:
 
     @property
     def model_path(self) -> Path:
-        return Path(self.model.path) if self.model.path else self.data_dir / "models" / "tiny"
+        return Path(self.model.path) if self.model.path else TOYWORLD_MODEL
 
 
 # Environment variable -> (section, key)
@@ -246,7 +258,9 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
         ("limits", "max_count", 1),
         ("model", "clip_skip", 1),
         ("model", "max_chunks", 1),
-        ("generation", "max_area", 64 * 64),
+        ("generation", "max_area", 0),
+        ("generation", "outpaint_pixels", 0),
+        ("generation", "mask_blur", -1),
     ):
         if getattr(getattr(config, section_name), key) < low:
             errors.append(f"{section_name}.{key} must be at least {low}")

@@ -1,7 +1,7 @@
-"""/edit (Imagic) job parameters: validation of the options, re-mix derivation, the result buttons.
+"""/edit (Imagic) job parameters: validation of the options and re-mix derivation (the buttons: cogs/edit.py).
 
-An "edit" job optimises (stages 1-2 of :mod:`gen_core.imagic`) and samples; its tuned state is kept
-on disk under the job id.  An "edit_remix" job samples another η or seed from the tuned state of
+An ``EDIT`` job optimises (stages 1-2 of :mod:`gen_core.imagic`) and samples; its tuned state is kept
+on disk under the job id.  An ``EDIT_REMIX`` job samples another η or seed from the tuned state of
 its ``source_job`` without optimising, and is priced like a txt2img.
 """
 
@@ -14,10 +14,11 @@ from typing import Any
 import discord
 
 from gen_core.imagic import PRESETS, ImagicPreset
-from services import ui
 from services.jobs import UserError, new_seed
+from storage import JobKind
+from worker.jobs import EditParams, EditRemixParams, JobParams, sampling_fields
 
-EDIT_KINDS = ("edit", "edit_remix")
+EDIT_KINDS = (JobKind.EDIT, JobKind.EDIT_REMIX)
 EDIT_PRESET_CHOICES = [discord.app_commands.Choice(name=name, value=name) for name in PRESETS]
 ETA_BUTTONS = (0.5, 0.7, 0.9, 1.1)
 ETA_RANGE = (-1.0, 2.0)
@@ -40,20 +41,24 @@ def preset_for(config: Any, name: str) -> ImagicPreset:
     return PRESETS[name].with_steps(getattr(e, f"{name}_embed_steps"), getattr(e, f"{name}_tune_steps"))
 
 
-def edit_cost_line(jobs: Any, preset_name: str, params: dict[str, Any], policy: Any = None) -> str:
+def edit_cost_line(jobs: Any, preset_name: str, params: JobParams, policy: Any = None) -> str:
     """The /cost line for an /edit of the size and steps of ``params``, and for its re-mixes."""
     preset = preset_for(jobs.config, preset_name)
-    base = {**params, "count": 1}
-    edit = jobs.cost("edit", {**base, "work_steps": preset.work_steps}, policy)
-    remix = jobs.cost("edit_remix", base, policy)
+    base = sampling_fields(params) | {"count": 1}
+    edit = jobs.cost(
+        EditParams(**base, init_image="", eta=0.0, preset=preset.name, embed_steps=preset.embed_steps,
+                   tune_steps=preset.tune_steps, work_steps=preset.work_steps),
+        policy,
+    )  # fmt: skip
+    remix = jobs.cost(EditRemixParams(**base, source_job=0, eta=0.0), policy)
     return (
         f"\n✏️ An /edit ({preset.name}: {preset.embed_steps} + {preset.tune_steps} optimisation steps) at "
-        f"{params['width']}×{params['height']} would cost **{edit}** credits; each η or reroll re-mix **{remix}**."
+        f"{params.width}×{params.height} would cost **{edit}** credits; each η or reroll re-mix **{remix}**."
     )
 
 
-def edit_params(jobs: Any, o: EditOptions, width: int, height: int) -> dict[str, Any]:
-    """Validate /edit options into an "edit" job's parameters (the image key is added by the caller)."""
+def edit_params(jobs: Any, o: EditOptions, width: int, height: int, init_image: str) -> EditParams:
+    """Validate /edit options into an edit job's parameters (``init_image``: the stored picture's key)."""
     config = jobs.config
     prompt = o.prompt.strip()
     if not prompt:
@@ -68,49 +73,36 @@ def edit_params(jobs: Any, o: EditOptions, width: int, height: int) -> dict[str,
     negative = (o.negative or "").strip()
     jobs.check_tokens(prompt)
     jobs.check_tokens(negative)
-    return {
-        "prompt": prompt,
-        "user_prompt": prompt,
-        "negative": negative,
-        "width": width,
-        "height": height,
-        "steps": config.generation.default_steps,
-        "cfg": config.generation.default_cfg,
-        "sampler": config.edit.sampler,
-        "seed": seed,
-        "count": 1,
-        "clip_skip": config.model.clip_skip,
-        "eta": eta,
-        "preset": preset.name,
-        "embed_steps": preset.embed_steps,
-        "tune_steps": preset.tune_steps,
-        "work_steps": preset.work_steps,
-    }
+    return EditParams(
+        prompt=prompt,
+        user_prompt=prompt,
+        negative=negative,
+        width=width,
+        height=height,
+        steps=config.generation.default_steps,
+        cfg=config.generation.default_cfg,
+        sampler=config.edit.sampler,
+        seed=seed,
+        count=1,
+        clip_skip=config.model.clip_skip,
+        init_image=init_image,
+        eta=eta,
+        preset=preset.name,
+        embed_steps=preset.embed_steps,
+        tune_steps=preset.tune_steps,
+        work_steps=preset.work_steps,
+    )
 
 
-def remix_params(job: Any, action: str, index: int | None) -> dict[str, Any]:
-    """An "edit_remix" job from an edit or remix: ``eta`` (η = index / 100, same seed) or
-    ``reroll`` (new seed, same η).  It points at the edit job whose tuned state it samples."""
-    # no input image and no optimisation: priced like a txt2img
-    params = {k: v for k, v in job.params.items() if k not in ("init_image", "work_steps")}
-    params["source_job"] = job.params["source_job"] if job.kind == "edit_remix" else job.id
+def remix_params(job_id: int, params: EditParams | EditRemixParams, action: str, index: int | None) -> EditRemixParams:
+    """A re-mix of an edit or re-mix ``job_id``: ``eta`` (η = index / 100, same seed) or ``reroll``
+    (new seed, same η).  It points at the edit job whose tuned state it samples."""
     if action == "eta" and index is not None:
-        params["eta"] = index / 100
+        eta, seed = index / 100, params.seed
     elif action == "reroll":
-        params["seed"] = new_seed()
+        eta, seed = params.eta, new_seed()
     else:
         raise UserError("Edits can be re-mixed with the η buttons or rerolled; other buttons don't apply.")
-    return params
+    source = params.source_job if isinstance(params, EditRemixParams) else job_id
+    return EditRemixParams(**{**sampling_fields(params), "seed": seed}, source_job=source, eta=eta)
 
-
-def edit_view(job_id: int, n_images: int) -> discord.ui.View:
-    """Under an edit result: reroll, delete, and one button per η of ETA_BUTTONS."""
-    view = ui.result_view(job_id, n_images, actions=("reroll", "delete"))
-    for eta in ETA_BUTTONS:
-        view.add_item(ui.JobButton(job_id, "eta", round(eta * 100), label=f"η {eta}", row=1))
-    return view
-
-
-def register_views() -> None:
-    for kind in EDIT_KINDS:
-        ui.RESULT_VIEWS[kind] = edit_view

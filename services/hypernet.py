@@ -3,10 +3,11 @@
 Files live under ``<data_dir>/hypernets/<guild>/`` in the native ``.safetensors`` form (an uploaded
 A1111 ``.pt`` is converted once, at upload, so the worker never reads a pickle).  A member's active
 modules are kept per guild in the guild settings blob under ``hypernet:<user id>`` (one key per
-member: concurrent changes by different members never overwrite each other).  Jobs carry what they
-use as ``params["modules"] = [{"name", "path", "strength"}, ...]``; rerolls and variations copy it.
+member: concurrent changes by different members never overwrite each other).  /imagine jobs carry what
+they use as ``ImagineParams.hypernets``; rerolls and variations copy it, and each module is looked up
+again for the member who asks (`Hypernets.apply`).
 
-A training job (kind ``hypernet-train``) reserves its module name at submission: the row exists at
+A training job (``JobKind.HYPERNET_TRAIN``) reserves its module name at submission: the row exists at
 once, its file appears when training finishes; rows of trainings that failed or were cancelled are
 dropped the next time modules are listed.
 """
@@ -14,6 +15,7 @@ dropped the next time modules are listed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import math
 import re
@@ -28,14 +30,13 @@ from PIL import Image
 from gen_core import hypernetwork
 from gen_core.archives import ArchiveError, ArchiveLimits, open_zip, read_member
 from gen_core.buckets import nearest_bucket
-from gen_core.images import ImageInputError, load_image, open_image
+from gen_core.images import ImageInputError, load_image, open_image, png_bytes
 from gen_core.prompts import PromptError, strip_extra_networks
-from services import ui
 from services.jobs import UserError, new_seed
-from storage import ModuleStatus, modules, settings
+from storage import ModuleStatus, hypernetworks, settings
+from storage.image_store import key_for
+from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
 
-TRAIN_KIND = "hypernet-train"
-MODULE_KINDS = ("imagine",)  # job kinds whose handler applies params["modules"]
 STRENGTH_RANGE = (-2.0, 2.0)
 NAME = re.compile(r"^[\w.-]{1,64}$")
 _SETTING = "hypernet:{user}"
@@ -122,7 +123,7 @@ def read_training_zip(data: bytes, caps: TrainingCaps, buckets: list[tuple[int, 
 
 class Hypernets:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
         self.config = services.config.hypernet
         self.directory = services.config.data_dir / "hypernets"
         self._widths: set[int] | None = None
@@ -131,7 +132,7 @@ class Hypernets:
     @property
     def widths(self) -> set[int]:
         if self._widths is None:
-            self._widths = hypernetwork.model_widths(self.s.worker.engine.unet)
+            self._widths = hypernetwork.model_widths(self.services.worker.engine.unet)
         return self._widths
 
     @staticmethod
@@ -141,12 +142,12 @@ class Hypernets:
     async def visible(self, guild_id: int, user_id: int) -> list[Any]:
         """The modules this member may see; rows of trainings that failed or were cancelled are dropped."""
         rows = []
-        for module in await modules.visible(self.s.db, guild_id, user_id):
+        for module in await hypernetworks.visible(self.services.db, guild_id, user_id):
             job_id = (module.meta or {}).get("training_job")
             if job_id and not self.ready(module):
-                job = await self.s.queue.get(job_id)
+                job = await self.services.queue.get(job_id)
                 if job is None or str(job.status) in _TRAINING_DONE:
-                    await modules.delete(self.s.db, module.id)
+                    await hypernetworks.delete(self.services.db, module.id)
                     continue
             rows.append(module)
         return rows
@@ -165,14 +166,14 @@ class Hypernets:
 
     # -- the member's active modules ----------------------------------------------------------------
     async def active(self, guild_id: int, user_id: int) -> list[tuple[Any, float]]:
-        blob = await settings.get_guild_settings(self.s.db, guild_id)
+        blob = await settings.get_guild_settings(self.services.db, guild_id)
         chosen = blob.get(_SETTING.format(user=user_id)) or []
         by_id = {m.id: m for m in await self.visible(guild_id, user_id)}
         return [(by_id[module_id], strength) for module_id, strength in chosen if module_id in by_id]
 
     async def _set_active(self, guild_id: int, user_id: int, entries: list[tuple[Any, float]]) -> None:
         value = [[m.id, s] for m, s in entries] or None
-        await settings.update_guild_settings(self.s.db, guild_id, {_SETTING.format(user=user_id): value}, user_id)
+        await settings.update_guild_settings(self.services.db, guild_id, {_SETTING.format(user=user_id): value}, user_id)
 
     async def use(self, guild_id: int, user_id: int, name: str, strength: float) -> list[tuple[Any, float]]:
         module = await self.find(guild_id, user_id, name)
@@ -191,60 +192,50 @@ class Hypernets:
         return entries
 
     # -- jobs --------------------------------------------------------------------------------------
-    async def apply(self, kind: str, guild_id: int, user_id: int, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Strip ``<hypernet:name:strength>`` tags from the prompts and record the modules each job uses:
-        the tagged ones, else the member's active ones.  Jobs derived from another job (🔄, V, U)
-        carry its modules: each is looked up again for this member, who may use only what they can
-        see (their own, or shared and approved), at its current file."""
-        if kind not in MODULE_KINDS:
-            return params_list
+    async def apply(self, guild_id: int, user_id: int, params_list: list[JobParams]) -> list[JobParams]:
+        """Strip ``<hypernet:name:strength>`` tags from /imagine prompts and record the modules each job
+        uses: the tagged ones, else the member's active ones.  Jobs derived from another job (🔄, V, U,
+        a training's sample) carry its modules: each is looked up again for this member, who may use only
+        what they can see (their own, or shared and approved), at its current file."""
         out = []
         for params in params_list:
-            params = dict(params)
-            if "modules" in params:
-                params["modules"] = await self._recheck(guild_id, user_id, params["modules"])
-            else:
-                tags = self._strip_tags(params)
-                chosen = [(await self.find(guild_id, user_id, n), check_strength(s)) for n, s in tags]
-                chosen = chosen or await self.active(guild_id, user_id)
+            if isinstance(params, ImagineParams):
+                if params.hypernets:
+                    chosen = await self._reused(guild_id, user_id, params.hypernets)
+                else:
+                    params, tags = self._strip_tags(params)
+                    chosen = [(await self.find(guild_id, user_id, n), check_strength(s)) for n, s in tags]
+                    chosen = chosen or await self.active(guild_id, user_id)
                 for module, _ in chosen:
                     if not self.ready(module):
                         raise UserError(f"`{module.name}` is still training. Use it once its sample image is posted.")
-                if chosen:
-                    params["modules"] = [{"name": m.name, "path": m.path, "strength": s} for m, s in chosen]
+                uses = tuple(HypernetUse(name=m.name, path=m.path, strength=s) for m, s in chosen)
+                params = dataclasses.replace(params, hypernets=uses)
             out.append(params)
         return out
 
-    async def _recheck(self, guild_id: int, user_id: int, used: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _reused(self, guild_id: int, user_id: int, uses: tuple[HypernetUse, ...]) -> list[tuple[Any, float]]:
+        """The modules a derived job reuses, looked up by name among those this member can see."""
         visible = {m.name: m for m in await self.visible(guild_id, user_id)}
-        out = []
-        for entry in used:
-            module = visible.get(entry["name"])
-            if module is None:
-                raise UserError(
-                    f"That image was made with the module `{entry['name']}`, which you can't use here "
-                    "(it is private to its owner, not approved, or gone). Nothing was charged."
-                )
-            if not self.ready(module):
-                raise UserError(f"`{module.name}` is still training. Use it once its sample image is posted.")
-            out.append({"name": module.name, "path": module.path, "strength": entry["strength"]})
-        return out
+        hidden = next((use.name for use in uses if use.name not in visible), None)
+        if hidden is not None:
+            raise UserError(
+                f"That image was made with the module `{hidden}`, which you can't use here "
+                "(it is private to its owner, not approved, or gone). Nothing was charged."
+            )
+        return [(visible[use.name], use.strength) for use in uses]
 
     @staticmethod
-    def _strip_tags(params: dict[str, Any]) -> list[tuple[str, float]]:
-        tags: list[tuple[str, str, float]] = []
+    def _strip_tags(params: ImagineParams) -> tuple[ImagineParams, list[tuple[str, float]]]:
         try:
-            for key in ("prompt", "user_prompt"):
-                if key in params:
-                    params[key], found = strip_extra_networks(params[key])
-                    if key == "prompt":
-                        tags = found
+            prompt, tags = strip_extra_networks(params.prompt)
+            user_prompt, _ = strip_extra_networks(params.user_prompt)
         except PromptError as exc:
             raise UserError(str(exc)) from None
         other = [f"<{k}:{n}>" for k, n, _ in tags if k != "hypernet"]
         if other:
             raise UserError(f"{', '.join(other)}: only `<hypernet:name:strength>` tags are supported here.")
-        return [(name, weight) for _, name, weight in tags]
+        return dataclasses.replace(params, prompt=prompt, user_prompt=user_prompt), [(name, weight) for _, name, weight in tags]
 
     # -- files ---------------------------------------------------------------------------------------
     async def upload(self, guild_id: int, user_id: int, attachment: discord.Attachment, name: str | None) -> Any:
@@ -267,7 +258,7 @@ class Hypernets:
         except hypernetwork.HypernetworkError as exc:
             raise UserError(f"`{attachment.filename}`: {exc}") from None
         name = check_name(name or hn.name or Path(attachment.filename).stem)
-        if await modules.get(self.s.db, guild_id, name) is not None:
+        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name with `name:`.")
         hn.name = name
         native = await loop.run_in_executor(None, hn.to_bytes)
@@ -277,7 +268,7 @@ class Hypernets:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(native)
         try:
-            return await modules.register(self.s.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
+            return await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
         except BaseException:
             if not existed:
                 path.unlink(missing_ok=True)
@@ -296,8 +287,8 @@ class Hypernets:
 
     async def delete(self, guild_id: int, user_id: int, name: str) -> None:
         module = await self.find(guild_id, user_id, name, owned=True)
-        await modules.delete(self.s.db, module.id)
-        if not any(m.path == module.path for m in await modules.list_all(self.s.db, guild_id)):
+        await hypernetworks.delete(self.services.db, module.id)
+        if not any(m.path == module.path for m in await hypernetworks.list_all(self.services.db, guild_id)):
             Path(module.path).unlink(missing_ok=True)
 
     async def share(self, guild_id: int, user_id: int, name: str) -> Any:
@@ -306,22 +297,22 @@ class Hypernets:
             raise UserError(f"`{name}` is still training; share it once it is done.")
         if module.shared and module.status in (ModuleStatus.PENDING, ModuleStatus.APPROVED):
             raise UserError(f"`{name}` is already {module.status}.")
-        return await modules.update(self.s.db, module.id, shared=True, status=ModuleStatus.PENDING)
+        return await hypernetworks.update(self.services.db, module.id, shared=True, status=ModuleStatus.PENDING)
 
     # -- training ----------------------------------------------------------------------------------------
     async def training_set(self, first: discord.Attachment, more: list[discord.Attachment], captions: str | None) -> list[tuple[Image.Image, str]]:
         """The captioned images of a training request, at training size (decoded off the event loop)."""
-        limits = self.s.config.limits
+        limits = self.services.config.limits
         caps = TrainingCaps(limits.max_train_images, limits.max_input_pixels, limits.max_train_pixels, limits.max_attachment_bytes)
-        buckets = self.s.jobs.buckets
+        buckets = self.services.jobs.buckets
         loop = asyncio.get_running_loop()
         if first.filename.lower().endswith(".zip"):
             if more:
                 raise UserError("Give either a zip or images, not both.")
-            data = await self.s.download(first)
+            data = await self.services.download(first)
             pairs = await loop.run_in_executor(None, read_training_zip, data, caps, buckets)
         else:
-            files = [(a.filename, await self.s.download(a)) for a in (first, *more)]
+            files = [(a.filename, await self.services.download(a)) for a in (first, *more)]
             pairs = [(image, None) for image in await loop.run_in_executor(None, decode_training_images, files, caps, buckets)]
         given = [c.strip() for c in (captions or "").split("|")] if captions and captions.strip() else []
         if len(given) not in (0, 1, len(pairs)):
@@ -334,74 +325,66 @@ class Hypernets:
             out.append((image, text))
         return out
 
-    def train_params(self, name: str, images: list[Image.Image], captions: list[str], steps: int | None) -> dict[str, Any]:
-        """A training job's parameters, ``train_images`` still the number of images (they are stored
-        once the job passed every check); the name is checked, not reserved."""
-        gen, cfg = self.s.config.generation, self.config
+    async def train_params(
+        self, name: str, images: list[Image.Image], captions: list[str], steps: int | None
+    ) -> tuple[HypernetTrainParams, list[bytes]]:
+        """A training job's parameters and its images as PNG files: ``train_images`` holds the keys the
+        files will have in the image store, where `submit_training` puts them once the job passed every
+        check.  The name is checked, not reserved, and the module's path is set by `submit_training`."""
+        gen, cfg = self.services.config.generation, self.config
         steps = steps or cfg.train_steps
-        width, height = nearest_bucket(*images[0].size, self.s.jobs.buckets)
-        self.s.jobs.check_tokens(captions[0])
-        return {
-            "prompt": captions[0],
-            "user_prompt": f"hypernetwork {name}: {captions[0]}",
-            "negative": "",
-            "width": width,
-            "height": height,
-            "steps": min(gen.default_steps, self.s.config.limits.max_steps),
-            "cfg": gen.default_cfg,
-            "sampler": gen.default_sampler,
-            "seed": new_seed(),
-            "count": 1,
-            "clip_skip": self.s.config.model.clip_skip,
-            "train_images": len(images),
-            "captions": captions,
-            "train_steps": steps,
-            "train_area": gen.max_area,
+        width, height = nearest_bucket(*images[0].size, self.services.jobs.buckets)
+        self.services.jobs.check_tokens(captions[0])
+        pngs = await asyncio.get_running_loop().run_in_executor(None, lambda: [png_bytes(image) for image in images])
+        params = HypernetTrainParams(
+            prompt=captions[0],
+            user_prompt=f"hypernetwork {name}: {captions[0]}",
+            width=width,
+            height=height,
+            steps=min(gen.default_steps, self.services.config.limits.max_steps),
+            cfg=gen.default_cfg,
+            sampler=gen.default_sampler,
+            seed=new_seed(),
+            clip_skip=self.services.config.model.clip_skip,
+            train_images=tuple(key_for(data) for data in pngs),
+            captions=tuple(captions),
+            train_steps=steps,
+            train_area=gen.max_area,
             # forward + backward ≈ 3 UNet passes per image, a CFG sampling step 2
-            "work_steps": steps * cfg.batch_size * 3 // 2,
-            "lr": cfg.lr,
-            "batch_size": cfg.batch_size,
-            "shallow_penalty": cfg.shallow_penalty,
-            "checkpoint_every": cfg.checkpoint_every,
-            "module_name": name,
-        }
+            work_steps=steps * cfg.batch_size * 3 // 2,
+            lr=cfg.lr,
+            batch_size=cfg.batch_size,
+            shallow_penalty=cfg.shallow_penalty,
+            module_name=name,
+            module_path="",
+        )
+        return params, pngs
 
-    async def submit_training(self, interaction: discord.Interaction, params: dict[str, Any], images: list[Image.Image]) -> list[Any]:
-        """Check the rules and credits, then store the images, reserve the name (the module row) and
-        queue the job; the row goes if nothing was queued.  A refusal stores nothing."""
+    async def submit_training(self, interaction: discord.Interaction, params: HypernetTrainParams, pngs: list[bytes]) -> list[Any]:
+        """Check the rules and credits, then store the images (``pngs``, named by ``params.train_images``),
+        reserve the name (the module row) and queue the job; the row goes if nothing was queued.  A refusal
+        stores nothing."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
-        name = params["module_name"]
-        if await modules.get(self.s.db, guild_id, name) is not None:
+        name = params.module_name
+        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
-        await self.s.jobs.check(TRAIN_KIND, [params], guild_id, interaction.channel_id, user_id)
-        params["train_images"] = [await self.s.store_png(image) for image in images]
+        await self.services.jobs.check([params], guild_id, interaction.channel_id, user_id)
+        for data in pngs:
+            await self.services.store.put(data)
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
-        params["module_path"] = str(path)
-        module = await modules.register(self.s.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
-        jobs = await self.s.submit_from_interaction(interaction, TRAIN_KIND, [params])
-        if not jobs:
-            await modules.delete(self.s.db, module.id)
-            return []
-        await modules.update(self.s.db, module.id, metadata={"training_job": jobs[0].id})
+        params = dataclasses.replace(params, module_path=str(path))
+        module = await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
+        try:
+            jobs = await self.services.submit_from_interaction(interaction, [params])
+        except UserError:
+            await hypernetworks.delete(self.services.db, module.id)
+            raise
+        await hypernetworks.update(self.services.db, module.id, metadata={"training_job": jobs[0].id})
         return jobs
 
 
-def sample_params(job: Any) -> dict[str, Any]:
-    """An /imagine job from a training result: its sample prompt with the trained module, a new seed."""
-    p = job.params
-    keep = ("prompt", "negative", "width", "height", "steps", "cfg", "sampler", "clip_skip")
-    params = {k: p[k] for k in keep}
-    params.update(
-        user_prompt=p["prompt"], seed=new_seed(), count=1,
-        modules=[{"name": p["module_name"], "path": p["module_path"], "strength": 1.0}],
-    )  # fmt: skip
-    return params
+def sample_params(p: HypernetTrainParams) -> ImagineParams:
+    """An /imagine job from a training: its sample prompt with the trained module, a new seed."""
+    fields = sampling_fields(p) | {"user_prompt": p.prompt, "seed": new_seed(), "count": 1}
+    return ImagineParams(**fields, hypernets=(HypernetUse(name=p.module_name, path=p.module_path, strength=1.0),))
 
-
-def train_view(job_id: int, n_images: int) -> discord.ui.View:
-    """Under a training result: 🔄 samples again with the module (an /imagine job), ❌ deletes the post."""
-    return ui.result_view(job_id, n_images, actions=("reroll", "delete"))
-
-
-def register_views() -> None:
-    ui.RESULT_VIEWS[TRAIN_KIND] = train_view

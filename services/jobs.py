@@ -1,4 +1,4 @@
-"""Job submission: validate options into job parameters, price them, enqueue them.
+"""Job submission: validate options into typed job parameters, price them, enqueue them.
 
 Cogs call this; it knows the queue, the ledger and the configuration but nothing of how a
 result is rendered.  Every refusal is a `UserError` whose text goes to the user as is.
@@ -11,18 +11,28 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from gen_core.buckets import parse_aspect, scale_buckets
+from discord import app_commands
+
+from gen_core.buckets import parse_aspect
+from gen_core.geometry import Geometry
 from gen_core.samplers import SAMPLERS
 from services.config import Config
 from storage import CostPolicy, InsufficientCredits, JobSpec, QueueFull, compute_cost
-from worker.handlers import batch_key
+from worker.jobs import PARAMS_VERSION, ImagineParams, JobParams, encode
 
 
-class UserError(Exception):
-    """A request the bot refuses; the message says what was wrong and what to do."""
+class UserError(app_commands.AppCommandError):
+    """A request the bot refuses; the message says what was wrong and what to do.  Raised anywhere while
+    an interaction is handled, it ends as an ephemeral refusal (`services.ui.report_error`)."""
+
+
+class AccessDenied(UserError):
+    """The member may not use the bot here (a ban, a channel rule, a DM, the bot's own permissions)."""
 
 
 UNDESIRED_PRESETS = ("heavy", "light", "none")
+
+
 def _permutation_spans(prompt: str) -> list[tuple[int, int]]:
     """``(start, end)`` of every ``{…}`` group without braces inside and with a comma, left to right
     (one linear scan: a regex for this backtracks quadratically on ``{,,,,…`` without a closing brace)."""
@@ -84,36 +94,46 @@ class ImagineOptions:
 
 class JobService:
     def __init__(
-        self, config: Config, queue: Any, ledger: Any, worker: Any = None, count_tokens=None, moderation: Any = None, modules: Any = None
+        self,
+        config: Config,
+        geometry: Geometry,
+        queue: Any,
+        ledger: Any,
+        worker: Any = None,
+        count_tokens=None,
+        rules: Any = None,
+        hypernets: Any = None,
     ) -> None:
         self.config = config
-        self.modules = modules  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
-        self.moderation = moderation  # services.moderation.Moderation: the server's rules, applied in submit()
+        self.geometry = geometry
+        self.hypernets = hypernets  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
+        self.rules = rules  # services.rules.ServerRules: the server's rules, applied in submit()
         self.queue = queue
         self.ledger = ledger
         self.worker = worker
         self.count_tokens = count_tokens  # set once the engine is loaded
-        self.buckets = scale_buckets(config.generation.max_area)
+        self.buckets = geometry.buckets(config.generation.max_area)
 
     # -- parameters ---------------------------------------------------------------------------
-    def imagine_params(self, o: ImagineOptions) -> list[dict[str, Any]]:
-        """Validate /imagine options into one parameter dict per expanded prompt."""
+    def imagine_params(self, o: ImagineOptions) -> list[ImagineParams]:
+        """Validate /imagine options into the parameters of one job per expanded prompt."""
         gen, limits = self.config.generation, self.config.limits
         prompt = o.prompt.strip()
         if not prompt:
             raise UserError("The prompt is empty. Describe the image you want, e.g. `a cat in a spacesuit`.")
-        settings = self.common_params(o)
+        settings = self.sampling_settings(o)
         out = []
         for text in expand_permutations(prompt, limits.max_permutations):
             full = f"{gen.quality_tags}, {text}" if o.quality and gen.quality_tags else text
             self.check_tokens(full)
             self.check_tokens(settings["negative"])
-            out.append({"prompt": full, "user_prompt": text, **settings})
+            out.append(ImagineParams(prompt=full, user_prompt=text, **settings))
         return out
 
-    def common_params(self, o: ImagineOptions) -> dict[str, Any]:
-        """Validate the options every txt2img-like command shares (all but the prompt): size, steps,
-        count, CFG, sampler, clip skip, seed and the negative prompt with its undesired preset."""
+    def sampling_settings(self, o: ImagineOptions) -> dict[str, Any]:
+        """Validate the options every txt2img-like command shares (all but the prompt) into the keyword
+        arguments of its `JobParams`: size, steps, count, CFG, sampler, clip skip, seed and the negative
+        prompt with its undesired preset."""
         gen, limits = self.config.generation, self.config.limits
         try:
             width, height = parse_aspect(o.aspect or gen.default_aspect, self.buckets)
@@ -162,42 +182,43 @@ class JobService:
         if n > limit:
             raise UserError(f"That prompt is at least {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
 
-    def cost(self, kind: str, params: dict[str, Any], policy: CostPolicy | None = None) -> int:
+    def cost(self, params: JobParams, policy: CostPolicy | None = None) -> int:
         """The price under `policy` (the guild's, from `Ledger.policy_for`; default: the built-in one)."""
         return compute_cost(
-            kind,
-            params["width"],
-            params["height"],
-            # plus optimisation work in sampling-step equivalents (an /edit's Imagic stages 1-2)
-            params["steps"] + params.get("work_steps", 0),
+            params.kind,
+            params.width,
+            params.height,
+            # plus optimisation work in sampling-step equivalents (an /edit's Imagic stages 1-2, a training)
+            params.steps + params.optimisation_steps,
             # UNet evaluations per output image and step: 2 with CFG (a /mix sweep or composable mix runs more)
-            count=params.get("count", 1) * params.get("unet_passes", 2) / 2,
-            strength=params.get("strength") if params.get("init_image") else None,
+            count=params.count * params.unet_passes / 2,
+            strength=params.denoised_strength,
             policy=policy,
         )
 
     # -- submission -------------------------------------------------------------------------------
     async def submit(
-        self, *, kind: str, params_list: list[dict[str, Any]], guild_id: int, channel_id: int, user_id: int, request_key: str
+        self, *, params_list: list[JobParams], guild_id: int, channel_id: int, user_id: int, request_key: str
     ) -> list[Any]:
-        """Reserve credits and enqueue one job per parameter set; all or nothing on credits.
+        """Reserve credits and enqueue one job per parameter set (of its kind); all or nothing on credits.
 
         `request_key` identifies the Discord request (interaction id, or reaction + message):
         a retry of the same request returns the same jobs and charges nothing more.
         """
-        params_list, policy, total = await self.check(kind, params_list, guild_id, channel_id, user_id)
+        params_list, policy, total = await self.check(params_list, guild_id, channel_id, user_id)
         jobs = []
         try:
             for i, params in enumerate(params_list):
                 spec = JobSpec(
-                    kind=kind,
+                    kind=params.kind,
                     guild_id=guild_id,
                     channel_id=channel_id,
                     user_id=user_id,
                     interaction_id=f"{request_key}:{i}",
-                    params=params,
-                    batch_key=batch_key(kind, params),
-                    cost=self.cost(kind, params, policy),
+                    params=encode(params),
+                    params_version=PARAMS_VERSION,
+                    batch_key=params.batch_group(),
+                    cost=self.cost(params, policy),
                 )
                 job, _created = await self.queue.enqueue(spec)
                 jobs.append(job)
@@ -214,33 +235,33 @@ class JobService:
         return jobs
 
     async def check(
-        self, kind: str, params_list: list[dict[str, Any]], guild_id: int, channel_id: int, user_id: int
-    ) -> tuple[list[dict[str, Any]], CostPolicy, int]:
+        self, params_list: list[JobParams], guild_id: int, channel_id: int, user_id: int
+    ) -> tuple[list[JobParams], CostPolicy, int]:
         """Everything `submit` checks before it writes: modules, the server's rules and the member's
         credits.  Returns the parameters as they will be queued, the guild's cost policy and the total
         price; raises `UserError`.  Commands that must store uploads call it first, so a refused
         request leaves nothing behind."""
-        if self.modules is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
-            params_list = await self.modules.apply(kind, guild_id, user_id, params_list)
-        if self.moderation is not None:  # the server's limits, banned words, negatives and NSFW rules
-            params_list = await self.moderation.apply(guild_id, channel_id, kind, params_list)
+        if self.hypernets is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
+            params_list = await self.hypernets.apply(guild_id, user_id, params_list)
+        if self.rules is not None:  # the server's limits, banned words, negatives and NSFW rules
+            params_list = await self.rules.apply(guild_id, channel_id, params_list)
             for params in params_list:
-                self.check_tokens(params.get("negative", ""))
-        self._check_gpu_time(kind, params_list)
+                self.check_tokens(params.negative)
+        self._check_gpu_time(params_list)
         policy = await self.ledger.policy_for(guild_id)
-        total = sum(self.cost(kind, p, policy) for p in params_list)
+        total = sum(self.cost(p, policy) for p in params_list)
         balance = await self.ledger.balance(guild_id, user_id)
         if total > balance:
             raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
         return params_list, policy, total
 
-    def _check_gpu_time(self, kind: str, params_list: list[dict[str, Any]]) -> None:
+    def _check_gpu_time(self, params_list: list[JobParams]) -> None:
         """Refuse a job whose estimated GPU time is over ``limits.max_job_gpu_s``: its compute (the
         price without any server's multipliers) times the worker's measured seconds per unit."""
         cap = self.config.limits.max_job_gpu_s
         if not cap or self.worker is None:
             return
-        seconds = max(self.cost(kind, p) for p in params_list) * self.worker.stats.seconds_per_cost
+        seconds = max(self.cost(p) for p in params_list) * self.worker.stats.seconds_per_cost
         if seconds > cap:
             raise UserError(
                 f"That job would take about {_duration(seconds)} of GPU time; this bot allows {_duration(cap)} per job. "

@@ -7,6 +7,7 @@ restart, a reroll or a chained outpaint finds them again.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -15,6 +16,7 @@ from PIL import Image
 from gen_core.images import load_image, png_bytes, to_rgb
 from gen_core.outpaint import FILLS, MaskError, OutpaintPlan, inpaint_mask, plan_outpaint, work_size
 from services.jobs import ImagineOptions, UserError, new_seed
+from worker.jobs import InpaintParams, OutpaintParams, params_of, sampling_fields
 
 CANDIDATES = 4
 # Button action → outpaint direction (the picked image's directional buttons).
@@ -23,18 +25,19 @@ DIRECTION_ACTIONS = {"left": "left", "right": "right", "up": "up", "down": "down
 
 class OutpaintService:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
 
     @property
     def gen(self) -> Any:
-        return self.s.config.generation
+        return self.services.config.generation
 
     def _base_params(self, prompt: str, negative: str | None, seed: int | None, count: int) -> list[dict[str, Any]]:
+        """The sampling fields of one job per expanded prompt, validated as for /imagine."""
         options = ImagineOptions(prompt=prompt, negative=negative, seed=seed, count=count)
-        return self.s.jobs.imagine_params(options)
+        return [sampling_fields(p) for p in self.services.jobs.imagine_params(options)]
 
     def _plan(self, size: tuple[int, int], direction: str, pixels: int) -> OutpaintPlan:
-        plan = plan_outpaint(size, direction, pixels, self.gen.max_area)
+        plan = plan_outpaint(size, direction, pixels, self.gen.max_area, self.services.geometry)
         if min(plan.original_size) < 16:
             raise UserError("That image is too thin to extend further on this server; try another direction.")
         return plan
@@ -43,12 +46,12 @@ class OutpaintService:
         original = to_rgb(image)
         if original.size != plan.original_size:
             original = original.resize(plan.original_size, Image.Resampling.LANCZOS)
-        key = await self.s.store.put(png_bytes(original))
+        key = await self.services.store.put(png_bytes(original))
         width, height = plan.canvas
         return {
             "width": width,
             "height": height,
-            "box": list(plan.box),
+            "box": tuple(plan.box),
             "init_image": key,
             "direction": direction,
             "pixels": pixels,
@@ -58,28 +61,26 @@ class OutpaintService:
 
     async def outpaint_params(
         self, image: Image.Image, direction: str, pixels: int | None, prompt: str, negative: str | None, seed: int | None
-    ) -> tuple[list[dict[str, Any]], OutpaintPlan]:
+    ) -> tuple[list[OutpaintParams], OutpaintPlan]:
         """Parameters of the /outpaint jobs (four candidates each) and the canvas plan."""
         pixels = pixels or self.gen.outpaint_pixels
-        count = min(CANDIDATES, self.s.config.limits.max_count)
+        count = min(CANDIDATES, self.services.config.limits.max_count)
         base = self._base_params(prompt, negative, seed, count)
         plan = self._plan(image.size, direction, pixels)
         geometry = await self._geometry(image, plan, direction, pixels)
-        return [{**p, **geometry} for p in base], plan
+        return [OutpaintParams(**{**p, **geometry}) for p in base], plan
 
-    async def continue_params(self, job: Any, index: int, action: str) -> tuple[dict[str, Any], OutpaintPlan]:
-        """A chained outpaint: candidate ``index`` of ``job`` extended towards the button's direction."""
+    async def continue_params(self, job: Any, index: int, action: str) -> tuple[OutpaintParams, OutpaintPlan]:
+        """A chained outpaint: candidate ``index`` of outpaint ``job`` extended towards the button's direction."""
+        params = params_of(job)
         images = (job.result or {}).get("images", [])
         if not 0 <= index < len(images):
             raise UserError("That image no longer exists.")
         direction = DIRECTION_ACTIONS[action]
-        picked = load_image(await self.s.store.get(images[index]["key"]), max_pixels=self.s.config.limits.max_input_pixels)
-        pixels = job.params.get("pixels", self.gen.outpaint_pixels)
-        plan = self._plan(picked.size, direction, pixels)
-        params = {**job.params, "seed": new_seed(), "source_job": job.id, "source_index": index}
-        params.pop("mode", None)
-        params.update(await self._geometry(picked, plan, direction, pixels))
-        return params, plan
+        picked = load_image(await self.services.store.get(images[index]["key"]), max_pixels=self.services.config.limits.max_input_pixels)
+        plan = self._plan(picked.size, direction, params.pixels)
+        geometry = await self._geometry(picked, plan, direction, params.pixels)
+        return dataclasses.replace(params, seed=new_seed(), source_job=job.id, source_index=index, **geometry), plan
 
     async def inpaint_params(
         self,
@@ -92,7 +93,7 @@ class OutpaintService:
         seed: int | None,
         count: int | None,
         mask_blur: int | None = None,
-    ) -> tuple[list[dict[str, Any]], tuple[int, int] | None]:
+    ) -> tuple[list[InpaintParams], tuple[int, int] | None]:
         """Parameters of the /inpaint jobs, and the size the image was scaled down to (None if not)."""
         fill = fill or "original"
         if fill not in FILLS:
@@ -118,14 +119,14 @@ class OutpaintService:
             hard = hard.resize(size, Image.Resampling.NEAREST)
             if not hard.getbbox():
                 raise UserError("The mask is too small to survive scaling the image down; paint a larger area.")
-        width, height = work_size(rgb.size, self.gen.max_area)
+        width, height = work_size(rgb.size, self.gen.max_area, self.services.geometry)
         geometry = {
             "width": width,
             "height": height,
-            "init_image": await self.s.store.put(png_bytes(rgb)),
-            "mask": await self.s.store.put(png_bytes(hard)),
+            "init_image": await self.services.store.put(png_bytes(rgb)),
+            "mask": await self.services.store.put(png_bytes(hard)),
             "strength": strength,
             "fill": fill,
             "mask_blur": self.gen.mask_blur if mask_blur is None else mask_blur,
         }
-        return [{**p, **geometry} for p in base], rgb.size if downscaled else None
+        return [InpaintParams(**{**p, **geometry}) for p in base], rgb.size if downscaled else None

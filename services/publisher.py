@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,6 +20,7 @@ import discord
 
 from gen_core.types import Progress
 from services import ui
+from worker.jobs import params_of
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,13 @@ class DiscordPublisher:
         self.ledger = ledger
         self.progress_interval_s = progress_interval_s
         self.status: dict[int, StatusTarget] = {}
+        # The buttons under a kind's results where they differ from `ui.result_view`; each feature's cog
+        # adds its kinds' views in cog_load and removes them in cog_unload.
+        self.result_views: dict[str, Callable[[int, int], discord.ui.View]] = {}
+
+    def result_view(self, kind: str, job_id: int, n_images: int) -> discord.ui.View:
+        build = self.result_views.get(kind)
+        return build(job_id, n_images) if build else ui.result_view(job_id, n_images)
 
     # -- status messages ---------------------------------------------------------------------------
     def track(self, job_id: int, *, interaction: discord.Interaction | None = None, message: discord.Message | None = None) -> None:
@@ -64,7 +73,7 @@ class DiscordPublisher:
         if target is None or (now - target.last_edit < self.progress_interval_s and p.step < p.total):
             return
         target.last_edit = now
-        text = f"🎨 **Generating** `{ui.clip(job.params.get('user_prompt', job.params['prompt']), 120)}`\n" \
+        text = f"🎨 **Generating** `{ui.clip(params_of(job).user_prompt, 120)}`\n" \
                f"`{ui.progress_bar(p.step, p.total)}` {p.stage + ' · ' if p.stage else ''}step {p.step}/{p.total}"
         kwargs: dict[str, Any] = {"content": text, "view": ui.cancel_view(job.id)}
         if p.preview is not None:
@@ -93,12 +102,13 @@ class DiscordPublisher:
         store = self.bot.services.store
         files = [ui.png_file(await store.get(img["key"]), f"job{job.id}_{i + 1}_{img['seed']}.png") for i, img in enumerate(images)]
         balance = await self.ledger.balance(job.guild_id, job.user_id)
-        params = job.params
+        params = params_of(job)
         seeds = ", ".join(str(img["seed"]) for img in images)
+        eta = getattr(params, "eta", None)
         content = (
-            f"<@{job.user_id}> **{ui.clip(params.get('user_prompt', params['prompt']), 300)}**\n"
-            f"{params['width']}×{params['height']} · {params['steps']} steps · {params['sampler']} · CFG {params['cfg']}"
-            f" · seed {seeds}" + (f" · η {params['eta']}" if "eta" in params else "") + "\n"
+            f"<@{job.user_id}> **{ui.clip(params.user_prompt, 300)}**\n"
+            f"{params.width}×{params.height} · {params.steps} steps · {params.sampler} · CFG {params.cfg}"
+            f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + "\n"
             f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
         )
         if blurred := sum(1 for img in images if img.get("blurred")):
@@ -107,7 +117,7 @@ class DiscordPublisher:
         message = await channel.send(
             content=content,
             files=files,
-            view=ui.result_view_for(job.kind, job.id, len(images)),
+            view=self.result_view(job.kind, job.id, len(images)),
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
         )
         try:

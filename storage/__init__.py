@@ -1,5 +1,5 @@
 """storage — everything that must survive a crash: SQL models and migrations, the credit ledger, the durable
-fair job queue, image files. SQLAlchemy 2 async; SQLite (WAL) embedded, PostgreSQL later with the same code.
+fair job queue, image files. SQLAlchemy 2 async; SQLite (WAL) embedded or PostgreSQL, with the same code.
 Knows nothing of Discord, torch or gen_core.
 
 Database
@@ -7,7 +7,7 @@ Database
 ::
 
     from storage import Database
-    db = Database("sqlite+aiosqlite:///data/bot.db")   # folder created; postgresql+asyncpg://… later
+    db = Database("sqlite+aiosqlite:///data/bot.db")   # folder created; or postgresql+asyncpg://…
     await db.upgrade()                  # alembic upgrade head (also: python -m storage upgrade URL)
     async with db.write() as s: ...     # AsyncSession, BEGIN IMMEDIATE on SQLite, committed on exit
     async with db.read() as s: ...      # AsyncSession, deferred snapshot
@@ -62,7 +62,7 @@ Queue
     await queue.complete(job_id, result, final_cost=None) -> bool # 'settle:<job>' (0, or partial refund)
     await queue.fail(job_id, error) -> bool                       # 'refund:<job>' exactly once
     await queue.cancel(job_id, actor_id) -> bool                  # queued or running; refund
-    await queue.is_cancelled(job_id) -> bool                      # workers poll between steps
+    await queue.is_cancelled(job_id) -> bool                      # the worker is told at once (Worker.request_cancel)
     await queue.requeue_expired(max_attempts=3) -> (requeued: list[Job], failed: list[Job])  # reaper
     await queue.release(job_ids) -> int                           # shutdown: running -> queued, attempt undone
     await queue.mark_posted(job_id, message_id) -> bool           # True only the first time
@@ -76,9 +76,10 @@ Queue
     await queue.counts() -> {"queued": n, "running": n, ...}
     queue.images                                                  # ImageRepo(db), see below
 
-``Job`` fields: id, kind, guild_id, channel_id, user_id, account_id, interaction_id, parent_job_id, params,
-batch_key, cost, status (a ``JobStatus`` value), start_tag, attempts, worker_id, lease_expires_at, result,
-error, posted_message_id, cancelled_by, created_at, started_at, finished_at, updated_at.
+``Job`` fields: id, kind (a ``JobKind`` value), guild_id, channel_id, user_id, account_id, interaction_id,
+parent_job_id, params (JSON; typed per kind in ``worker.jobs``), params_version, batch_key, cost, status (a
+``JobStatus`` value), start_tag, attempts, worker_id, lease_expires_at, result, error, posted_message_id,
+cancelled_by, created_at, started_at, finished_at, updated_at.
 
 Images
 ------
@@ -101,13 +102,15 @@ Images
 Other repositories (module functions taking ``db``)
 ---------------------------------------------------
 * ``storage.settings``: touch_user, touch_guild, get_guild_settings, update_guild_settings, set_guild_policy,
-  guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
+  guild_policy, get_channel_settings, update_channel_settings (``WrongGuild`` for another server's channel),
+  guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
-* ``storage.modules`` (hypernetworks): register, get, get_by_id, visible, list_all, update, delete.
+* ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
+* ``storage.gc``: collect (image-store blobs no image row and no job refers to; run at start).
 """
 
-from storage import gc, images, moderation, modules, settings
+from storage import gc, hypernetworks, images, moderation, settings
 from storage.db import Database, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
@@ -125,6 +128,7 @@ from storage.models import (
     HypernetworkModule,
     Image,
     Job,
+    JobKind,
     JobStatus,
     LedgerEntry,
     LedgerKind,
@@ -152,6 +156,7 @@ __all__ = [
     "InsufficientCredits",
     "Job",
     "JobQueue",
+    "JobKind",
     "JobSpec",
     "JobStatus",
     "Ledger",
@@ -169,7 +174,7 @@ __all__ = [
     "images",
     "masked_url",
     "moderation",
-    "modules",
+    "hypernetworks",
     "settings",
     "utcnow",
 ]

@@ -70,16 +70,24 @@ class UTCDateTime(TypeDecorator[datetime]):
         return value.astimezone(UTC)
 
 
+class JobKind(enum.StrEnum):
+    """What a job does; its parameters are typed per kind in ``worker.jobs``."""
+
+    IMAGINE = "imagine"  # txt2img; img2img for its variation and upscale modes
+    EDIT = "edit"  # Imagic: optimise on the input image, then sample
+    EDIT_REMIX = "edit_remix"  # sample another η or seed from the tuned state of an edit
+    OUTPAINT = "outpaint"
+    INPAINT = "inpaint"
+    MIX = "mix"  # several weighted prompts; a sweep renders one image per weight
+    HYPERNET_TRAIN = "hypernet_train"  # train a hypernetwork module, then sample with it
+
+
 class JobStatus(enum.StrEnum):
     QUEUED = "queued"
     RUNNING = "running"
     DONE = "done"
     FAILED = "failed"
     CANCELLED = "cancelled"
-
-    @property
-    def is_final(self) -> bool:
-        return self in (JobStatus.DONE, JobStatus.FAILED, JobStatus.CANCELLED)
 
 
 ACTIVE_STATUSES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
@@ -155,7 +163,6 @@ class ChannelSettings(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     guild_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("guilds.id", ondelete="CASCADE"), index=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
-    nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]
@@ -232,7 +239,8 @@ class Job(Base):
     # "<interaction>:<n>" when one request makes several jobs, or "reaction:<message>:<user>:<nonce>"
     interaction_id: Mapped[str | None] = mapped_column(String(200), unique=True)
     parent_job_id: Mapped[int | None] = mapped_column(IdType, ForeignKey("jobs.id", ondelete="SET NULL"))
-    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # JSON of the kind's typed parameters
+    params_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     batch_key: Mapped[str] = mapped_column(String(255))
     cost: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
@@ -250,10 +258,6 @@ class Job(Base):
     updated_at: Mapped[datetime]
 
     images: Mapped[list[Image]] = relationship(back_populates="job", lazy="raise")
-
-    @property
-    def job_status(self) -> JobStatus:
-        return JobStatus(self.status)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status} user={self.user_id} cost={self.cost} tag={self.start_tag}>"

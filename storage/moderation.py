@@ -1,4 +1,4 @@
-"""Bans, banned words and the admin audit log."""
+"""Bans, banned words, the admin audit log, and the reads behind a server's rules."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from storage import _sql
 from storage.db import Database
-from storage.models import AuditEntry, Ban, BannedWord
+from storage.models import AuditEntry, Ban, BannedWord, ChannelSettings, GuildSettings
 
 
 async def audit(
@@ -149,3 +149,30 @@ async def bans(db: Database, guild_id: int) -> list[Ban]:
         .order_by(Ban.created_at, Ban.user_id)
     )
     return await db.run_read(lambda s: list(s.scalars(stmt)))
+
+
+async def rules_snapshot(
+    db: Database, guild_id: int, channel_id: int | None
+) -> tuple[dict[str, Any], ChannelSettings | None, list[str]]:
+    """What the rules of one request read, in one transaction: the guild's settings blob, the
+    channel's settings row (None if it has none) and the guild's banned words."""
+
+    def read(s: Session) -> tuple[dict[str, Any], ChannelSettings | None, list[str]]:
+        blob = s.scalar(select(GuildSettings.settings).where(GuildSettings.guild_id == guild_id)) or {}
+        channel = s.get(ChannelSettings, channel_id) if channel_id else None
+        words = list(s.scalars(select(BannedWord.word).where(BannedWord.guild_id == guild_id)))
+        return blob, channel, words
+
+    return await db.run_read(read)
+
+
+async def access_snapshot(db: Database, guild_id: int, user_id: int) -> tuple[Ban | None, list[ChannelSettings]]:
+    """What decides whether a member may use the bot in a channel, in one transaction: their ban
+    (None if none) and every channel settings row of the guild."""
+
+    def read(s: Session) -> tuple[Ban | None, list[ChannelSettings]]:
+        ban = s.get(Ban, (guild_id, user_id))
+        rows = list(s.scalars(select(ChannelSettings).where(ChannelSettings.guild_id == guild_id)))
+        return ban, rows
+
+    return await db.run_read(read)

@@ -8,16 +8,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from storage.models import JobKind
+
+# What each kind costs relative to an /imagine of the same size and work; one entry per job kind.
 DEFAULT_MULTIPLIERS: dict[str, float] = {
-    "imagine": 1.0,
-    "reroll": 1.0,
-    "variation": 1.0,
-    "edit": 1.0,
-    "inpaint": 1.0,
-    "outpaint": 1.25,
-    "mix": 1.5,
-    "hypernet": 1.0,
-    "imagic": 6.0,
+    JobKind.IMAGINE: 1.0,
+    JobKind.EDIT: 1.0,
+    JobKind.EDIT_REMIX: 1.0,
+    JobKind.OUTPAINT: 1.25,
+    JobKind.INPAINT: 1.0,
+    JobKind.MIX: 1.5,
+    JobKind.HYPERNET_TRAIN: 1.0,
 }
 
 

@@ -69,6 +69,7 @@ class JobSpec:
     user_id: int
     interaction_id: int | str | None
     params: dict[str, Any] = field(default_factory=dict)
+    params_version: int = 1  # the layout of ``params`` (the caller's schema; see worker.jobs)
     batch_key: str = ""
     cost: int = 1
     parent_job_id: int | None = None
@@ -342,6 +343,7 @@ class SqlJobQueue(JobQueue):
             "interaction_id": spec.interaction_id,
             "parent_job_id": spec.parent_job_id,
             "params": dict(spec.params),
+            "params_version": spec.params_version,
             "batch_key": spec.batch_key,
             "cost": spec.cost,
             "status": QUEUED,

@@ -1,8 +1,9 @@
-"""Fixtures that run the real bot from bot.py against the Discord emulator.
+"""Fixtures that run the real bot from bot.py against the Discord emulator, and readers of what it posted.
 
 `bot_env`: a started emulator plus the real `DiffusionBot` (real cogs, SQLite in tmp_path, the
-tiny model), with small timings so tests are fast.  `bot_env.restart()` stops the bot and starts
-a new instance on the same database — what a process restart looks like to Discord and SQL.
+tiny model), with small timings so tests are fast (see `emulated_bot`).  `bot_env.restart()` stops
+the bot and starts a new instance on the same database — what a process restart looks like to
+Discord and SQL.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import io
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,25 +18,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bot import DiffusionBot, point_at
 from discord_emulator import Emulator
+from emulated_bot import BotEnv, bot_config, running_bot
 from gen_core.metadata import parse_parameters, read_png_parameters
-from services.config import Config, build_config
 
-
-def bot_config(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[str, Any]) -> Config:
-    data: dict[str, dict[str, Any]] = {
-        "discord": {"api_base": emu.api_base, "gateway_url": emu.gateway_url, "token": emu.bot_token, "guild_ready_timeout": 0.05},
-        "model": {"path": str(model_dir)},
-        "storage": {"data_dir": str(data_dir)},
-        "worker": {"progress_interval_s": 0.05, "poll_interval_s": 0.05, "preview_every": 1},
-        "generation": {"default_steps": 3, "default_aspect": "256x256", "max_area": 256 * 384},
-        # plumbing tests screen nothing; tests/test_bot_safety.py runs the real checker and a stand-in
-        "moderation": {"image_check": "false"},
-    }
-    for name, values in sections.items():
-        data.setdefault(name, {}).update(values)
-    return build_config(data, env={})
+__all__ = ["BotEnv", "bot_config", "running_bot"]  # re-exported for the tests
 
 
 async def attachment_pixels(emu: Emulator, attachment: Any) -> np.ndarray:
@@ -62,6 +48,14 @@ def is_result(message) -> bool:
     return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
 
 
+async def answer(it):
+    """The bot's ephemeral answer to an interaction: its response, or for a button acknowledged by a
+    deferred update (type 6, whose original is the button's own message) its first follow-up."""
+    if await it.wait_acked(5) == 6:
+        return await it.wait_followup(5)
+    return await it.original(5)
+
+
 async def followup_refusal(it) -> str:
     """The text of the first embed in the interaction's follow-ups (a refusal sent after the ack)."""
     await it.wait_acked(3.0)
@@ -71,66 +65,6 @@ async def followup_refusal(it) -> str:
             return texts[0]
         await asyncio.sleep(0.05)
     raise AssertionError("no refusal")
-
-
-class BotEnv:
-    def __init__(self, emu: Emulator, config: Config, engine_loader: Any = None) -> None:
-        self.emu = emu
-        self.config = config
-        self.engine_loader = engine_loader
-        self.bot: DiffusionBot | None = None
-        self._task: asyncio.Task | None = None
-
-    @property
-    def services(self):
-        return self.bot.services
-
-    async def start(self) -> DiffusionBot:
-        point_at(self.config)
-        self.bot = DiffusionBot(self.config, engine_loader=self.engine_loader)
-        self._task = asyncio.create_task(self.bot.start(self.config.discord.token))
-        ready = asyncio.create_task(self.bot.wait_until_ready())
-        done, _ = await asyncio.wait({ready, self._task}, timeout=60, return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            ready.cancel()
-            self._task.result()  # raises the start-up error
-        assert ready in done, "the bot did not become ready"
-        await self.emu.wait_for_command("imagine")
-        return self.bot
-
-    async def stop(self) -> None:
-        if self.bot is not None:
-            await self.bot.close()
-        if self._task is not None:
-            await asyncio.gather(self._task, return_exceptions=True)
-        self.bot = self._task = None
-
-    async def crash(self) -> None:
-        """Die like a killed process: no release of running jobs, no goodbye to Discord."""
-        await self.bot.services.worker.kill()
-        await self.stop()
-
-    async def restart(self, **changes: Any) -> DiffusionBot:
-        await self.stop()
-        if changes.get("engine_loader") is not None:
-            self.engine_loader = changes["engine_loader"]
-        return await self.start()
-
-    async def balance(self, guild: Any, user: Any) -> int:
-        return await self.services.ledger.balance(guild.id, user.id)
-
-
-@asynccontextmanager
-async def running_bot(emu: Emulator, config: Config) -> AsyncIterator[BotEnv]:
-    """The real bot on `config` for the block; the books must balance at its end."""
-    env = BotEnv(emu, config)
-    await env.start()
-    try:
-        yield env
-        if env.bot is not None:
-            assert await env.services.ledger.check_invariant() == []
-    finally:
-        await env.stop()
 
 
 @pytest.fixture

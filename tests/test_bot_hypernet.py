@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import zipfile
 from collections.abc import AsyncIterator
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from storage import JobKind
 from tests.bot_fixtures import (
     BotEnv,
     attachment_image,
@@ -20,6 +22,7 @@ from tests.bot_fixtures import (
     running_bot,
 )
 from tests.test_hypernetwork import a1111_file, evil_pt
+from worker.jobs import HypernetUse, params_of
 
 
 def picture(width: int, height: int, seed: int) -> Image.Image:
@@ -41,7 +44,7 @@ async def env(emulator, tmp_path, tiny_model_dir) -> AsyncIterator[BotEnv]:
     config = bot_config(
         emulator, tmp_path / "data", tiny_model_dir,
         generation={"default_aspect": "square", "max_area": 128 * 128, "default_steps": 4},
-        hypernet={"train_steps": 8, "checkpoint_every": 4, "lr": 0.01},
+        hypernet={"train_steps": 8, "lr": 0.01},
     )  # fmt: skip
     async with running_bot(emulator, config) as env:
         yield env
@@ -69,7 +72,7 @@ async def test_upload_use_imagine_off_and_tags(env: BotEnv):
     assert "is on" in await reply(await emu.invoke(alice, channel, "hypernet use", {"name": "style", "strength": 0.8}))
     styled_msg, job = await imagine(env, alice, channel)
     styled, params = await attachment_image(env.emu, styled_msg.attachments[0])
-    assert job.params["modules"][0]["name"] == "style" and params["Hypernet"] == "style:0.8"
+    assert params_of(job).hypernets[0].name == "style" and params["Hypernet"] == "style:0.8"
     assert np.abs(styled.astype(int) - plain).mean() > 0.5
 
     assert "plain model" in await reply(await emu.invoke(alice, channel, "hypernet off", {}))
@@ -78,8 +81,8 @@ async def test_upload_use_imagine_off_and_tags(env: BotEnv):
 
     tagged_msg, tagged_job = await imagine(env, alice, channel, "a cat <hypernet:style:0>")
     tagged, _ = await attachment_image(env.emu, tagged_msg.attachments[0])
-    assert np.array_equal(tagged, plain) and tagged_job.params["modules"][0]["strength"] == 0.0
-    assert "<hypernet" not in tagged_job.params["prompt"]
+    assert np.array_equal(tagged, plain) and params_of(tagged_job).hypernets[0].strength == 0.0
+    assert "<hypernet" not in params_of(tagged_job).prompt
 
     balance = await env.balance(guild, bob)
     it = await emu.invoke(bob, channel, "imagine", {"prompt": "a dog <hypernet:style:1>"})
@@ -120,10 +123,10 @@ async def test_train_progress_list_use_share(env: BotEnv):
     assert "`cats`" in listed
     sample = await emu.wait_for_message(channel, is_result, timeout=60)
     job = await result_job(env, sample)
-    assert job.kind == "hypernet-train" and await env.balance(guild, alice) == balance - job.cost
-    price = env.services.jobs.cost
-    assert job.cost == price(job.kind, job.params) and job.params["work_steps"] == 8 * 3 // 2
-    assert price(job.kind, {**job.params, "work_steps": 3000}) > price(job.kind, {**job.params, "work_steps": 0})
+    assert job.kind == JobKind.HYPERNET_TRAIN and await env.balance(guild, alice) == balance - job.cost
+    price, trained = env.services.jobs.cost, params_of(job)
+    assert job.cost == price(trained) and trained.work_steps == 8 * 3 // 2
+    assert price(dataclasses.replace(trained, work_steps=3000)) > price(dataclasses.replace(trained, work_steps=0))
     _, params = await attachment_image(env.emu, sample.attachments[0])
     assert params["Hypernet"] == "cats:1"
     labels = {b.custom_id.split(":")[2] for b in sample.buttons}
@@ -135,13 +138,13 @@ async def test_train_progress_list_use_share(env: BotEnv):
     assert "Trained on 3 images for 8 steps" in info
     await reply(await emu.invoke(alice, channel, "hypernet use", {"name": "cats"}))
     _, used = await imagine(env, alice, channel)
-    assert used.params["modules"] == [{"name": "cats", "path": job.params["module_path"], "strength": 1.0}]
+    assert params_of(used).hypernets == (HypernetUse(name="cats", path=trained.module_path, strength=1.0),)
 
     # 🔄 on the training result samples again with the module, without training again.
     reroll = next(b for b in sample.buttons if b.custom_id.endswith(":reroll"))
     await (await emu.click(alice, sample, reroll.custom_id)).wait_acked(3)
     again = await result_job(env, await emu.wait_for_message(channel, is_result, timeout=30))
-    assert again.kind == "imagine" and again.params["modules"][0]["name"] == "cats"
+    assert again.kind == JobKind.IMAGINE and params_of(again).hypernets[0].name == "cats"
 
     assert "approval" in await reply(await emu.invoke(alice, channel, "hypernet share", {"name": "cats"}))
     assert "cats" not in await reply(await emu.invoke(bob, channel, "hypernet list", {}))  # pending: not yet
@@ -184,3 +187,4 @@ async def test_cancelled_training_refunds_and_frees_the_name(env: BotEnv):
     assert await env.balance(guild, alice) == balance
     assert "slow" not in await reply(await emu.invoke(alice, channel, "hypernet list", {}))
     assert await env.services.hypernets.visible(guild.id, alice.id) == []
+    assert [p for p in (env.config.data_dir / "hypernets").rglob("*") if p.is_file()] == []  # no module, no checkpoint

@@ -57,7 +57,7 @@ async def test_flagged_results_are_blurred_with_a_notice_and_charged(bot_env: Bo
     def flag_everything(image: Image.Image) -> bool:  # a stand-in: no explicit picture is needed to prove the path
         return True
 
-    bot_env.services.moderation.safety_check = flag_everything
+    bot_env.services.rules.safety_check = flag_everything
     await admin(bot_env, emu.user("mod"), general, "nsfw", image_check=True)  # the test config turns checks off
     before = await bot_env.balance(guild, alice)
     await imagine(bot_env, alice, general, prompt="a statue", seed=3, count=2)

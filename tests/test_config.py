@@ -3,6 +3,7 @@
 import pytest
 
 from services.config import Config, ConfigError, build_config, load_config
+from toyworld import MODEL_DIR as TOYWORLD_MODEL
 
 
 def test_shipped_config_equals_embedded_defaults():
@@ -33,4 +34,4 @@ def test_missing_explicit_config_file_is_an_error(tmp_path):
 def test_default_database_lives_in_data_dir():
     config = build_config({"storage": {"data_dir": "/srv/bot"}}, env={})
     assert config.database_url == "sqlite+aiosqlite:////srv/bot/bot.db"
-    assert str(config.model_path) == "/srv/bot/models/tiny"
+    assert config.model_path == TOYWORLD_MODEL  # the shipped toy-world model, wherever the data lives

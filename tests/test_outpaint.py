@@ -9,6 +9,7 @@ from PIL import Image
 
 from gen_core import outpaint as op
 from gen_core.engine import Engine
+from gen_core.geometry import SD1
 from gen_core.tiny import ensure_tiny_model
 from gen_core.types import EngineConfig, GenerationRequest
 
@@ -29,7 +30,7 @@ def picture(width: int, height: int, seed: int = 0) -> Image.Image:
 
 
 def outpaint(engine, image: Image.Image, direction: str, pixels: int = 64, blur: int = 8, count: int = 2, seed: int = 3):
-    plan = op.plan_outpaint(image.size, direction, pixels, 256 * 256)
+    plan = op.plan_outpaint(image.size, direction, pixels, 256 * 256, SD1)
     canvas, mask = op.outpaint_inputs(image, plan, blur, seed=seed)
     req = GenerationRequest(
         prompt="a landscape", width=plan.canvas[0], height=plan.canvas[1], steps=2, seed=seed, count=count,
@@ -50,20 +51,20 @@ def outpaint(engine, image: Image.Image, direction: str, pixels: int = 64, blur:
     ],
 )
 def test_plan_sizes_for_every_direction_and_zoom(direction, canvas, box):
-    plan = op.plan_outpaint((192, 128), direction, 64, 512 * 512)
+    plan = op.plan_outpaint((192, 128), direction, 64, 512 * 512, SD1)
     assert plan.canvas == canvas and plan.box == box and not plan.downscaled
     assert plan.canvas[0] % 64 == 0 and plan.canvas[1] % 64 == 0
 
 
 def test_plan_snaps_and_downscales_within_the_area_limit():
-    plan = op.plan_outpaint((200, 100), "right", 30, 512 * 512)
+    plan = op.plan_outpaint((200, 100), "right", 30, 512 * 512, SD1)
     assert plan.canvas == (256, 128) and plan.box == (0, 14, 200, 100)  # slack right; vertical slack split
-    big = op.plan_outpaint((512, 768), "right", 256, 512 * 768)
+    big = op.plan_outpaint((512, 768), "right", 256, 512 * 768, SD1)
     assert big.downscaled and big.canvas[0] * big.canvas[1] <= 512 * 768
     x, y, w, h = big.box
     assert w < 512 and x == 0 and x + w < big.canvas[0]
     with pytest.raises(ValueError, match="Unknown direction"):
-        op.plan_outpaint((64, 64), "sideways", 64, 512 * 512)
+        op.plan_outpaint((64, 64), "sideways", 64, 512 * 512, SD1)
 
 
 def test_feathered_mask_is_soft_in_the_band_and_zero_beyond():
@@ -92,7 +93,7 @@ def test_outpaint_keeps_original_pixels_exactly_and_per_image_seeds(engine):
 
 
 def test_outpaint_fill_is_not_flat():
-    plan = op.plan_outpaint((64, 64), "zoom2", 0, 512 * 512)
+    plan = op.plan_outpaint((64, 64), "zoom2", 0, 512 * 512, SD1)
     canvas, _ = op.outpaint_inputs(picture(64, 64), plan, 8)
     border = np.asarray(canvas)[:, :32].astype(float)
     assert border.std() > 5
@@ -113,7 +114,7 @@ def test_inpaint_leaves_unmasked_pixels_untouched_at_any_size(engine):
     hard = Image.new("L", src.size, 0)
     hard.paste(255, (40, 30, 90, 70))
     soft = op.feather_mask(hard, 6)
-    width, height = op.work_size(src.size, 256 * 256)
+    width, height = op.work_size(src.size, 256 * 256, SD1)
     for fill in op.FILLS:
         filled = op.fill_masked(src, hard, fill, seed=2)
         req = GenerationRequest(prompt="a cat", width=width, height=height, steps=2, seed=9, init_image=filled, strength=0.8)

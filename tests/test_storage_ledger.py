@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from storage import CostPolicy, LedgerKind, compute_cost, settings
+from storage import CostPolicy, JobKind, LedgerKind, compute_cost, settings
 from tests.test_storage_support import BACKENDS, environment, spec
 
 
@@ -152,7 +152,7 @@ def test_cost_reference_and_growth():
     assert compute_cost("imagine", 1024, 1024, 28, policy=p) == 4 * base  # area
     assert compute_cost("imagine", 512, 512, 60, policy=p) > base  # steps
     assert compute_cost("imagine", 512, 512, 28, count=4, policy=p) == 4 * base  # images
-    assert compute_cost("imagic", 512, 512, 28, policy=p) == 6 * base  # kind multiplier
+    assert compute_cost(JobKind.MIX, 512, 512, 28, policy=p) == 1.5 * base  # kind multiplier
     assert compute_cost("unknown-kind", 512, 512, 28, policy=p) == base
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from gen_core.types import Cancelled, GeneratedImage, Progress
+from worker.jobs import Inputs, JobParams, Task, params_of
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,7 @@ class Publisher(Protocol):
     async def failure(self, job: Any, error: str) -> None: ...
 
 
-# A job handler runs on the GPU thread: (engine, jobs, inputs, progress, cancel, preview_every) -> images per job.
+# A job handler runs on the GPU thread: (engine, tasks, progress, cancel, preview_every) -> images per task.
 Handler = Callable[..., list[list[GeneratedImage]]]
 
 
@@ -60,13 +61,13 @@ class Worker:
         publisher: Publisher,
         engine_loader: Callable[[], Any],
         handlers: dict[str, Handler],
-        load_inputs: Callable[[Any], Awaitable[dict[str, Any]]],
+        load_inputs: Callable[[JobParams], Awaitable[Inputs]],
         max_batch: int = 4,
         lease_s: float = 300.0,
         max_attempts: int = 3,
         poll_interval_s: float = 0.5,
         preview_every: int = 5,
-        screen: Callable[[Any, list[GeneratedImage]], Awaitable[list[GeneratedImage]]] | None = None,
+        screen: Callable[[JobParams, list[GeneratedImage]], Awaitable[list[GeneratedImage]]] | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
@@ -159,7 +160,10 @@ class Worker:
         keep_alive = asyncio.create_task(self._keep_lease(ids))
         started = time.monotonic()
         try:
-            inputs = {job.id: await self.load_inputs(job) for job in jobs}
+            tasks = []
+            for job in jobs:
+                params = params_of(job)
+                tasks.append(Task(job.id, params, await self.load_inputs(params)))
             handler = self.handlers[jobs[0].kind]
 
             def progress(p: Progress) -> None:
@@ -169,7 +173,7 @@ class Worker:
                 return self._stopping or all(i in self._cancelled for i in ids)
 
             results = await loop.run_in_executor(
-                self.gpu, lambda: handler(self.engine, jobs, inputs, progress, cancel, self.preview_every)
+                self.gpu, lambda: handler(self.engine, tasks, progress, cancel, self.preview_every)
             )
         except Cancelled:
             await self._after_cancel(jobs)
@@ -184,10 +188,10 @@ class Worker:
             for job in jobs:
                 self.running_jobs.pop(job.id, None)
         self._update_speed(jobs, time.monotonic() - started)
-        for job, images in zip(jobs, results, strict=True):
+        for task, job, images in zip(tasks, jobs, results, strict=True):
             if job.id in self._cancelled:
                 continue  # cancelled while batched with others: already refunded
-            await self._finish(job, images)
+            await self._finish(job, task.params, images)
 
     async def _reap(self) -> None:
         """Re-queue jobs whose worker died; tell the owners of those that ran out of attempts."""
@@ -214,15 +218,15 @@ class Worker:
             self._cancelled.discard(job.id)
 
     # -- outcomes ------------------------------------------------------------------------------
-    async def _finish(self, job: Any, images: list[GeneratedImage]) -> None:
+    async def _finish(self, job: Any, params: JobParams, images: list[GeneratedImage]) -> None:
         if self.screen is not None:
-            images = await self.screen(job, images)
+            images = await self.screen(params, images)
         stored = []
         loop = asyncio.get_running_loop()
         for index, gen in enumerate(images):
-            params = dict(gen.parameters)
-            if job.params.get("user_prompt"):  # what the user typed, without the quality tags: /history shows it
-                params["user_prompt"] = job.params["user_prompt"]
+            metadata = dict(gen.parameters)
+            if params.user_prompt:  # what the user typed, without the quality tags: /history shows it
+                metadata["user_prompt"] = params.user_prompt
             data = await loop.run_in_executor(None, gen.png_bytes)  # PNG compression off the event loop
             key = await self.store.put(data)
             await self.images.record(
@@ -233,11 +237,11 @@ class Worker:
                 width=gen.image.width,
                 height=gen.image.height,
                 seed=gen.seed,
-                params=params,
+                params=metadata,
                 batch_index=index,
             )
             stored.append({"key": key, "seed": gen.seed, "width": gen.image.width, "height": gen.image.height,
-                           **({"blurred": True} if params.get("Safety check") == "blurred" else {})})  # fmt: skip
+                           **({"blurred": True} if metadata.get("Safety check") == "blurred" else {})})  # fmt: skip
         await self.queue.complete(job.id, {"images": stored})
         await self.publish(job)
 

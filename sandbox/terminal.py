@@ -1,8 +1,7 @@
-"""`python bot.py --sandbox`: the real bot against the local Discord emulator, driven from a terminal.
+"""`python bot.py --sandbox --terminal`: the sandbox driven from a terminal, for scripting.
 
-No Discord account and no download: the emulator plays Discord, the tiny model is built on first
-use, SQLite lives in the data folder.  Type slash commands as you would in Discord
-(`/imagine prompt:a cat count:2`); the bot's messages are printed and their images saved.
+Type slash commands as you would in Discord (`/imagine prompt:a cat count:2`); the bot's messages
+are printed and their images saved.
 """
 
 from __future__ import annotations
@@ -14,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from sandbox.session import running_sandbox
 from services.config import Config
 
 log = logging.getLogger(__name__)
@@ -61,33 +61,21 @@ def _value(raw: str) -> Any:
     return raw
 
 
-async def run_sandbox(config: Config, lines: Any = None) -> None:
-    """Start the emulator and the bot; read commands from `lines` (default: stdin) until EOF/quit."""
-    from bot import DiffusionBot, point_at
-    from discord_emulator import Emulator
+async def run_terminal(config: Config, lines: Any = None) -> None:
+    """Start the sandbox; read commands from `lines` (default: stdin) until EOF/quit."""
+    async with running_sandbox(config) as sandbox:
+        await _drive(sandbox.emu, Path(config.data_dir) / "out", lines or _stdin_lines())
 
-    emu = Emulator()
-    await emu.start()
-    config.discord.api_base, config.discord.gateway_url = emu.api_base, emu.gateway_url
-    config.discord.token, config.discord.guild_ready_timeout = emu.bot_token, 0.2
-    if config.storage.data_dir == "data":
-        config.storage.data_dir = "data/sandbox"
-    out = Path(config.data_dir) / "out"
+
+async def _drive(emu: Any, out: Path, lines: Any) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    point_at(config)
-    bot = DiffusionBot(config)
-    runner = asyncio.create_task(bot.start(config.discord.token))
-    while not bot.is_ready():
-        if runner.done():
-            runner.result()  # start-up failed: raise its error
-        await asyncio.sleep(0.05)
     guild = emu.guild()
     channel, user = guild.channel("general"), emu.user("alice")
     print(HELP.format(user=user.name, channel=channel.name, guild=guild.name, out=out.resolve()), flush=True)
     seen: set[int] = set()
     printer = asyncio.create_task(_print_messages(emu, channel, user, out, seen))
     try:
-        async for line in lines or _stdin_lines():
+        async for line in lines:
             line = line.strip()
             if not line:
                 continue
@@ -99,9 +87,6 @@ async def run_sandbox(config: Config, lines: Any = None) -> None:
                 print(f"! {exc}", flush=True)
     finally:
         printer.cancel()
-        await bot.close()
-        runner.cancel()
-        await emu.stop()
 
 
 async def _do(emu: Any, channel: Any, user: Any, line: str) -> None:

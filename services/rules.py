@@ -1,12 +1,11 @@
 """Server rules applied to every request: bans, channel allow/deny, per-guild and per-channel limits,
 banned words and regexes, the server negative prompt, NSFW gating and the optional image safety check.
 
-Two hooks carry them to every command: `Services.refusal_for` asks `refusal()` (bans, channels) before
-anything else, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
+Two hooks carry them to every command, button and reaction: `Services.check_access` asks `refusal()`
+(bans, channels) once the interaction is acknowledged, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
 negatives, NSFW) before pricing it.  Settings live in storage: the guild's settings blob (``limits``,
 ``negative``, ``nsfw``), channel rows (``enabled`` = not denied, blob ``allowed`` / ``limits``), bans and
-banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``
-through their ``train_images`` (a count or a list) and ``train_steps`` parameters.
+banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``.
 """
 
 from __future__ import annotations
@@ -19,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from PIL import Image, ImageFilter
-from sqlalchemy import select
 
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
@@ -33,7 +31,7 @@ from services.text_filter import (
     shown,
 )
 from storage import moderation
-from storage.models import Ban, BannedWord, ChannelSettings, GuildSettings
+from worker.jobs import HypernetTrainParams, ImagineMode, ImagineParams, JobParams
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +70,9 @@ class Rules:
     negative: str
     nsfw: NsfwRules
     nsfw_channel: bool
+
+
+LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits) if f.name != "max_queued")  # per guild or channel
 
 
 def split_terms(text: str) -> tuple[str, ...]:
@@ -116,15 +117,15 @@ def blurred(image: GeneratedImage) -> GeneratedImage:
     )
 
 
-class Moderation:
+class ServerRules:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
         self.safety_check: SafetyCheck | None = None  # set at start from moderation.image_check (gen_core.safety)
         self._reported: set[tuple[int, str]] = set()  # disabled regexes already written to the audit log
 
     @property
     def db(self) -> Any:
-        return self.s.db
+        return self.services.db
 
     def describe_check(self) -> str:
         """Which image check is active, in words (start-up log, `/admin nsfw`)."""
@@ -136,10 +137,10 @@ class Moderation:
 
     # -- reading the rules -----------------------------------------------------------------------
     def default_limits(self, max_queued: int) -> dict[str, int]:
-        limits = self.s.config.limits
+        limits = self.services.config.limits
         return {
             "max_steps": limits.max_steps,
-            "max_area": self.s.config.generation.max_area,
+            "max_area": self.services.config.generation.max_area,
             "max_count": limits.max_count,
             "max_queued": max_queued,
             "max_train_images": limits.max_train_images,
@@ -147,23 +148,17 @@ class Moderation:
         }
 
     def is_nsfw_channel(self, channel_id: int | None) -> bool:
-        channel = self.s.bot.get_channel(channel_id) if channel_id else None
+        channel = self.services.bot.get_channel(channel_id) if channel_id else None
         return bool(getattr(channel, "nsfw", False))
 
-    async def rules(self, guild_id: int, channel_id: int | None) -> Rules:
-        def read(s: Any) -> tuple[dict[str, Any], ChannelSettings | None, list[str]]:
-            blob = s.scalar(select(GuildSettings.settings).where(GuildSettings.guild_id == guild_id)) or {}
-            channel = s.get(ChannelSettings, channel_id) if channel_id else None
-            words = list(s.scalars(select(BannedWord.word).where(BannedWord.guild_id == guild_id)))
-            return blob, channel, words
-
-        blob, channel, words = await self.db.run_read(read)
-        policy = self.s.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
+    async def in_channel(self, guild_id: int, channel_id: int | None) -> Rules:
+        blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
+        policy = self.services.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
         values = self.default_limits(policy.max_queued_per_user)
         values.update(blob.get("limits", {}))
         if channel is not None:
             values.update((channel.settings or {}).get("limits", {}))
-        conf = self.s.config.moderation
+        conf = self.services.config.moderation
         nsfw = blob.get("nsfw", {})
         return Rules(
             limits=Limits(**values),
@@ -189,17 +184,14 @@ class Moderation:
         return compiled
 
     # -- the checks ------------------------------------------------------------------------------
-    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None) -> str | None:
-        """Why this member may not use the bot here (a ban, a denied channel), or None."""
-
-        def read(s: Any) -> tuple[Ban | None, list[ChannelSettings]]:
-            ban = s.get(Ban, (guild_id, user_id))
-            rows = list(s.scalars(select(ChannelSettings).where(ChannelSettings.guild_id == guild_id)))
-            return ban, rows
-
-        ban, rows = await self.db.run_read(read)
+    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None, *, channel_rules: bool = True) -> str | None:
+        """Why this member may not use the bot here (a ban; with ``channel_rules`` a denied or not-allowed
+        channel), or None.  Only `Services.check_access` asks."""
+        ban, rows = await moderation.access_snapshot(self.db, guild_id, user_id)
         if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
             return ban_message(ban.reason)
+        if not channel_rules:
+            return None
         here = next((r for r in rows if r.channel_id == channel_id), None)
         if here is not None and not here.enabled:
             return "The server admins turned the bot off in this channel. Use it in another channel."
@@ -209,65 +201,58 @@ class Moderation:
             return f"On this server the bot works only in {where}. Try it there."
         return None
 
-    async def apply(self, guild_id: int, channel_id: int | None, kind: str, params_list: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def apply(self, guild_id: int, channel_id: int | None, params_list: list[JobParams]) -> list[JobParams]:
         """Check every parameter set against the server's rules; return them with the server's negatives
         added. Raises `UserError` with what was wrong and what to do."""
-        rules = await self.rules(guild_id, channel_id)
-        return [self._apply_one(rules, kind, dict(p)) for p in params_list]
+        rules = await self.in_channel(guild_id, channel_id)
+        return [self._apply_one(rules, p) for p in params_list]
 
-    def _apply_one(self, rules: Rules, kind: str, p: dict[str, Any]) -> dict[str, Any]:
+    def _apply_one(self, rules: Rules, p: JobParams) -> JobParams:
         lim = rules.limits
-        if "steps" in p and p["steps"] > lim.max_steps:
-            raise UserError(f"This server allows at most {lim.max_steps} steps here (you asked for {p['steps']}).")
-        if "width" in p:
-            area = p["width"] * p["height"] // (4 if p.get("mode") == "upscale" else 1)
-            if area > lim.max_area:
-                raise UserError(
-                    f"{p['width']}×{p['height']} is larger than this server allows here ({lim.max_area} pixels). "
-                    "Choose a smaller aspect."
-                )
-        if p.get("count", 1) > lim.max_count:
-            raise UserError(f"This server allows at most {lim.max_count} images per request here (you asked for {p['count']}).")
-        images = p.get("train_images")
-        n_images = len(images) if isinstance(images, list | tuple) else images
-        if n_images is not None and n_images > lim.max_train_images:
-            raise UserError(f"This server allows at most {lim.max_train_images} training images (you gave {n_images}).")
-        if p.get("train_steps", 0) > lim.max_train_steps:
-            raise UserError(f"This server allows at most {lim.max_train_steps} training steps (you asked for {p['train_steps']}).")
-        if "prompt" not in p:
-            return p
-        prompt = p["prompt"]
-        if (hit := rules.banned.first_match(prompt)) is not None:
+        if p.steps > lim.max_steps:
+            raise UserError(f"This server allows at most {lim.max_steps} steps here (you asked for {p.steps}).")
+        upscale = isinstance(p, ImagineParams) and p.mode == ImagineMode.UPSCALE
+        if p.width * p.height // (4 if upscale else 1) > lim.max_area:
+            raise UserError(
+                f"{p.width}×{p.height} is larger than this server allows here ({lim.max_area} pixels). "
+                "Choose a smaller aspect."
+            )
+        if p.count > lim.max_count:
+            raise UserError(f"This server allows at most {lim.max_count} images per request here (you asked for {p.count}).")
+        if isinstance(p, HypernetTrainParams):
+            if len(p.train_images) > lim.max_train_images:
+                raise UserError(f"This server allows at most {lim.max_train_images} training images (you gave {len(p.train_images)}).")
+            if p.train_steps > lim.max_train_steps:
+                raise UserError(f"This server allows at most {lim.max_train_steps} training steps (you asked for {p.train_steps}).")
+        if (hit := rules.banned.first_match(p.prompt)) is not None:
             raise UserError(f"Your prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
-        negative = p.get("negative", "")
         extra = [rules.negative]
         if not rules.nsfw_channel:
-            if (hit := rules.nsfw.terms.first_match(prompt)) is not None:
+            if (hit := rules.nsfw.terms.first_match(p.prompt)) is not None:
                 raise UserError(
                     f"`{hit}` is NSFW content, which this server allows only in age-restricted channels. "
                     "Use an age-restricted (NSFW) channel, or rephrase."
                 )
             extra.append(rules.nsfw.negative)
-        p["screen"] = not rules.nsfw_channel and rules.nsfw.image_check
-        p["negative"] = _join(negative, *(e for e in extra if e and e not in negative))
-        return p
+        negative = _join(p.negative, *(e for e in extra if e and e not in p.negative))
+        return dataclasses.replace(p, screen=not rules.nsfw_channel and rules.nsfw.image_check, negative=negative)
 
     # -- actions on users and results --------------------------------------------------------------
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:
         """Ban the member and cancel (refunding) their waiting and running jobs here; returns those jobs."""
         await moderation.ban(self.db, guild_id, user_id, actor_id, reason)
         cancelled = []
-        for job in await self.s.queue.list(guild_id=guild_id, user_id=user_id):
-            if await self.s.jobs.cancel(job.id, actor_id):
-                self.s.publisher.status.pop(job.id, None)
+        for job in await self.services.queue.list(guild_id=guild_id, user_id=user_id):
+            if await self.services.jobs.cancel(job.id, actor_id):
+                self.services.publisher.status.pop(job.id, None)
                 cancelled.append(job)
         return cancelled
 
-    async def screen(self, job: Any, images: list[GeneratedImage]) -> list[GeneratedImage]:
+    async def screen(self, params: JobParams, images: list[GeneratedImage]) -> list[GeneratedImage]:
         """Run the installed safety check on results bound for a non-NSFW channel; blur what it flags."""
         check = self.safety_check
-        if check is None or not job.params.get("screen"):
+        if check is None or not params.screen:
             return images
         loop = asyncio.get_running_loop()
-        flags = await loop.run_in_executor(self.s.worker.gpu, lambda: [check(img.image) for img in images])
+        flags = await loop.run_in_executor(self.services.worker.gpu, lambda: [check(img.image) for img in images])
         return [blurred(img) if flagged else img for img, flagged in zip(images, flags, strict=True)]

@@ -1,0 +1,73 @@
+"""What every optimisation on the shared engine builds on (Imagic's stages, hypernetwork training):
+the training session that leaves the UNet as found, autocast, image → latents, the training noise
+schedule and the denoising loss.  Cancellation between steps is :func:`gen_core.types.is_cancelled`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from PIL import Image
+
+
+@contextlib.contextmanager
+def training_session(engine: Any) -> Iterator[Any]:
+    """Hold the engine, freeze the UNet, and leave it exactly as found whatever happens."""
+    unet = engine.unet
+    with engine.lock:
+        if getattr(unet, "_hf_peft_config_loaded", False):  # never unload adapters someone else attached
+            raise RuntimeError("the UNet already carries peft adapters; training needs it bare")
+        flags = {n: p.requires_grad for n, p in unet.named_parameters()}
+        was_training = unet.training
+        was_checkpointing = bool(getattr(unet, "is_gradient_checkpointing", False))
+        unet.requires_grad_(False)
+        try:
+            yield unet
+        finally:
+            if getattr(unet, "_hf_peft_config_loaded", False):
+                unet.unload_lora()  # puts the original Linear modules back
+            if not was_checkpointing and getattr(unet, "is_gradient_checkpointing", False):
+                unet.disable_gradient_checkpointing()
+            for name, p in unet.named_parameters():
+                p.requires_grad_(flags.get(name, False))
+                p.grad = None
+            unet.train(was_training)
+
+
+def autocast(engine: Any) -> contextlib.AbstractContextManager:
+    """Mixed precision for the UNet call of a training step (CUDA with fp16/bf16 weights only)."""
+    if engine.device.type == "cuda" and engine.dtype in (torch.float16, torch.bfloat16):
+        return torch.autocast("cuda", dtype=engine.dtype)
+    return contextlib.nullcontext()
+
+
+def image_latents(engine: Any, image: Image.Image) -> torch.Tensor:
+    """An RGB image's scaled VAE latents (distribution mode: deterministic), fp32."""
+    with torch.inference_mode():
+        pixels = engine.img2img.image_processor.preprocess(image).to(engine.device, engine.vae.dtype)
+        latents = engine.vae.encode(pixels).latent_dist.mode() * engine.vae.config.scaling_factor
+    return latents.float().clone()
+
+
+def noise_schedule(engine: Any) -> Any:
+    """The DDPM schedule the model was trained with: noises latents to a timestep for the loss."""
+    from diffusers import DDPMScheduler
+
+    return DDPMScheduler.from_config(engine.txt2img.scheduler.config)
+
+
+def denoising_loss(
+    engine: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+) -> torch.Tensor:
+    """The UNet's noise (or v, as the scheduler predicts) error on ``latents`` noised to ``t``,
+    conditioned on ``cond``."""
+    device = engine.device
+    latents, noise, t = latents.to(device), noise.to(device), t.to(device)
+    noisy = scheduler.add_noise(latents, noise, t)
+    target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
+    with autocast(engine):
+        pred = engine.unet(noisy.to(engine.dtype), t, encoder_hidden_states=cond.to(device, engine.dtype)).sample
+    return torch.nn.functional.mse_loss(pred.float(), target.float())

@@ -1,0 +1,103 @@
+"""The toy world: its pictures, captions and judge, and the trainer's reproducibility."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from toyworld.judge import colour_share, judge
+from toyworld.train import QUICK, train
+from toyworld.world import (
+    COLOURS,
+    SHAPES,
+    Scene,
+    canonical_caption,
+    caption,
+    draw,
+    held_out_combinations,
+    is_held_out,
+    random_scene,
+)
+
+ATTRIBUTES = ("background", "colour", "shape", "size", "position", "style")
+
+
+def test_judge_reads_the_generator_ground_truth():
+    rng = random.Random(1)
+    scenes = [random_scene(rng, held_out=i % 3 == 0) for i in range(240)]
+    verdicts = [judge(draw(s, jitter=rng)) for s in scenes]
+    for attribute in ATTRIBUTES:
+        right = sum(getattr(v, attribute) == getattr(s, attribute) for s, v in zip(scenes, verdicts, strict=True))
+        assert right / len(scenes) >= 0.96, (attribute, right)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (256, 256)])
+def test_judge_works_at_any_size(size):
+    scene = Scene("yellow", "triangle", "black", size="large", position="top left")
+    verdict = judge(draw(scene, *size))
+    assert (verdict.colour, verdict.shape, verdict.background, verdict.position) == (
+        "yellow", "triangle", "black", "top left"
+    )
+
+
+def test_judge_sees_no_object_on_a_blank_picture():
+    blank = draw(Scene("red", "circle", "blue", size="small")).copy()
+    blank.paste((35, 70, 225), (0, 0, 64, 64))
+    verdict = judge(blank)
+    assert verdict.background == "blue" and verdict.colour is None and verdict.object_fraction < 0.01
+
+
+def test_stripes_score_above_plain_and_colour_share():
+    plain = judge(draw(Scene("red", "square", "blue")))
+    striped = judge(draw(Scene("red", "square", "blue", style="striped")))
+    assert striped.style == "striped" and plain.style == "plain"
+    assert striped.stripe_score > plain.stripe_score + 0.2
+    picture = draw(Scene("red", "square", "blue"))
+    assert 0.1 < colour_share(picture, "red") < 0.3 and colour_share(picture, "green") == 0
+
+
+def test_captions_are_plain_english():
+    scene = Scene("red", "circle", "blue", size="small", position="top left", style="striped")
+    assert canonical_caption(scene) == "a small striped red circle at the top left on a blue background"
+    rng = random.Random(0)
+    texts = {caption(scene, rng) for _ in range(200)}
+    assert "a striped red circle on a blue background" in texts or "a red circle on a blue background" in texts
+    assert all("red" in t and "circle" in t and "blue background" in t for t in texts)
+    assert caption(Scene("orange", "square", "white"), random.Random(3)).startswith(("an ", "a ", "orange", "large"))
+
+
+def test_held_out_combinations_never_appear_in_training():
+    held = held_out_combinations()
+    assert 10 <= len(held) <= len(COLOURS) * (len(COLOURS) - 1) * len(SHAPES) // 4
+    rng = random.Random(5)
+    for _ in range(500):
+        s = random_scene(rng)
+        assert not is_held_out(s.colour, s.shape, s.background)
+    s = random_scene(rng, held_out=True)
+    assert (s.colour, s.shape, s.background) in held
+
+
+def _weights_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*.safetensors")):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+def test_quick_training_is_deterministic_and_loads_as_sd(tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    cfg = replace(QUICK, vae_steps=4, unet_steps=4, dataset=32)
+    train(tmp_path / "a", cfg, tmp_path / "work-a")
+    train(tmp_path / "b", cfg, tmp_path / "work-b")
+    train(tmp_path / "c", replace(cfg, seed=1), tmp_path / "work-c")
+    assert _weights_digest(tmp_path / "a") == _weights_digest(tmp_path / "b")
+    assert _weights_digest(tmp_path / "a") != _weights_digest(tmp_path / "c")
+    pipe = StableDiffusionPipeline.from_pretrained(tmp_path / "a")
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    assert pipe.text_encoder.config.num_hidden_layers >= 2  # clip skip 2 exists

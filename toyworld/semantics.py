@@ -1,0 +1,141 @@
+"""What a model's pictures show, measured with the judge: the numbers behind the semantic tests and
+``python -m bench.semantics``.  Each function takes a loaded :class:`gen_core.engine.Engine` and
+fixed seeds, so a figure is reproducible; the tests call them small with a safe bound, the
+benchmark at full size beside chance.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from gen_core.types import GenerationRequest
+from toyworld.judge import Verdict, colour_share, judge
+from toyworld.world import COLOURS, POSITIONS, SHAPES, SIZES, STYLES, Scene, draw, held_out_combinations
+
+CHANCE = {
+    "colour": 1 / len(COLOURS),
+    "background": 1 / len(COLOURS),
+    "shape": 1 / len(SHAPES),
+    "size": 1 / len(SIZES),
+    "position": 1 / len(POSITIONS),
+    "style": 1 / len(STYLES),
+}
+STEPS = 20
+
+
+def simple_prompt(scene: Scene) -> str:
+    """The form every model must follow: "a red circle on a blue background"."""
+    return f"a {scene.colour} {scene.shape} on a {scene.background} background"
+
+
+def held_out_scenes(n: int, seed: int = 0) -> list[Scene]:
+    """``n`` colour-shape-background combinations the model never saw in training (cycled if needed)."""
+    combos = held_out_combinations()
+    random.Random(seed).shuffle(combos)
+    return [Scene(c, s, b) for c, s, b in (combos * (n // len(combos) + 1))[:n]]
+
+
+def render(engine, prompts: Sequence[str], seeds: Sequence[int], size: int | None = None, **options) -> list:
+    """One picture per (prompt, seed), batched by the engine."""
+    side = size or engine.geometry.native
+    reqs = [
+        GenerationRequest(prompt=p, width=side, height=side, steps=options.get("steps", STEPS), seed=s,
+                          **{k: v for k, v in options.items() if k != "steps"})
+        for p in prompts
+        for s in seeds
+    ]
+    return [r.images[0].image for r in engine.generate_batch(reqs)]
+
+
+def accuracy(scenes: Sequence[Scene], verdicts: Sequence[Verdict], attributes: Sequence[str]) -> dict[str, float]:
+    return {a: float(np.mean([getattr(s, a) == getattr(v, a) for s, v in zip(scenes, verdicts, strict=True)]))
+            for a in attributes}
+
+
+def prompt_accuracy(engine, n: int, seeds: Sequence[int], prompt_of=simple_prompt, **options) -> dict[str, float]:
+    """Share of pictures whose colour, background and shape are those the held-out prompt asked for."""
+    scenes = held_out_scenes(n)
+    images = render(engine, [prompt_of(s) for s in scenes], seeds, **options)
+    repeated = [s for s in scenes for _ in seeds]
+    return accuracy(repeated, [judge(im) for im in images], ("colour", "background", "shape"))
+
+
+def mean_share(images, colour: str) -> float:
+    return float(np.mean([colour_share(im, colour) for im in images]))
+
+
+def negative_effect(engine, seeds: Sequence[int]) -> tuple[float, float]:
+    """Red's share of "a red circle on a blue background" without and with the negative prompt "red"."""
+    prompt = "a red circle on a blue background"
+    return (mean_share(render(engine, [prompt], seeds), "red"),
+            mean_share(render(engine, [prompt], seeds, negative="red"), "red"))
+
+
+def emphasis_effect(engine, seeds: Sequence[int]) -> tuple[float, float]:
+    """Red's share with ``(red:0.6)`` and with ``(red:1.4)`` in a prompt torn between red and green."""
+    def share(weight: float) -> float:
+        prompt = f"a ({'red'}:{weight}) green circle on a white background"
+        return mean_share(render(engine, [prompt], seeds), "red")
+
+    return share(0.6), share(1.4)
+
+
+def long_prompt(scene: Scene) -> str:
+    """A three-chunk prompt whose only attribute words sit in the third chunk."""
+    filler = ", ".join(["a simple drawing"] * 20)
+    return f"{filler} BREAK {filler} BREAK {simple_prompt(scene)}"
+
+
+def long_prompt_accuracy(engine, n: int, seeds: Sequence[int]) -> dict[str, float]:
+    return prompt_accuracy(engine, n, seeds, prompt_of=long_prompt)
+
+
+def vae_ceiling(engine, n: int, seed: int = 0) -> tuple[dict[str, float], dict[str, float]]:
+    """The judge on the generator's own pictures and on the model's VAE round trip of them:
+    what a perfect generator would score, and the most this model's decoder allows."""
+    import torch
+
+    rng = random.Random(seed)
+    scenes = held_out_scenes(n, seed)
+    side = engine.geometry.native
+    pictures = [draw(s, side, side, jitter=rng) for s in scenes]
+    with engine.lock, torch.inference_mode():
+        processor = engine.img2img.image_processor
+        x = torch.cat([processor.preprocess(p) for p in pictures]).to(engine.device, engine.vae.dtype)
+        decoded = engine.vae.decode(engine.vae.encode(x).latent_dist.mode()).sample
+        round_trip = processor.postprocess(decoded, output_type="pil")
+    attributes = ("colour", "background", "shape")
+    return (accuracy(scenes, [judge(p) for p in pictures], attributes),
+            accuracy(scenes, [judge(p) for p in round_trip], attributes))
+
+
+def mix_red_shares(engine, seeds: Sequence[int], weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> list[float]:
+    """Red's share of blends "a red circle…:w | a blue circle…:1-w" (NovelAI-style embedding mix)."""
+    from gen_core.mix import BLEND, MixPart, MixRequest, generate_mix
+
+    side = engine.geometry.native
+    parts = [MixPart("a red circle on a white background", 1.0), MixPart("a blue circle on a white background", 1.0)]
+    shares = []
+    for w in weights:
+        reqs = [MixRequest(GenerationRequest(prompt="", width=side, height=side, steps=STEPS, seed=s),
+                           [MixPart(parts[0].text, w), MixPart(parts[1].text, 1 - w)], BLEND, normalize=False)
+                for s in seeds]
+        shares.append(mean_share([r.images[0].image for r in generate_mix(engine, reqs)], "red"))
+    return shares
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One number of the semantics benchmark beside its chance level."""
+
+    name: str
+    value: float
+    chance: float | None = None
+
+    def row(self) -> str:
+        chance = "" if self.chance is None else f"{self.chance:.2f}"
+        return f"| {self.name} | {self.value:.3f} | {chance} |"
