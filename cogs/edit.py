@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import functools
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from gen_core.buckets import fit_to_bucket
 from services import ui
 from services.edit import EDIT_KINDS, EDIT_PRESET_CHOICES, ETA_BUTTONS, ETA_RANGE, EditOptions, edit_params
 
@@ -57,10 +54,9 @@ class Edit(commands.Cog):
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
         negative: str | None = None,
     ) -> None:
-        fit = functools.partial(fit_to_bucket, buckets=self.services.jobs.buckets)
-        picture = await self.services.read_attachment(image, then=fit)  # decoded and fitted off the event loop
+        upload = await self.services.fitted_upload(image)
         options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
-        params = edit_params(self.services.jobs, options, *picture.size, init_image=await self.services.store_png(picture))
+        params = edit_params(self.services.jobs, options, upload.width, upload.height, init_image=upload.key)
         await self.services.submit_from_interaction(interaction, [params])
 
 

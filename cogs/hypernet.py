@@ -12,7 +12,8 @@ from discord.ext import commands
 
 from gen_core import hypernetwork
 from services import ui
-from services.hypernet import STRENGTH_RANGE, check_name
+from services.hypernet import check_name
+from services.settings import STRENGTH_RANGE
 from worker.jobs import JobKind
 
 log = logging.getLogger(__name__)

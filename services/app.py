@@ -10,6 +10,7 @@ from typing import Any
 
 import discord
 
+from gen_core.buckets import fit_to_bucket
 from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba, png_bytes
@@ -20,9 +21,10 @@ from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
-from services.jobs import AccessDenied, JobService, UserError
+from services.jobs import AccessDenied, JobService, Upload, UserError
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
+from services.settings import ServerSettings
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
 from worker import Worker
 from worker.handlers import handlers
@@ -77,6 +79,7 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
+        self.settings = ServerSettings(self.db, config, self.policy)
         self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
@@ -167,9 +170,14 @@ class Services:
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
 
-    async def store_png(self, image: Any) -> str:
-        """Store a picture as PNG (encoded off the event loop); its image store key."""
-        return await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, image))
+    async def fitted_upload(self, attachment: discord.Attachment, bucket: tuple[int, int] | None = None, fit: str = "crop") -> Upload:
+        """An uploaded picture (capped and decoded as `read_attachment`) fitted to ``bucket`` (else the
+        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG; resampling and
+        encoding run off the event loop."""
+        buckets = [bucket] if bucket else self.jobs.buckets
+        picture = await self.read_attachment(attachment, then=lambda image: fit_to_bucket(image, buckets, fit=fit))
+        key = await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, picture))
+        return Upload(key=key, width=picture.width, height=picture.height, fit=fit)
 
     # -- the ban and channel rules: every command, button and reaction passes here --------------
     async def check_access(

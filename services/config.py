@@ -76,7 +76,9 @@ class GenerationConfig:
         "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
         "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
     )
-    variation_strength: float = 0.6
+    img2img_strength: float = 0.7  # default strength of /imagine with an uploaded image (NovelAI's)
+    vary_subtle_strength: float = 0.35  # strength of the Vary (Subtle) buttons
+    vary_strong_strength: float = 0.7  # strength of the Vary (Strong) and Remix buttons
     upscale_strength: float = 0.35
     outpaint_pixels: int = 0  # default border added by /outpaint; 0: half the model's side (256 for SD 1.x)
     outpaint_strength: float = 1.0  # denoising strength of /outpaint (below 1 starts from the edge-extended fill)

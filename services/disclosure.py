@@ -9,7 +9,7 @@ from typing import Any
 from worker.jobs import JobParams, encode
 
 #: Parameters that describe the picture itself; everything else in a job's parameters is internal.
-PUBLIC_KEYS = ("prompt", "negative", "width", "height", "steps", "sampler", "cfg", "clip_skip", "strength", "eta", "mode")
+PUBLIC_KEYS = ("prompt", "negative", "width", "height", "steps", "sampler", "cfg", "clip_skip", "strength", "noise", "eta", "mode")
 PRIVATE_MODULE = "a private module"
 
 

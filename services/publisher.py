@@ -108,7 +108,7 @@ class DiscordPublisher:
         content = (
             f"<@{job.user_id}> **{ui.clip(params.user_prompt, 300)}**\n"
             f"{params.width}×{params.height} · {params.steps} steps · {params.sampler} · CFG {params.cfg}"
-            f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + "\n"
+            f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + ui.img2img_note(*(job.params.get(k) for k in ("strength", "noise", "fit"))) + "\n"
             f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
         )
         if blurred := sum(1 for img in images if img.get("blurred")):
@@ -126,6 +126,10 @@ class DiscordPublisher:
             log.info("could not add the reroll reaction to %s", message.id)
         await self._close_status(job.id)
         return message.id
+
+    @staticmethod
+    def _same_place(a: StatusTarget, b: StatusTarget) -> bool:
+        return (a.interaction is not None and a.interaction is b.interaction) or (a.message is not None and a.message is b.message)
 
     async def failure(self, job: Any, error: str) -> None:
         text = f"❌ <@{job.user_id}> job #{job.id} failed: {error}\nYour {job.cost} credits were refunded."
@@ -150,8 +154,8 @@ class DiscordPublisher:
 
     async def _close_status(self, job_id: int) -> None:
         target = self.status.pop(job_id, None)
-        if target is None:
-            return
+        if target is None or any(self._same_place(target, other) for other in self.status.values()):
+            return  # gone, or still showing the other jobs of the same request (one per `{a, b}` variant)
         try:
             await target.delete()
         except discord.HTTPException:

@@ -3,9 +3,10 @@ banned words and regexes, the server negative prompt, NSFW gating and the option
 
 Two hooks carry them to every command, button and reaction: `Services.check_access` asks `refusal()`
 (bans, channels) once the interaction is acknowledged, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
-negatives, NSFW) before pricing it.  Settings live in storage: the guild's settings blob (``limits``,
-``negative``, ``nsfw``), channel rows (``enabled`` = not denied, blob ``allowed`` / ``limits``), bans and
-banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``.
+negatives, NSFW) before pricing it.  The settings they read (limits, negatives, NSFW rules, channels, banned
+words) come typed from `services.settings.ServerSettings`; banned words and NSFW terms arrive as RE2
+filters (``services.text_filter``) that match the text the model will see.  Hypernetwork training jobs are
+checked against ``max_train_images`` / ``max_train_steps``.
 """
 
 from __future__ import annotations
@@ -21,15 +22,8 @@ from PIL import Image, ImageFilter
 
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
-from services.text_filter import (
-    REGEX_PREFIX,
-    PatternError,
-    WordFilter,
-    compile_entries,
-    compile_entry,
-    fold,
-    shown,
-)
+from services.settings import Limits, NsfwRules
+from services.text_filter import WordFilter, shown
 from storage import moderation
 from worker.jobs import HypernetTrainParams, ImagineMode, ImagineParams, JobParams
 
@@ -38,27 +32,6 @@ log = logging.getLogger(__name__)
 SafetyCheck = Callable[[Image.Image], bool]
 """An image safety check: True means the image must not be shown in a non-NSFW channel."""
 
-POLICY_KEY = "cost_policy"  # the guild settings key of the cost policy overrides (storage.settings.set_guild_policy)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_steps: int
-    max_area: int
-    max_count: int
-    max_queued: int
-    max_train_images: int
-    max_train_steps: int
-
-    def describe(self) -> str:
-        return "\n".join(f"`{k}` = {v}" for k, v in dataclasses.asdict(self).items())
-
-
-@dataclass(frozen=True)
-class NsfwRules:
-    terms: WordFilter
-    negative: str
-    image_check: bool
 
 
 @dataclass(frozen=True)
@@ -72,30 +45,6 @@ class Rules:
     nsfw_channel: bool
 
 
-LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits) if f.name != "max_queued")  # per guild or channel
-
-
-def split_terms(text: str) -> tuple[str, ...]:
-    return tuple(t.strip().casefold() for t in text.split(",") if t.strip())
-
-
-def validate_banned_entry(entry: str) -> str:
-    """The entry as it will be stored, or `UserError` saying what is wrong with it (a regex must
-    compile under RE2, the linear-time engine every filter runs on)."""
-    entry = entry.strip()
-    if not entry:
-        raise UserError("Give a word, a phrase, or a regex written as `re:<pattern>`.")
-    if entry.startswith(REGEX_PREFIX):
-        if entry != entry.casefold():
-            raise UserError("Regexes are matched ignoring case and stored in lower case: write it in lower case "
-                            "(for `\\W`, `\\S`, `\\D` use `[^\\w]`, `[^\\s]`, `[^\\d]`).")
-    elif not fold(entry).split():
-        raise UserError("Give a word or phrase with letters or digits in it.")
-    try:
-        compile_entry(entry.casefold())
-    except PatternError as exc:
-        raise UserError(f"`{shown(entry)}` is not a valid regex: {exc}.") from None
-    return entry.casefold()
 
 
 def _join(*parts: str) -> str:
@@ -136,66 +85,44 @@ class ServerRules:
         return f"{name} is active"
 
     # -- reading the rules -----------------------------------------------------------------------
-    def default_limits(self, max_queued: int) -> dict[str, int]:
-        limits = self.services.config.limits
-        return {
-            "max_steps": limits.max_steps,
-            "max_area": self.services.config.generation.max_area,
-            "max_count": limits.max_count,
-            "max_queued": max_queued,
-            "max_train_images": limits.max_train_images,
-            "max_train_steps": limits.max_train_steps,
-        }
-
     def is_nsfw_channel(self, channel_id: int | None) -> bool:
         channel = self.services.bot.get_channel(channel_id) if channel_id else None
         return bool(getattr(channel, "nsfw", False))
 
     async def in_channel(self, guild_id: int, channel_id: int | None) -> Rules:
-        blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
-        policy = self.services.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
-        values = self.default_limits(policy.max_queued_per_user)
-        values.update(blob.get("limits", {}))
-        if channel is not None:
-            values.update((channel.settings or {}).get("limits", {}))
-        conf = self.services.config.moderation
-        nsfw = blob.get("nsfw", {})
+        guild, channel = await self.services.settings.in_channel(guild_id, channel_id)
         return Rules(
-            limits=Limits(**values),
-            banned=await self._banned_filter(guild_id, tuple(words)),
-            negative=blob.get("negative", ""),
-            nsfw=NsfwRules(
-                terms=compile_entries(split_terms(nsfw.get("terms", conf.nsfw_terms))),
-                negative=nsfw.get("negative", conf.sfw_negative),
-                image_check=nsfw.get("image_check", conf.image_check != "false"),
-            ),
+            limits=guild.limits_in(channel),
+            banned=await self._report_disabled(guild_id, guild.banned),
+            negative=guild.negative,
+            nsfw=guild.nsfw,
             nsfw_channel=self.is_nsfw_channel(channel_id),
         )
 
-    async def _banned_filter(self, guild_id: int, words: tuple[str, ...]) -> WordFilter:
-        """The guild's banned entries compiled; stored regexes RE2 cannot run (written before it was
-        the engine) are left out, logged, and recorded once per run in the audit log (actor 0: the bot); `/admin words list` shows them."""
-        compiled = compile_entries(words)
-        for entry, reason in compiled.disabled:
+    async def _report_disabled(self, guild_id: int, banned: WordFilter) -> WordFilter:
+        """``banned``, whose stored regexes RE2 cannot run (written before it was the engine) are left out:
+        each is logged and recorded once per run in the audit log (actor 0: the bot); `/admin words list`
+        shows them."""
+        for entry, reason in banned.disabled:
             if (guild_id, entry) not in self._reported:
                 self._reported.add((guild_id, entry))
                 log.warning("guild %s: banned regex %r disabled: %s", guild_id, entry, reason)
                 await moderation.audit(self.db, guild_id, 0, "words.disabled", details={"word": entry, "reason": reason})
-        return compiled
+        return banned
 
     # -- the checks ------------------------------------------------------------------------------
     async def refusal(self, guild_id: int, user_id: int, channel_id: int | None, *, channel_rules: bool = True) -> str | None:
         """Why this member may not use the bot here (a ban; with ``channel_rules`` a denied or not-allowed
         channel), or None.  Only `Services.check_access` asks."""
-        ban, rows = await moderation.access_snapshot(self.db, guild_id, user_id)
+        ban, channels = await self.services.settings.access(guild_id, user_id)
         if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
             return ban_message(ban.reason)
         if not channel_rules:
             return None
-        here = next((r for r in rows if r.channel_id == channel_id), None)
+        here = next((c for c in channels if c.channel_id == channel_id), None)
         if here is not None and not here.enabled:
             return "The server admins turned the bot off in this channel. Use it in another channel."
-        allowed = [r.channel_id for r in rows if r.enabled and (r.settings or {}).get("allowed")]
+        allowed = [c.channel_id for c in channels if c.enabled and c.allowed]
         if allowed and channel_id not in allowed:
             where = ", ".join(f"<#{c}>" for c in allowed[:10])
             return f"On this server the bot works only in {where}. Try it there."

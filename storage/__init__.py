@@ -44,7 +44,8 @@ Credits
     await ledger.check_invariant() -> list[str]             # empty when the books balance
 
 Balances are per user per guild. A guild overrides policy fields with
-``await settings.set_guild_policy(db, guild_id, actor_id, start_balance=…, multipliers={...})``.
+``await settings.set_guild_policy(db, guild_id, actor_id, start_balance=…, multipliers={...})``; a guild's
+``max_queued_per_user`` never exceeds the bot-wide policy's.
 
 Queue
 -----
@@ -102,8 +103,8 @@ Images
 Other repositories (module functions taking ``db``)
 ---------------------------------------------------
 * ``storage.settings``: touch_user, touch_guild, get_guild_settings, update_guild_settings, set_guild_policy,
-  guild_policy, get_channel_settings, update_channel_settings (``WrongGuild`` for another server's channel),
-  guild_channel_settings.
+  policy_of, guild_policy, get_channel_settings, update_channel_settings (``WrongGuild`` for another server's
+  channel), guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
 * ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
@@ -135,7 +136,7 @@ from storage.models import (
     ModuleStatus,
     User,
 )
-from storage.policy import CostPolicy, compute_cost
+from storage.policy import CostPolicy, compute_cost, denoised_steps
 from storage.queue import JobQueue, JobSpec, SqlJobQueue
 
 __all__ = [
@@ -170,6 +171,7 @@ __all__ = [
     "User",
     "WrongGuild",
     "compute_cost",
+    "denoised_steps",
     "gc",
     "images",
     "masked_url",

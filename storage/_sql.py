@@ -7,6 +7,7 @@ entry in the same transaction, so ``balance == sum(entries)`` holds after every 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -71,9 +72,11 @@ def ensure_guild_settings(session: Session, guild_id: int, now: datetime) -> Non
 
 
 def policy_from_settings(base: CostPolicy, settings: dict[str, Any] | None) -> CostPolicy:
+    """``base`` (the bot's) with a guild's overrides; its ``max_queued_per_user`` is also the guild's ceiling."""
     if not settings:
         return base
-    return base.with_overrides(settings.get(POLICY_KEY))
+    policy = base.with_overrides(settings.get(POLICY_KEY))
+    return dataclasses.replace(policy, max_queued_per_user=min(policy.max_queued_per_user, base.max_queued_per_user))
 
 
 _GUILD_SETTINGS = select(guild_settings.c.settings).where(

@@ -144,7 +144,8 @@ class Guild(Base):
 
 class GuildSettings(Base):
     """Per-guild configuration. ``paused`` is typed because the queue filters on it; everything else
-    (limits, policy overrides under ``"cost_policy"``, feature switches) lives in the ``settings`` blob."""
+    (limits, policy overrides under ``"cost_policy"``, …) lives in the ``settings`` blob, whose schema is
+    declared in ``services.settings``."""
 
     __tablename__ = "guild_settings"
 

@@ -388,6 +388,19 @@ async def test_guild_policy_override_applies_to_new_accounts_and_queue_cap(backe
             await env.queue.enqueue(spec(1, guild_id=300))
 
 
+async def test_guild_queue_cap_never_exceeds_the_bots(backend, tmp_path):
+    """The bot's ``max_queued_per_user`` is a hard limit: a guild's larger override (stored before the bot's was
+    lowered) counts as the bot's."""
+    from storage import settings
+
+    async with environment(backend, tmp_path, CostPolicy(start_balance=100, topup_floor=0, max_queued_per_user=1)) as env:
+        await settings.set_guild_policy(env.db, 300, actor_id=1, max_queued_per_user=5)
+        assert (await env.ledger.policy_for(300)).max_queued_per_user == 1
+        await env.queue.enqueue(spec(1, guild_id=300))
+        with pytest.raises(QueueFull):
+            await env.queue.enqueue(spec(1, guild_id=300))
+
+
 @pytest.mark.parametrize("backend", SQLITE_BACKENDS)
 async def test_two_processes_share_one_file_without_losing_credits(backend, tmp_path):
     """Two Database objects (as two processes would) contend through SQLite's lock and busy_timeout, not

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from services.config import ModerationConfig
-from services.rules import split_terms
+from services.settings import split_terms
 from services.text_filter import PatternError, compile_entries, compile_pattern, model_text
 
 NSFW = compile_entries(split_terms(ModerationConfig().nsfw_terms))
