@@ -46,7 +46,7 @@ class Members:
         credits: in ``refused``) or died first."""
         self._n += 1
         it = await self.emu.invoke(user, self.channel, "imagine", {"prompt": f"a cat {self._n}", "steps": steps, **options})
-        for _ in range(200):
+        for _ in range(600):  # up to 30 s: a loaded machine answers slowly, an idle one at once
             original = it.original_message
             match = QUEUED.search(original.content) if original is not None else None
             if match:
