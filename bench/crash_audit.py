@@ -17,7 +17,7 @@ from typing import Any
 from discord_emulator import Emulator
 from storage import Database, JobQueue, Ledger
 
-QUEUED = re.compile(r"Job #(\d+) queued")
+QUEUED = re.compile(r"Job #(\d+) queued|Generating\*\* .* · job #(\d+)")  # queued, or already generating
 
 
 @dataclass
@@ -50,8 +50,9 @@ class Members:
             original = it.original_message
             match = QUEUED.search(original.content) if original is not None else None
             if match:
-                self.accepted[int(match[1])] = user
-                return int(match[1])
+                job_id = int(match[1] or match[2])
+                self.accepted[job_id] = user
+                return job_id
             refusals = [e.get("description", "") for f in it.followups for e in (f.embeds or [])]
             if refusals:
                 self.refused.append(refusals[0])

@@ -78,7 +78,7 @@ class DiscordPublisher:
         if target is None or (now - target.last_edit < self.progress_interval_s and p.step < p.total):
             return
         target.last_edit = now
-        text = f"🎨 **Generating** `{ui.clip(params_of(job).user_prompt, 120)}`\n" \
+        text = f"🎨 **Generating** `{ui.clip(params_of(job).user_prompt, 120)}` · job #{job.id}\n" \
                f"`{ui.progress_bar(p.step, p.total)}` {p.stage + ' · ' if p.stage else ''}step {p.step}/{p.total}"
         kwargs: dict[str, Any] = {"content": text, "view": ui.cancel_view(job.id)}
         if p.preview is not None:
