@@ -27,10 +27,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 
 from gen_core import prompts
+from gen_core.family import resolve_family
 from gen_core.geometry import Geometry
 from gen_core.preview import latents_to_images, side_by_side
 from gen_core.samplers import canonical_sampler, make_scheduler
@@ -62,6 +71,23 @@ _UNET_WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors.index.json",
 )
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipelines:
+    """The diffusers pipeline classes of a model family."""
+
+    txt2img: type
+    img2img: type
+    inpaint: type
+
+
+PIPELINES = {
+    "sd1": Pipelines(StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline),
+    "sdxl": Pipelines(StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline),
+}
+PIPELINES["sd2"] = PIPELINES["sd1"]
 # diffusers renamed the loading keyword torch_dtype -> dtype (the old one warns); older releases
 # only know torch_dtype.
 DTYPE_KW = (
@@ -156,6 +182,29 @@ def derive_pipeline(cls, pipe, dtype: torch.dtype):
         target.removeFilter(quiet)
 
 
+def family_of_pipeline(pipe) -> str:
+    """``sdxl`` for a pipeline with two text encoders; ``sd2`` / ``sd1`` by the text encoder's width."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    return "sd2" if pipe.text_encoder.config.hidden_size == 1024 else "sd1"
+
+
+def _load_vae(path: str, like: AutoencoderKL, dtype: torch.dtype) -> AutoencoderKL:
+    """A replacement VAE: a diffusers folder (``vae/`` inside a model folder works too) or a single
+    file, read with the loaded VAE's architecture (no hub access)."""
+    import tempfile
+
+    source = Path(path).expanduser()
+    if source.is_dir():
+        sub = "vae" if (source / "vae" / "config.json").is_file() else None
+        return AutoencoderKL.from_pretrained(str(source), subfolder=sub, **{DTYPE_KW: dtype})
+    if not source.is_file():
+        raise FileNotFoundError(f"[model] vae not found: {path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        like.save_config(tmp)
+        return AutoencoderKL.from_single_file(str(source), config=tmp, **{DTYPE_KW: dtype})
+
+
 def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.2f}".rstrip("0").rstrip(".")
 
@@ -174,22 +223,33 @@ class Engine:
 
     def __init__(
         self,
-        pipe: StableDiffusionPipeline,
+        pipe: StableDiffusionPipeline | StableDiffusionXLPipeline,
         config: EngineConfig,
         *,
         model_name: str,
         hash_file: Path | None = None,
     ) -> None:
         self.config = config
+        self.family = family_of_pipeline(pipe)
+        self.pipelines = PIPELINES[self.family]
         self.txt2img = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
-        self.img2img = derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
+        self.img2img = derive_pipeline(self.pipelines.img2img, pipe, self.dtype)
         for p in (self.txt2img, self.img2img):
             p.set_progress_bar_config(disable=True)
-        self.encoder = prompts.PromptEncoder(
-            pipe.tokenizer, pipe.text_encoder, clip_skip=config.clip_skip, max_chunks=config.max_chunks
-        )
+        self.encoder: prompts.PromptEncoder | prompts.SDXLPromptEncoder
+        if self.is_sdxl:
+            self.encoder = prompts.SDXLPromptEncoder(
+                (pipe.tokenizer, pipe.tokenizer_2),
+                (pipe.text_encoder, pipe.text_encoder_2),
+                clip_skip=config.clip_skip,
+                max_chunks=config.max_chunks,
+            )
+        else:
+            self.encoder = prompts.PromptEncoder(
+                pipe.tokenizer, pipe.text_encoder, clip_skip=config.clip_skip, max_chunks=config.max_chunks
+            )
         self.model_name = model_name
         self.scheduler_config = dict(pipe.scheduler.config)
         self.geometry = Geometry.of_pipeline(pipe)
@@ -211,31 +271,41 @@ class Engine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
-        """Load the model once: a diffusers folder, a single ``.safetensors``/``.ckpt`` file or a hub id."""
+        """Load the model once: a diffusers folder, a single ``.safetensors``/``.ckpt`` file or a hub id.
+
+        The family (SD 1.x/2.x or SDXL) is detected from the checkpoint (``config.family`` decides
+        where that cannot tell); ``config.vae`` replaces the checkpoint's VAE.
+        """
         started = time.perf_counter()
+        family = resolve_family(config.model_path, config.family)
+        pipeline_cls = PIPELINES[family].txt2img
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         if dtype == torch.float16 and device.type == "cpu":
             log.warning("fp16 on the CPU is slow and partly unsupported; consider dtype='fp32'")
-        kwargs: dict[str, Any] = {DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
+        kwargs: dict[str, Any] = {DTYPE_KW: dtype}
+        if family != "sdxl":
+            kwargs |= {"safety_checker": None, "requires_safety_checker": False}
         path = Path(config.model_path).expanduser()
         hash_file: Path | None
         if path.is_dir():
-            pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
+            pipe = pipeline_cls.from_pretrained(str(path), **kwargs)
             hash_file, name = _find_unet_weights(path), path.name
         elif path.is_file():
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise ValueError(f"{path}: expected a diffusers folder or a .safetensors/.ckpt checkpoint")
             if config.single_file_config:
                 kwargs["config"] = config.single_file_config
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            pipe = pipeline_cls.from_single_file(str(path), **kwargs)
             hash_file, name = path, path.stem
         elif _HUB_ID.match(str(config.model_path)) and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            pipe = StableDiffusionPipeline.from_pretrained(str(config.model_path), **kwargs)  # hub id
+            pipe = pipeline_cls.from_pretrained(str(config.model_path), **kwargs)  # hub id
             hash_file, name = None, str(config.model_path).split("/")[-1]
         else:
             raise FileNotFoundError(f"Model not found: {config.model_path}")
 
+        if config.vae:
+            pipe.register_modules(vae=_load_vae(config.vae, pipe.vae, dtype))
         pipe.to(device)
         cls.configure_modules(pipe, config, device)
         engine = cls(pipe, config, model_name=name, hash_file=hash_file)
@@ -249,7 +319,7 @@ class Engine:
         return engine
 
     @staticmethod
-    def configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
+    def configure_modules(pipe: Any, config: EngineConfig, device: torch.device) -> None:
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         if config.attention == "sdpa":
@@ -273,6 +343,10 @@ class Engine:
             pipe.unet.compile()  # in place: the same module object stays shared by all pipelines
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
 
     @property
     def unet(self):
@@ -349,7 +423,7 @@ class Engine:
         if not isinstance(req.cfg, int | float) or not math.isfinite(req.cfg) or not 0 <= req.cfg <= 30:
             raise ValueError(f"CFG scale must be between 0 and 30 (got {req.cfg!r})")
         canonical_sampler(req.sampler)
-        layers = self.text_encoder.config.num_hidden_layers
+        layers = self.encoder.max_clip_skip
         if not isinstance(req.clip_skip, int) or not 1 <= req.clip_skip <= layers:
             raise ValueError(f"Clip skip must be between 1 and {layers} (got {req.clip_skip!r})")
         if req.seed is not None and (
@@ -414,12 +488,13 @@ class Engine:
             if is_cancelled(cancel):
                 raise Cancelled()
             embeds = self.encode_all(resolved)
+            pooled = self.pooled_all(resolved)
             results: list[GenerationResult | None] = [None] * len(resolved)
             try:
                 for group in self.plan(resolved, embeds):
                     if is_cancelled(cancel):
                         raise Cancelled()
-                    images = self._run_group(group, resolved, embeds, progress, cancel, preview_every)
+                    images = self._run_group(group, resolved, embeds, pooled, progress, cancel, preview_every)
                     for index in group:
                         results[index] = GenerationResult(images=images[index], request=resolved[index])
             except torch.cuda.OutOfMemoryError:
@@ -445,6 +520,63 @@ class Engine:
                 cache[key] = (cond.to(self.device), uncond.to(self.device))
             out.append(cache[key])
         return out
+
+    def pooled_all(self, reqs: list[GenerationRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """SDXL: each request's ``(pooled, negative pooled)`` text embedding, ``[1, dim]`` each (from
+        the texts, also for requests with ``prompt_embeds``); an empty list on other families."""
+        if not self.is_sdxl:
+            return []
+        cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        for r in reqs:
+            if (r.prompt, r.negative) not in cache:
+                both = self.encoder.pooled_many([r.prompt, r.negative]).to(self.device, self.dtype)
+                cache[(r.prompt, r.negative)] = (both[0:1], both[1:2])
+        return [cache[(r.prompt, r.negative)] for r in reqs]
+
+    def added_call_kwargs(
+        self, pooled: list[tuple[torch.Tensor, torch.Tensor]], counts: Sequence[int], width: int, height: int
+    ) -> dict[str, Any]:
+        """The extra arguments of an SDXL pipeline call: the pooled embeddings of a UNet batch (one
+        per image) and the size conditioning of the bucket (``add_time_ids``: original and target
+        size = the bucket, no crop); nothing on other families."""
+        if not self.is_sdxl:
+            return {}
+        return {
+            "pooled_prompt_embeds": torch.cat([p.expand(n, -1) for (p, _), n in zip(pooled, counts, strict=True)]),
+            "negative_pooled_prompt_embeds": torch.cat(
+                [q.expand(n, -1) for (_, q), n in zip(pooled, counts, strict=True)]
+            ),
+            "original_size": (height, width),
+            "target_size": (height, width),
+            "crops_coords_top_left": (0, 0),
+        }
+
+    def unet_added_kwargs(self, pooled: torch.Tensor, width: int, height: int) -> dict[str, Any]:
+        """Keyword arguments of a direct UNet call: SDXL's ``added_cond_kwargs`` for a batch with
+        ``pooled`` (``[B, dim]``) text embeddings at ``width`` x ``height``; nothing elsewhere."""
+        if not self.is_sdxl:
+            return {}
+        ids = torch.tensor([[height, width, 0, 0, height, width]], device=pooled.device, dtype=pooled.dtype)
+        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], -1)}}
+
+    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in ``[-1, 1]`` to scaled latents (the distribution's mode: deterministic).
+
+        A VAE flagged ``force_upcast`` (SDXL's overflows in fp16) encodes in fp32, as diffusers'
+        SDXL pipelines decode; a fixed VAE (``[model] vae``) without the flag stays in fp16.
+        """
+        vae = self.vae
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            with torch.autocast(pixels.device.type, enabled=False):
+                vae.to(torch.float32)
+                try:
+                    latents = vae.encode(pixels.float()).latent_dist.mode()
+                finally:
+                    vae.to(torch.float16)
+            latents = latents.to(torch.float16)
+        else:
+            latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
+        return latents * vae.config.scaling_factor
 
     def plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
         """Indices grouped into UNet batches, in order of first appearance."""
@@ -485,15 +617,14 @@ class Engine:
             image = to_rgb(image)
         if image.size != (req.width, req.height):
             image = image.resize((req.width, req.height), Image.Resampling.LANCZOS)
-        pixels = self.img2img.image_processor.preprocess(image).to(self.device, self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode()
-        return latents * self.vae.config.scaling_factor
+        return self.vae_encode(self.img2img.image_processor.preprocess(image).to(self.device))
 
     def _run_group(
         self,
         group: list[int],
         reqs: list[GenerationRequest],
         embeds,
+        pooled: list[tuple[torch.Tensor, torch.Tensor]],
         progress: ProgressFn | None,
         cancel: CancelLike,
         preview_every: int,
@@ -518,6 +649,7 @@ class Engine:
             "generator": generators,
             "output_type": "pil",
         }
+        call |= self.added_call_kwargs([pooled[i] for i in group] if pooled else [], counts, first.width, first.height)
         if first.init_image is None:
             pipe = self.txt2img
         else:

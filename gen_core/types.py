@@ -143,6 +143,9 @@ class EngineConfig:
     the architecture and may need the hub for the default configs.
     ``vae_slicing``: decode a batch's images one by one (bounded memory; same pixels as alone).
     ``pad_prompts_in_batch``: see :meth:`gen_core.engine.Engine.generate_batch`.
+    ``family``: ``"auto"`` detects SD 1.x / 2.x / SDXL from the checkpoint (:mod:`gen_core.family`);
+    ``"sd1"``, ``"sd2"`` or ``"sdxl"`` decide where detection cannot.  ``vae``: a VAE (diffusers
+    folder or single file) replacing the checkpoint's, e.g. SD 1.x's "new VAE" or an fp16-safe SDXL VAE.
     """
 
     model_path: str
@@ -162,3 +165,5 @@ class EngineConfig:
     vae_slicing: bool = True
     pad_prompts_in_batch: bool = False
     inpaint_path: str = ""  # a dedicated inpainting checkpoint (9-channel UNet); see gen_core.outpaint
+    family: str = "auto"
+    vae: str = ""
