@@ -13,6 +13,7 @@ every device; pixels are identical for the same seed, settings, device and dtype
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -22,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -551,32 +552,47 @@ class Engine:
             "crops_coords_top_left": (0, 0),
         }
 
-    def unet_added_kwargs(self, pooled: torch.Tensor, width: int, height: int) -> dict[str, Any]:
+    def unet_added_kwargs(self, pooled: torch.Tensor | None, width: int, height: int) -> dict[str, Any]:
         """Keyword arguments of a direct UNet call: SDXL's ``added_cond_kwargs`` for a batch with
         ``pooled`` (``[B, dim]``) text embeddings at ``width`` x ``height``; nothing elsewhere."""
-        if not self.is_sdxl:
+        if pooled is None:
             return {}
         ids = torch.tensor([[height, width, 0, 0, height, width]], device=pooled.device, dtype=pooled.dtype)
         return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], -1)}}
 
-    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Pixels in ``[-1, 1]`` to scaled latents (the distribution's mode: deterministic).
+    def pooled(self, texts: list[str]) -> torch.Tensor | None:
+        """SDXL: the pooled embeddings ``[len(texts), dim]`` of prompts; ``None`` on other families."""
+        if not self.is_sdxl:
+            return None
+        return self.encoder.pooled_many(texts).to(self.device, self.dtype)
 
-        A VAE flagged ``force_upcast`` (SDXL's overflows in fp16) encodes in fp32, as diffusers'
-        SDXL pipelines decode; a fixed VAE (``[model] vae``) without the flag stays in fp16.
-        """
+    @contextlib.contextmanager
+    def _vae_precision(self) -> Iterator[torch.dtype]:
+        """The dtype to run the VAE in: fp32 for the duration when it is an fp16 VAE flagged
+        ``force_upcast`` (SDXL's overflows in fp16), as diffusers' SDXL pipelines decode; a fixed
+        VAE (``[model] vae``) without the flag stays in fp16."""
         vae = self.vae
         if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
-            with torch.autocast(pixels.device.type, enabled=False):
-                vae.to(torch.float32)
-                try:
-                    latents = vae.encode(pixels.float()).latent_dist.mode()
-                finally:
-                    vae.to(torch.float16)
-            latents = latents.to(torch.float16)
+            vae.to(torch.float32)
+            try:
+                yield torch.float32
+            finally:
+                vae.to(torch.float16)
         else:
-            latents = vae.encode(pixels.to(vae.dtype)).latent_dist.mode()
-        return latents * vae.config.scaling_factor
+            yield vae.dtype
+
+    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in ``[-1, 1]`` to scaled latents (the distribution's mode: deterministic), in the
+        engine's dtype."""
+        with self._vae_precision() as dtype:
+            latents = self.vae.encode(pixels.to(self.device, dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor).to(self.dtype)
+
+    def vae_decode(self, latents: torch.Tensor, generator=None) -> torch.Tensor:
+        """Scaled latents to pixels in ``[-1, 1]`` (the VAE's decoder output)."""
+        with self._vae_precision() as dtype:
+            scaled = (latents / self.vae.config.scaling_factor).to(dtype)
+            return self.vae.decode(scaled, return_dict=False, generator=generator)[0]
 
     def plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
         """Indices grouped into UNet batches, in order of first appearance."""

@@ -47,8 +47,7 @@ def autocast(engine: Any) -> contextlib.AbstractContextManager:
 def image_latents(engine: Any, image: Image.Image) -> torch.Tensor:
     """An RGB image's scaled VAE latents (distribution mode: deterministic), fp32."""
     with torch.inference_mode():
-        pixels = engine.img2img.image_processor.preprocess(image).to(engine.device, engine.vae.dtype)
-        latents = engine.vae.encode(pixels).latent_dist.mode() * engine.vae.config.scaling_factor
+        latents = engine.vae_encode(engine.img2img.image_processor.preprocess(image))
     return latents.float().clone()
 
 
@@ -60,14 +59,26 @@ def noise_schedule(engine: Any) -> Any:
 
 
 def denoising_loss(
-    engine: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    engine: Any,
+    scheduler: Any,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The UNet's noise (or v, as the scheduler predicts) error on ``latents`` noised to ``t``,
-    conditioned on ``cond``."""
+    conditioned on ``cond`` (and on SDXL the pooled embedding ``[1, dim]`` with the latents' size)."""
     device = engine.device
     latents, noise, t = latents.to(device), noise.to(device), t.to(device)
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     with autocast(engine):
-        pred = engine.unet(noisy.to(engine.dtype), t, encoder_hidden_states=cond.to(device, engine.dtype)).sample
+        height, width = (side * engine.geometry.vae_factor for side in latents.shape[-2:])
+        added = engine.unet_added_kwargs(
+            None if pooled is None else pooled.to(device, engine.dtype).expand(len(t), -1), width, height
+        )
+        pred = engine.unet(
+            noisy.to(engine.dtype), t, encoder_hidden_states=cond.to(device, engine.dtype), **added
+        ).sample
     return torch.nn.functional.mse_loss(pred.float(), target.float())
