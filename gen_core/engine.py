@@ -42,6 +42,7 @@ from PIL import Image
 from gen_core import prompts
 from gen_core.family import resolve_family
 from gen_core.geometry import Geometry
+from gen_core.lora import LoraAdapters
 from gen_core.preview import latents_to_images, side_by_side
 from gen_core.samplers import canonical_sampler, make_scheduler
 from gen_core.types import (
@@ -255,6 +256,7 @@ class Engine:
         self.scheduler_config = dict(pipe.scheduler.config)
         self.geometry = Geometry.of_pipeline(pipe)
         self.lock = threading.RLock()
+        self.loras = LoraAdapters(self, config.lora_cache_mb << 20)
         self._hash_file = hash_file
         self._model_hash: str | None = None
         self._hash_lock = threading.Lock()
@@ -398,6 +400,7 @@ class Engine:
             float(req.cfg),
             req.clip_skip,
             denoise,
+            tuple(req.loras),
         )
 
     def validate(self, req: GenerationRequest) -> None:
@@ -488,16 +491,29 @@ class Engine:
         with self.lock, torch.inference_mode():
             if is_cancelled(cancel):
                 raise Cancelled()
-            embeds = self.encode_all(resolved)
-            pooled = self.pooled_all(resolved)
-            results: list[GenerationResult | None] = [None] * len(resolved)
+            sets = list(dict.fromkeys(tuple(r.loras) for r in resolved))
+            if len(sets) > 1:  # prompts are encoded per LoRA set: refuse a bad one before any denoising
+                for text in (t for r in resolved if r.prompt_embeds is None for t in (r.prompt, r.negative)):
+                    self.encoder.tokenize(text)
+            n = len(resolved)
+            embeds: list = [None] * n
+            pooled: list = [None] * n if self.is_sdxl else []
+            results: list[GenerationResult | None] = [None] * n
             try:
-                for group in self.plan(resolved, embeds):
-                    if is_cancelled(cancel):
-                        raise Cancelled()
-                    images = self._run_group(group, resolved, embeds, pooled, progress, cancel, preview_every)
-                    for index in group:
-                        results[index] = GenerationResult(images=images[index], request=resolved[index])
+                for lora_set in sets:
+                    members = [i for i in range(n) if tuple(resolved[i].loras) == lora_set]
+                    with self.loras.active(lora_set):
+                        part = [resolved[i] for i in members]
+                        for i, e in zip(members, self.encode_all(part), strict=True):
+                            embeds[i] = e
+                        for i, p in zip(members, self.pooled_all(part), strict=False):
+                            pooled[i] = p
+                        for group in self.plan(resolved, embeds, members):
+                            if is_cancelled(cancel):
+                                raise Cancelled()
+                            images = self._run_group(group, resolved, embeds, pooled, progress, cancel, preview_every)
+                            for index in group:
+                                results[index] = GenerationResult(images=images[index], request=resolved[index])
             except torch.cuda.OutOfMemoryError:
                 # Give the cached blocks back so the next (smaller) job can run; the caller decides.
                 torch.cuda.empty_cache()
@@ -594,10 +610,11 @@ class Engine:
             scaled = (latents / self.vae.config.scaling_factor).to(dtype)
             return self.vae.decode(scaled, return_dict=False, generator=generator)[0]
 
-    def plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
-        """Indices grouped into UNet batches, in order of first appearance."""
+    def plan(self, reqs: list[GenerationRequest], embeds, indices: Sequence[int] | None = None) -> list[list[int]]:
+        """Indices (of ``indices``, default all) grouped into UNet batches, in order of first appearance."""
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(reqs):
+        for i in range(len(reqs)) if indices is None else indices:
+            r = reqs[i]
             key = self.batch_key(r)
             if not self.config.pad_prompts_in_batch:
                 key += (embeds[i][0].shape[1],)

@@ -261,7 +261,8 @@ def generate_mix(
             for index, (req, base, weights, seeds) in enumerate(resolved):
                 if is_cancelled(cancel):
                     raise Cancelled()
-                images = _render(engine, req, base, weights, seeds, index, progress, cancel, preview_every)
+                with engine.loras.active(base.loras):
+                    images = _render(engine, req, base, weights, seeds, index, progress, cancel, preview_every)
                 package = _package(engine, req, base, weights, seeds, images)
                 results.append(GenerationResult(images=package, request=base))
         except torch.cuda.OutOfMemoryError:

@@ -322,7 +322,7 @@ def inpaint_batch(
             raise ValueError("inpaint requests in one batch must share size, steps, sampler, CFG and strength")
     pipe = inpaint_pipeline(engine)
     size = (first.width, first.height)
-    with engine.lock, torch.inference_mode():
+    with engine.lock, torch.inference_mode(), engine.loras.active(first.loras):
         if is_cancelled(cancel):
             raise Cancelled()
         embeds = engine.encode_all(reqs)

@@ -18,6 +18,7 @@ def training_session(engine: Any) -> Iterator[Any]:
     """Hold the engine, freeze the UNet, and leave it exactly as found whatever happens."""
     unet = engine.unet
     with engine.lock:
+        engine.loras.unload_all()  # the warm LoRA adapters go; they load again when next used
         if getattr(unet, "_hf_peft_config_loaded", False):  # never unload adapters someone else attached
             raise RuntimeError("the UNet already carries peft adapters; training needs it bare")
         flags = {n: p.requires_grad for n, p in unet.named_parameters()}

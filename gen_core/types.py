@@ -37,6 +37,8 @@ class GenerationRequest:
     ``extra`` holds our own fields (job id, kind, ...) that are embedded in the PNG metadata.
     ``prompt_embeds``, when set, is a ``(cond, uncond)`` pair of tensors used instead of encoding
     ``prompt``/``negative`` (Imagic's interpolated embedding); the texts still go to the metadata.
+    ``loras`` (:class:`gen_core.lora.LoraUse`, in order) are active while the request is encoded and
+    denoised; requests with different sets never share a UNet batch.
     """
 
     prompt: str
@@ -54,6 +56,7 @@ class GenerationRequest:
     noise: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_embeds: Any = None
+    loras: tuple[Any, ...] = ()
 
     @property
     def is_img2img(self) -> bool:
@@ -167,3 +170,4 @@ class EngineConfig:
     inpaint_path: str = ""  # a dedicated inpainting checkpoint (9-channel UNet); see gen_core.outpaint
     family: str = "auto"
     vae: str = ""
+    lora_cache_mb: int = 2048  # LoRA adapters kept loaded (least recently used unloaded beyond this)
