@@ -23,7 +23,7 @@ from discord.ext import commands
 import cogs
 from services.app import Services
 from services.config import Config, ConfigError, load_config
-from services.ui import JobButton
+from services.ui import CommandTree
 
 log = logging.getLogger("bot")
 
@@ -44,6 +44,7 @@ class DiffusionBot(commands.Bot):
             intents=intents,
             guild_ready_timeout=config.discord.guild_ready_timeout,
             help_command=None,
+            tree_cls=CommandTree,  # every command acknowledged, admitted, and its errors answered in one place
         )
         self.config = config
         self.services = Services(self, config, engine_loader=engine_loader)
@@ -53,7 +54,6 @@ class DiffusionBot(commands.Bot):
         for module in pkgutil.iter_modules(cogs.__path__):
             if not module.name.startswith("_"):
                 await self.load_extension(f"cogs.{module.name}")
-        self.add_dynamic_items(JobButton)
         guild_id = self.config.discord.sync_guild
         if guild_id:
             guild = discord.Object(guild_id)

@@ -24,7 +24,7 @@ from typing import Any
 from gen_core.geometry import SD1
 from services.config import Config
 from services.jobs import JobService
-from services.moderation import Moderation
+from services.rules import ServerRules
 from storage import CostPolicy, Database, JobQueue, Ledger, moderation, settings
 from worker.jobs import ImagineParams
 
@@ -41,16 +41,16 @@ async def _setup(db_path: Path, n_words: int) -> tuple[Database, Any, JobService
     config.generation.fit_to_model(SD1)
     queue, ledger = JobQueue(db, policy), Ledger(db, policy)
     services = SimpleNamespace(db=db, config=config, ledger=ledger, queue=queue, bot=SimpleNamespace(get_channel=lambda _id: None))
-    rules = Moderation(services)
+    rules = ServerRules(services)
     for i in range(n_words):
         await moderation.add_banned_word(db, GUILD, f"re:forbidden{i}\\d+" if i % 5 == 0 else f"forbidden word {i}", 0)
     await settings.update_guild_settings(db, GUILD, {"limits": {"max_steps": 40}, "negative": "bad hands"}, 0)
     await settings.update_channel_settings(db, GUILD, CHANNEL, patch={"limits": {"max_count": 2}}, actor_id=0)
     await moderation.ban(db, GUILD, 999, 0, "bench")
-    return db, services, JobService(config, SD1, queue, ledger, moderation=rules), JobService(config, SD1, queue, ledger)
+    return db, services, JobService(config, SD1, queue, ledger, rules=rules), JobService(config, SD1, queue, ledger)
 
 
-async def _submit(jobs: JobService, check: Moderation | None, n: int, tag: str) -> list[float]:
+async def _submit(jobs: JobService, check: ServerRules | None, n: int, tag: str) -> list[float]:
     latencies = []
     for i in range(n):
         t0 = time.perf_counter()
@@ -66,12 +66,12 @@ async def _run(n_jobs: int, n_words: int, rounds: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         db, _services, with_rules, without = await _setup(Path(tmp) / "bench.db", n_words)
         try:
-            await _submit(with_rules, with_rules.moderation, 20, "warm-a")
+            await _submit(with_rules, with_rules.rules, 20, "warm-a")
             await _submit(without, None, 20, "warm-b")
             ruled: list[float] = []
             bare: list[float] = []
             for r in range(rounds):  # interleaved, so both see the same database size
-                ruled += await _submit(with_rules, with_rules.moderation, n_jobs // rounds, f"a{r}")
+                ruled += await _submit(with_rules, with_rules.rules, n_jobs // rounds, f"a{r}")
                 bare += await _submit(without, None, n_jobs // rounds, f"b{r}")
         finally:
             await db.close()

@@ -10,6 +10,7 @@ from discord.ext import commands
 from PIL import Image
 
 from services import ui
+from services.jobs import UserError
 
 HISTORY_PAGE = 5
 
@@ -22,8 +23,10 @@ def thumbnail(data: bytes, size: int = 128) -> bytes:
     return buf.getvalue()
 
 
-class HistoryPage(discord.ui.DynamicItem[discord.ui.Button], template=r"history:(?P<user>[0-9]+):(?P<page>[0-9]+)"):
+class HistoryPage(ui.CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template=r"history:(?P<user>[0-9]+):(?P<page>[0-9]+)"):
     """◀ / ▶ under a /history page; pages belong to the member who asked."""
+
+    channel_rules = False  # paging posts nothing: only a ban refuses it
 
     def __init__(self, user_id: int, page: int, **button) -> None:
         self.user_id, self.page = user_id, page
@@ -33,12 +36,12 @@ class HistoryPage(discord.ui.DynamicItem[discord.ui.Button], template=r"history:
     async def from_custom_id(cls, interaction, item, match):
         return cls(int(match["user"]), int(match["page"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def check(self, interaction: discord.Interaction) -> None:
         if interaction.user.id != self.user_id:
-            await ui.refuse(interaction, "That is someone else's history; run `/history` for yours.")
-            return
+            raise UserError("That is someone else's history; run `/history` for yours.")
+
+    async def run(self, interaction: discord.Interaction) -> None:
         cog: Account = interaction.client.get_cog("Account")
-        await interaction.response.defer(ephemeral=True)
         await interaction.edit_original_response(**await cog.history_page(interaction.guild_id, self.user_id, self.page))
 
 
@@ -46,22 +49,27 @@ class Account(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(HistoryPage)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(HistoryPage)
+
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     @app_commands.command(name="credits", description="Your credit balance, next top-up and recent charges")
     async def credits(self, interaction: discord.Interaction) -> None:
         if interaction.guild_id is None:
-            await ui.refuse(interaction, "Credits belong to a server: use `/credits` in a server channel.")
-            return
+            raise UserError("Credits belong to a server: use `/credits` in a server channel.")
         guild_id, user_id = interaction.guild_id, interaction.user.id
-        balance = await self.s.ledger.balance(guild_id, user_id)
-        entries = await self.s.ledger.entries(guild_id, user_id, limit=10)
-        next_topup = await self.s.ledger.next_topup(guild_id, user_id)
+        balance = await self.services.ledger.balance(guild_id, user_id)
+        entries = await self.services.ledger.entries(guild_id, user_id, limit=10)
+        next_topup = await self.services.ledger.next_topup(guild_id, user_id)
         embed = discord.Embed(title="Your credits", description=f"**{balance}** credits on this server")
         if next_topup:
-            floor = (await self.s.ledger.policy_for(guild_id)).topup_floor
+            floor = (await self.services.ledger.policy_for(guild_id)).topup_floor
             when = discord.utils.format_dt(next_topup, "R")
             value = f"to {floor} credits {when}" if balance < floor else f"balances below {floor} are raised to {floor}"
             embed.add_field(name="Top-up", value=value, inline=False)
@@ -71,10 +79,10 @@ class Account(commands.Cog):
                 for e in entries
             ]
             embed.add_field(name="Recent", value=ui.clip("\n".join(lines), 1024), inline=False)
-        await interaction.response.send_message(embed=embed, ephemeral=True)
+        await interaction.followup.send(embed=embed, ephemeral=True)
 
     async def history_page(self, guild_id: int, user_id: int, page: int) -> dict:
-        rows = await self.s.images.history(guild_id, user_id, limit=HISTORY_PAGE + 1, offset=page * HISTORY_PAGE)
+        rows = await self.services.images.history(guild_id, user_id, limit=HISTORY_PAGE + 1, offset=page * HISTORY_PAGE)
         more, rows = len(rows) > HISTORY_PAGE, rows[:HISTORY_PAGE]
         if not rows:
             return {"content": "No images yet. Try `/imagine`!" if page == 0 else "No more images.", "embeds": [], "attachments": [], "view": None}
@@ -84,7 +92,7 @@ class Account(commands.Cog):
         for i, row in enumerate(rows):
             params = row.params or {}
             name = f"thumb{i}.png"
-            files.append(ui.png_file(thumbnail(await self.s.store.get(row.key)), name))
+            files.append(ui.png_file(thumbnail(await self.services.store.get(row.key)), name))
             embed = discord.Embed(
                 title=f"#{row.job_id} · seed {row.seed}",
                 description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),
@@ -103,12 +111,9 @@ class Account(commands.Cog):
     @app_commands.command(name="history", description="Your recent images; reroll any of them")
     async def history(self, interaction: discord.Interaction) -> None:
         if interaction.guild_id is None:
-            await ui.refuse(interaction, "History belongs to a server: use `/history` in a server channel.")
-            return
-        await interaction.response.defer(ephemeral=True, thinking=True)
+            raise UserError("History belongs to a server: use `/history` in a server channel.")
         await interaction.edit_original_response(**await self.history_page(interaction.guild_id, interaction.user.id, 0))
 
 
 async def setup(bot: commands.Bot) -> None:
-    bot.add_dynamic_items(HistoryPage)
     await bot.add_cog(Account(bot))

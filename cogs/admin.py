@@ -8,7 +8,6 @@ Every change is written to the audit log with the admin's id.
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import discord
@@ -17,10 +16,9 @@ from discord.ext import commands
 
 from services import ui
 from services.jobs import UserError
-from services.moderation import REGEX_PREFIX, ban_message, validate_banned_entry
+from services.rules import REGEX_PREFIX, validate_banned_entry
+from services.ui import manages_server
 from worker.jobs import JobKind
-
-log = logging.getLogger(__name__)
 
 AUDIT_PAGE = 10
 MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in JobKind]  # a price multiplier each
@@ -30,16 +28,6 @@ def fmt_multipliers(multipliers: dict[str, float]) -> str:
     return ", ".join(f"{k} ×{v:g}" for k, v in sorted(multipliers.items()))
 
 
-def manages_server(interaction: discord.Interaction) -> bool:
-    """The member's own permissions in this channel (Administrator implies Manage Server)."""
-    perms = interaction.permissions
-    return interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
-
-
-class Denied(app_commands.CheckFailure):
-    """The member lacks Manage Server; they were already told."""
-
-
 @app_commands.guild_only()
 @app_commands.default_permissions(manage_guild=True)
 class Admin(commands.GroupCog, group_name="admin", group_description="Server administration (Manage Server)"):
@@ -47,71 +35,36 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     channels = app_commands.Group(name="channels", description="Where the bot may be used")
     words = app_commands.Group(name="words", description="Banned prompt words and regexes")
     queue = app_commands.Group(name="queue", description="This server's jobs")
-    modules_group = app_commands.Group(name="modules", description="Hypernetwork modules shared with the server")
+    hypernets_group = app_commands.Group(name="modules", description="Hypernetwork modules shared with the server")
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
         super().__init__()
 
     @property
-    def s(self) -> Any:
+    def services(self) -> Any:
         return self.bot.services
 
-    # -- banned members: no command of the bot at all (generation is also refused in Services.guard) ----------
-    async def cog_load(self) -> None:
-        self.bot.tree.interaction_check = self.not_banned
-
-    async def cog_unload(self) -> None:
-        del self.bot.tree.interaction_check  # back to CommandTree's own
-
-    async def not_banned(self, interaction: discord.Interaction) -> bool:
-        if interaction.guild_id is None or manages_server(interaction):
-            return True
-        ban = await self.s.moderation.ban_of(interaction.guild_id, interaction.user.id)
-        if ban is None:
-            return True
-        if interaction.type == discord.InteractionType.autocomplete:
-            await interaction.response.autocomplete([])
-        else:
-            await ui.refuse(interaction, ban_message(ban.reason))
-        return False
-
-    # -- permission check on every call and error rendering ----------------------------------------
+    # -- permission check on every call (after the tree's acknowledgement and access check) -------------------
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
-        if manages_server(interaction):
-            return True
-        await self.reply(interaction, error="Only members with the Manage Server permission can use `/admin`.")
-        raise Denied()
-
-    async def cog_app_command_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError) -> None:
-        if isinstance(error, Denied):
-            return
-        original = getattr(error, "original", error)
-        if isinstance(original, UserError | ValueError):
-            await self.reply(interaction, error=str(original))
-            return
-        log.error("/admin %s failed", interaction.command and interaction.command.qualified_name, exc_info=original)
-        await self.reply(interaction, error="That failed on the bot's side; the error is in its log.")
+        if not manages_server(interaction):
+            raise UserError("Only members with the Manage Server permission can use `/admin`.")
+        return True
 
     @staticmethod
-    async def reply(interaction: discord.Interaction, text: str = "", *, error: str | None = None, title: str | None = None) -> None:
-        if error is not None:
-            kwargs: dict[str, Any] = {"embed": ui.error_embed("Can't do that", error)}
-        elif title is not None:
-            kwargs = {"embed": discord.Embed(title=title, description=ui.clip(text, 4000))}
+    async def reply(interaction: discord.Interaction, text: str = "", *, title: str | None = None) -> None:
+        if title is not None:
+            kwargs: dict[str, Any] = {"embed": discord.Embed(title=title, description=ui.clip(text, 4000))}
         else:
             kwargs = {"content": ui.clip(text, 2000)}
-        if interaction.response.is_done():
-            await interaction.followup.send(ephemeral=True, **kwargs)
-        else:
-            await interaction.response.send_message(ephemeral=True, **kwargs)
+        await interaction.followup.send(ephemeral=True, **kwargs)  # the tree acknowledged the command
 
     async def audit(self, interaction: discord.Interaction, action: str, **kwargs: Any) -> None:
-        await self.s.admin.audit(interaction.guild_id, interaction.user.id, action, **kwargs)
+        await self.services.admin.audit(interaction.guild_id, interaction.user.id, action, **kwargs)
 
     # -- credits -------------------------------------------------------------------------------------------
     async def _adjust(self, interaction: discord.Interaction, op: str, user: discord.Member, amount: int, reason: str | None) -> None:
-        ledger, guild_id = self.s.ledger, interaction.guild_id
+        ledger, guild_id = self.services.ledger, interaction.guild_id
         method = {"grant": ledger.grant, "take": ledger.take, "set": ledger.set_balance}[op]
         before = await ledger.balance(guild_id, user.id)
         after = await method(guild_id, user.id, amount, actor_id=interaction.user.id, reason=reason or f"admin {op}")
@@ -165,10 +118,10 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         if topup_period_h is not None:
             changes["topup_period_s"] = topup_period_h * 3600
         if kind is not None:
-            changes["multipliers"] = {**(await self.s.ledger.policy_for(interaction.guild_id)).multipliers, kind: multiplier}
+            changes["multipliers"] = {**(await self.services.ledger.policy_for(interaction.guild_id)).multipliers, kind: multiplier}
         if changes:
-            await self.s.admin.set_policy(interaction.guild_id, interaction.user.id, changes)
-        p = await self.s.ledger.policy_for(interaction.guild_id)
+            await self.services.admin.set_policy(interaction.guild_id, interaction.user.id, changes)
+        p = await self.services.ledger.policy_for(interaction.guild_id)
         text = (
             f"Start balance **{p.start_balance}** · top-up to **{p.topup_floor}** every **{p.topup_period_s / 3600:g} h**\n"
             f"Multipliers: {fmt_multipliers(dict(p.multipliers))}"
@@ -204,8 +157,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
                      max_train_images=max_train_images, max_train_steps=max_train_steps)
         patch = {k: v for k, v in given.items() if v is not None}
         changed = bool(patch) or reset or max_queued is not None
-        await self.s.admin.set_limits(guild_id, interaction.user.id, channel and channel.id, patch, max_queued, reset)
-        rules = await self.s.moderation.rules(guild_id, channel.id if channel else None)
+        await self.services.admin.set_limits(guild_id, interaction.user.id, channel and channel.id, patch, max_queued, reset)
+        rules = await self.services.rules.in_channel(guild_id, channel.id if channel else None)
         where = f"in {channel.mention}" if channel else "on this server"
         await self.reply(interaction, rules.limits.describe(), title=f"Limits {where}" + (" updated" if changed else ""))
 
@@ -215,8 +168,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def ban(self, interaction: discord.Interaction, user: discord.Member, reason: str | None = None) -> None:
         if user.id == interaction.user.id:
             raise UserError("You cannot ban yourself.")
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        cancelled = await self.s.moderation.ban(interaction.guild_id, user.id, interaction.user.id, reason)
+        cancelled = await self.services.rules.ban(interaction.guild_id, user.id, interaction.user.id, reason)
         await self.audit(interaction, "ban", target_user_id=user.id,
                          details={"reason": reason, "cancelled_jobs": [j.id for j in cancelled]})
         refunded = sum(j.cost for j in cancelled)
@@ -225,24 +177,24 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
 
     @app_commands.command(name="unban", description="Let a banned member use the bot again")
     async def unban(self, interaction: discord.Interaction, user: discord.Member) -> None:
-        if not await self.s.admin.unban(interaction.guild_id, interaction.user.id, user.id):
+        if not await self.services.admin.unban(interaction.guild_id, interaction.user.id, user.id):
             raise UserError(f"{user.mention} is not banned.")
         await self.reply(interaction, f"✅ {user.mention} may use the bot again.")
 
     @app_commands.command(name="bans", description="Members banned from the bot here")
     async def bans(self, interaction: discord.Interaction) -> None:
-        rows = await self.s.admin.bans(interaction.guild_id)
+        rows = await self.services.admin.bans(interaction.guild_id)
         lines = [f"<@{b.user_id}> since {discord.utils.format_dt(b.created_at, 'R')} by <@{b.actor_id}>"
                  + (f" — {b.reason}" if b.reason else "") for b in rows]
         await self.reply(interaction, "\n".join(lines) or "Nobody is banned.", title=f"Bans ({len(rows)})")
 
     # -- channels ------------------------------------------------------------------------------------------
     async def _channel_access(self, interaction: discord.Interaction, channel: discord.TextChannel, access: str) -> None:
-        await self.s.admin.set_channel_access(interaction.guild_id, interaction.user.id, channel.id, access)
+        await self.services.admin.set_channel_access(interaction.guild_id, interaction.user.id, channel.id, access)
         await self.reply(interaction, f"{channel.mention}: {access} saved.\n\n{await self._channel_list(interaction.guild_id)}")
 
     async def _channel_list(self, guild_id: int) -> str:
-        rows = await self.s.admin.channel_rows(guild_id)
+        rows = await self.services.admin.channel_rows(guild_id)
         allowed = [f"<#{r.channel_id}>" for r in rows if r.enabled and (r.settings or {}).get("allowed")]
         denied = [f"<#{r.channel_id}>" for r in rows if not r.enabled]
         limited = [f"<#{r.channel_id}> {(r.settings or {})['limits']}" for r in rows if (r.settings or {}).get("limits")]
@@ -279,9 +231,9 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
                    image_check: bool | None = None) -> None:
         patch = {k: v for k, v in {"terms": terms, "negative": negative, "image_check": image_check}.items() if v is not None}
         if patch:
-            await self.s.admin.update_nsfw(interaction.guild_id, interaction.user.id, patch)
-        rules = (await self.s.moderation.rules(interaction.guild_id, None)).nsfw
-        installed = "installed" if self.s.moderation.safety_check else "not installed in this bot"
+            await self.services.admin.update_nsfw(interaction.guild_id, interaction.user.id, patch)
+        rules = (await self.services.rules.in_channel(interaction.guild_id, None)).nsfw
+        installed = "installed" if self.services.rules.safety_check else "not installed in this bot"
         text = (
             "NSFW prompts work only in age-restricted channels.\n"
             f"**NSFW terms:** {', '.join(rules.terms) or 'none'}\n"
@@ -293,19 +245,19 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @words.command(name="add", description="Ban a word or phrase (whole words), or a regex as re:<pattern>")
     async def words_add(self, interaction: discord.Interaction, word: str) -> None:
         entry = validate_banned_entry(word)
-        if not await self.s.admin.add_word(interaction.guild_id, interaction.user.id, entry):
+        if not await self.services.admin.add_word(interaction.guild_id, interaction.user.id, entry):
             raise UserError(f"`{entry}` is already banned.")
         await self.reply(interaction, f"🚫 `{entry}` is banned in prompts.")
 
     @words.command(name="remove", description="Allow a banned word again")
     async def words_remove(self, interaction: discord.Interaction, word: str) -> None:
-        if not await self.s.admin.remove_word(interaction.guild_id, interaction.user.id, word):
+        if not await self.services.admin.remove_word(interaction.guild_id, interaction.user.id, word):
             raise UserError(f"`{word}` is not banned; see `/admin words list`.")
         await self.reply(interaction, f"✅ `{word}` is allowed again.")
 
     @words.command(name="list", description="The banned words and regexes")
     async def words_list(self, interaction: discord.Interaction) -> None:
-        words = await self.s.admin.words(interaction.guild_id)
+        words = await self.services.admin.words(interaction.guild_id)
         text = "\n".join(f"`{w}`" + (" (regex)" if w.startswith(REGEX_PREFIX) else "") for w in words)
         await self.reply(interaction, text or "No banned words.", title=f"Banned words ({len(words)})")
 
@@ -314,14 +266,14 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def negative(self, interaction: discord.Interaction, prompt: str | None = None, clear: bool = False) -> None:
         if clear or prompt is not None:
             value = None if clear else prompt.strip() or None
-            await self.s.admin.set_negative(interaction.guild_id, interaction.user.id, value)
-        current = await self.s.admin.negative(interaction.guild_id)
+            await self.services.admin.set_negative(interaction.guild_id, interaction.user.id, value)
+        current = await self.services.admin.negative(interaction.guild_id)
         await self.reply(interaction, f"Server negative prompt: {f'`{current}`' if current else 'none'}")
 
     # -- queue ---------------------------------------------------------------------------------------------
     @queue.command(name="view", description="Waiting and running jobs on this server")
     async def queue_view(self, interaction: discord.Interaction) -> None:
-        q, guild_id = self.s.queue, interaction.guild_id
+        q, guild_id = self.services.queue, interaction.guild_id
         jobs = await q.list(guild_id=guild_id, limit=25)
         lines = []
         for job in jobs:
@@ -333,60 +285,60 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @queue.command(name="cancel", description="Cancel a job on this server; its credits are refunded")
     @app_commands.describe(job="The job number (#id)")
     async def queue_cancel(self, interaction: discord.Interaction, job: app_commands.Range[int, 1]) -> None:
-        found = await self.s.queue.get(job)
+        found = await self.services.queue.get(job)
         if found is None or found.guild_id != interaction.guild_id:
             raise UserError(f"There is no job #{job} on this server.")
-        if not await self.s.jobs.cancel(job, interaction.user.id):
+        if not await self.services.jobs.cancel(job, interaction.user.id):
             raise UserError(f"Job #{job} already finished ({found.status}).")
-        self.s.publisher.status.pop(job, None)
+        self.services.publisher.status.pop(job, None)
         await self.audit(interaction, "queue.cancel", target_user_id=found.user_id, target_job_id=job)
         await self.reply(interaction, f"🛑 Job #{job} of <@{found.user_id}> cancelled; {found.cost} credits refunded.")
 
     @queue.command(name="pause", description="Stop starting this server's jobs (running ones finish)")
     async def queue_pause(self, interaction: discord.Interaction) -> None:
-        await self.s.queue.pause(interaction.guild_id, interaction.user.id)
+        await self.services.queue.pause(interaction.guild_id, interaction.user.id)
         await self.audit(interaction, "queue.pause")
         await self.reply(interaction, "⏸️ The queue is paused on this server. Jobs can still be queued.")
 
     @queue.command(name="resume", description="Start this server's jobs again")
     async def queue_resume(self, interaction: discord.Interaction) -> None:
-        await self.s.queue.resume(interaction.guild_id, interaction.user.id)
-        self.s.worker.wake()
+        await self.services.queue.resume(interaction.guild_id, interaction.user.id)
+        self.services.worker.wake()
         await self.audit(interaction, "queue.resume")
         await self.reply(interaction, "▶️ The queue runs again on this server.")
 
     # -- hypernetwork modules ---------------------------------------------------------------------------------
     async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:
-        module = await self.s.admin.review_module(interaction.guild_id, interaction.user.id, name, approve)
+        module = await self.services.admin.review_hypernet(interaction.guild_id, interaction.user.id, name, approve)
         verdict = "now usable by everyone here" if approve else "rejected (only its owner sees it)"
         await self.reply(interaction, f"Module `{name}` by <@{module.owner_id}> is {verdict}.")
 
-    async def _module_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def _hypernet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         if not manages_server(interaction):  # command checks don't run for autocomplete
             return []
-        rows = await self.s.admin.shared_modules(interaction.guild_id)
+        rows = await self.services.admin.shared_hypernets(interaction.guild_id)
         return [app_commands.Choice(name=m.name, value=m.name) for m in rows if current.lower() in m.name.lower()][:25]
 
-    @modules_group.command(name="pending", description="Modules members shared that wait for approval")
-    async def modules_pending(self, interaction: discord.Interaction) -> None:
-        rows = await self.s.admin.pending_modules(interaction.guild_id)
+    @hypernets_group.command(name="pending", description="Modules members shared that wait for approval")
+    async def hypernets_pending(self, interaction: discord.Interaction) -> None:
+        rows = await self.services.admin.pending_hypernets(interaction.guild_id)
         lines = [f"`{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
         await self.reply(interaction, "\n".join(lines) or "No modules wait for approval.", title=f"Pending modules ({len(rows)})")
 
-    @modules_group.command(name="approve", description="Make a shared module usable by everyone on this server")
-    @app_commands.autocomplete(name=_module_autocomplete)
-    async def modules_approve(self, interaction: discord.Interaction, name: str) -> None:
+    @hypernets_group.command(name="approve", description="Make a shared module usable by everyone on this server")
+    @app_commands.autocomplete(name=_hypernet_autocomplete)
+    async def hypernets_approve(self, interaction: discord.Interaction, name: str) -> None:
         await self._review(interaction, name, approve=True)
 
-    @modules_group.command(name="reject", description="Refuse (or withdraw) a shared module")
-    @app_commands.autocomplete(name=_module_autocomplete)
-    async def modules_reject(self, interaction: discord.Interaction, name: str) -> None:
+    @hypernets_group.command(name="reject", description="Refuse (or withdraw) a shared module")
+    @app_commands.autocomplete(name=_hypernet_autocomplete)
+    async def hypernets_reject(self, interaction: discord.Interaction, name: str) -> None:
         await self._review(interaction, name, approve=False)
 
     # -- audit log -----------------------------------------------------------------------------------------
     @app_commands.command(name="audit", description="Who changed what, newest first")
     async def audit_log(self, interaction: discord.Interaction, page: app_commands.Range[int, 1, 10_000] = 1) -> None:
-        rows = await self.s.admin.audit_page(interaction.guild_id, page, AUDIT_PAGE)
+        rows = await self.services.admin.audit_page(interaction.guild_id, page, AUDIT_PAGE)
         lines = []
         for e in rows:
             target = (f" → <@{e.target_user_id}>" if e.target_user_id else "") + (f" job #{e.target_job_id}" if e.target_job_id else "")

@@ -10,19 +10,34 @@ from discord.ext import commands
 
 from gen_core.buckets import fit_to_bucket
 from services import ui
-from services.edit import EDIT_PRESET_CHOICES, ETA_RANGE, EditOptions, edit_params, register_views
-from services.jobs import UserError
+from services.edit import EDIT_KINDS, EDIT_PRESET_CHOICES, ETA_BUTTONS, ETA_RANGE, EditOptions, edit_params
+
+
+def edit_view(job_id: int, n_images: int) -> discord.ui.View:
+    """Under an edit result: reroll, delete, and one button per η of ETA_BUTTONS."""
+    view = ui.result_view(job_id, n_images, actions=("reroll", "delete"))
+    for eta in ETA_BUTTONS:
+        view.add_item(ui.JobButton(job_id, "eta", round(eta * 100), label=f"η {eta}", row=1))
+    return view
 
 
 class Edit(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        for kind in EDIT_KINDS:
+            self.bot.services.publisher.result_views[kind] = edit_view
+
+    async def cog_unload(self) -> None:
+        for kind in EDIT_KINDS:
+            self.bot.services.publisher.result_views.pop(kind, None)
+
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
-    @app_commands.command(name="edit", description="Edit a picture by describing the result (Imagic)")
+    @app_commands.command(name="edit", description="Edit a picture by describing the result (Imagic)", extras={ui.GENERATES: True})
     @app_commands.describe(
         image="The picture to edit (PNG, JPEG or WebP)",
         prompt="The picture as it should be, e.g. 'a photo of a pistachio cake'",
@@ -42,20 +57,13 @@ class Edit(commands.Cog):
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
         negative: str | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.s.guard(interaction)
-            picture = fit_to_bucket(await self.s.read_attachment(image), self.s.jobs.buckets)
-            options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
-            buf = io.BytesIO()
-            picture.save(buf, format="PNG")
-            params = edit_params(self.s.jobs, options, *picture.size, init_image=await self.s.store.put(buf.getvalue()))
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        await self.s.submit_from_interaction(interaction, [params])
+        picture = fit_to_bucket(await self.services.read_attachment(image), self.services.jobs.buckets)
+        options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
+        buf = io.BytesIO()
+        picture.save(buf, format="PNG")
+        params = edit_params(self.services.jobs, options, *picture.size, init_image=await self.services.store.put(buf.getvalue()))
+        await self.services.submit_from_interaction(interaction, [params])
 
 
 async def setup(bot: commands.Bot) -> None:
-    register_views()
     await bot.add_cog(Edit(bot))

@@ -12,8 +12,9 @@ from discord.ext import commands
 
 from gen_core import hypernetwork
 from services import ui
-from services.hypernet import STRENGTH_RANGE, check_name, read_training_zip, register_views
+from services.hypernet import STRENGTH_RANGE, check_name, read_training_zip
 from services.jobs import UserError
+from worker.jobs import JobKind
 
 log = logging.getLogger(__name__)
 
@@ -24,82 +25,77 @@ def _active_line(entries) -> str:
     return "Active for your /imagine jobs, in this order: " + ", ".join(f"`{m.name}` ×{s:g}" for m, s in entries)
 
 
+def train_view(job_id: int, n_images: int) -> discord.ui.View:
+    """Under a training result: 🔄 samples again with the module (an /imagine job), ❌ deletes the post."""
+    return ui.result_view(job_id, n_images, actions=("reroll", "delete"))
+
+
 class Hypernet(commands.Cog):
     group = app_commands.Group(name="hypernet", description="Hypernetwork style modules", guild_only=True)
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        self.services.publisher.result_views[JobKind.HYPERNET_TRAIN] = train_view
+
+    async def cog_unload(self) -> None:
+        self.services.publisher.result_views.pop(JobKind.HYPERNET_TRAIN, None)
+
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     @property
-    def h(self):
+    def hypernets(self):
         return self.bot.services.hypernets
 
     async def _names(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        names = await self.h.names(interaction.guild_id, interaction.user.id, current)
+        names = await self.hypernets.names(interaction.guild_id, interaction.user.id, current)
         return [app_commands.Choice(name=n, value=n) for n in names]
 
-    async def _reply(self, interaction: discord.Interaction, text: str) -> None:
-        if interaction.response.is_done():
-            await interaction.followup.send(text, ephemeral=True)
-        else:
-            await interaction.response.send_message(text, ephemeral=True)
-
-    async def _run(self, interaction: discord.Interaction, action) -> None:
-        """Run `action` (a coroutine giving the reply text); a UserError becomes an ephemeral refusal."""
-        try:
-            text = await action
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        await self._reply(interaction, text)
+    @staticmethod
+    async def _reply(interaction: discord.Interaction, text: str) -> None:
+        await interaction.followup.send(text, ephemeral=True)  # the tree acknowledged the command
 
     # -- browsing --------------------------------------------------------------------------------------
     @group.command(name="list", description="The modules you can use on this server")
     async def list_(self, interaction: discord.Interaction) -> None:
-        async def text() -> str:
-            rows = await self.h.visible(interaction.guild_id, interaction.user.id)
-            active = {m.id: s for m, s in await self.h.active(interaction.guild_id, interaction.user.id)}
-            lines = []
-            for m in rows:
-                state = "⏳ training" if not self.h.ready(m) else f"✅ active ×{active[m.id]:g}" if m.id in active else ""
-                owner = "yours" if m.owner_id == interaction.user.id else f"by <@{m.owner_id}>"
-                sharing = f" · shared ({m.status})" if m.shared else ""
-                lines.append(f"• `{m.name}` — {owner}{sharing} {state}".rstrip())
-            return "\n".join(lines) or "No modules yet. Upload one with `/hypernet upload` or train one with `/hypernet train`."
-
-        await self._run(interaction, text())
+        rows = await self.hypernets.visible(interaction.guild_id, interaction.user.id)
+        active = {m.id: s for m, s in await self.hypernets.active(interaction.guild_id, interaction.user.id)}
+        lines = []
+        for m in rows:
+            state = "⏳ training" if not self.hypernets.ready(m) else f"✅ active ×{active[m.id]:g}" if m.id in active else ""
+            owner = "yours" if m.owner_id == interaction.user.id else f"by <@{m.owner_id}>"
+            sharing = f" · shared ({m.status})" if m.shared else ""
+            lines.append(f"• `{m.name}` — {owner}{sharing} {state}".rstrip())
+        await self._reply(interaction, "\n".join(lines) or "No modules yet. Upload one with `/hypernet upload` or train one with `/hypernet train`.")
 
     @group.command(name="info", description="What a module is: structure, base model, training")
     @app_commands.autocomplete(name=_names)
     async def info(self, interaction: discord.Interaction, name: str) -> None:
-        async def text() -> str:
-            m = await self.h.find(interaction.guild_id, interaction.user.id, name)
-            if not self.h.ready(m):
-                return f"`{m.name}` is still training."
-            loop = asyncio.get_running_loop()
-            hn = await loop.run_in_executor(None, hypernetwork.load_file, Path(m.path))
-            s, meta = hn.structure, hn.meta
-            lines = [
-                f"**{m.name}** by <@{m.owner_id}>" + (f" · shared ({m.status})" if m.shared else " · private"),
-                f"Layers {' → '.join(f'{x:g}' for x in s.layers)} · activation {s.activation}"
-                f" · layer norm {'on' if s.layer_norm else 'off'} · widths {', '.join(map(str, hn.widths))}",
-            ]
-            if meta.get("base_model"):
-                lines.append(f"Base model: {meta['base_model']}")
-            if training := meta.get("training"):
-                lines.append(
-                    f"Trained on {training['images']} images for {training['steps']} steps"
-                    f" (buckets {', '.join(f'{k}×{v}' for k, v in training['buckets'].items())}; final loss {training['final_loss']:.4f})"
-                )
-            elif meta.get("step"):
-                lines.append(f"Imported from A1111 (step {meta['step']})")
-            return "\n".join(lines)
-
-        await self._run(interaction, text())
+        m = await self.hypernets.find(interaction.guild_id, interaction.user.id, name)
+        if not self.hypernets.ready(m):
+            await self._reply(interaction, f"`{m.name}` is still training.")
+            return
+        loop = asyncio.get_running_loop()
+        hn = await loop.run_in_executor(None, hypernetwork.load_file, Path(m.path))
+        s, meta = hn.structure, hn.meta
+        lines = [
+            f"**{m.name}** by <@{m.owner_id}>" + (f" · shared ({m.status})" if m.shared else " · private"),
+            f"Layers {' → '.join(f'{x:g}' for x in s.layers)} · activation {s.activation}"
+            f" · layer norm {'on' if s.layer_norm else 'off'} · widths {', '.join(map(str, hn.widths))}",
+        ]
+        if meta.get("base_model"):
+            lines.append(f"Base model: {meta['base_model']}")
+        if training := meta.get("training"):
+            lines.append(
+                f"Trained on {training['images']} images for {training['steps']} steps"
+                f" (buckets {', '.join(f'{k}×{v}' for k, v in training['buckets'].items())}; final loss {training['final_loss']:.4f})"
+            )
+        elif meta.get("step"):
+            lines.append(f"Imported from A1111 (step {meta['step']})")
+        await self._reply(interaction, "\n".join(lines))
 
     # -- choosing ------------------------------------------------------------------------------------------
     @group.command(name="use", description="Apply a module to your /imagine jobs (several chain in order)")
@@ -111,54 +107,36 @@ class Hypernet(commands.Cog):
         name: str,
         strength: app_commands.Range[float, STRENGTH_RANGE[0], STRENGTH_RANGE[1]] = 1.0,
     ) -> None:
-        async def text() -> str:
-            entries = await self.h.use(interaction.guild_id, interaction.user.id, name, strength)
-            return f"🧠 `{name}` ×{strength:g} is on. " + _active_line(entries)
-
-        await self._run(interaction, text())
+        entries = await self.hypernets.use(interaction.guild_id, interaction.user.id, name, strength)
+        await self._reply(interaction, f"🧠 `{name}` ×{strength:g} is on. " + _active_line(entries))
 
     @group.command(name="off", description="Stop applying one module, or all of them")
     @app_commands.describe(name="The module to turn off; empty = all")
     @app_commands.autocomplete(name=_names)
     async def off(self, interaction: discord.Interaction, name: str | None = None) -> None:
-        async def text() -> str:
-            return _active_line(await self.h.off(interaction.guild_id, interaction.user.id, name))
-
-        await self._run(interaction, text())
+        await self._reply(interaction, _active_line(await self.hypernets.off(interaction.guild_id, interaction.user.id, name)))
 
     # -- files -------------------------------------------------------------------------------------------
-    @group.command(name="upload", description="Add a module: a .safetensors or an AUTOMATIC1111 .pt hypernetwork")
+    @group.command(name="upload", description="Add a module: a .safetensors or an AUTOMATIC1111 .pt hypernetwork", extras={ui.GENERATES: True})
     @app_commands.describe(file="The hypernetwork file", name="Its name here (default: from the file)")
     async def upload(self, interaction: discord.Interaction, file: discord.Attachment, name: str | None = None) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-
-        async def text() -> str:
-            await self.s.guard(interaction)
-            m = await self.h.upload(interaction.guild_id, interaction.user.id, file, name)
-            return f"🧠 Module `{m.name}` added (private to you). Turn it on with `/hypernet use {m.name}`."
-
-        await self._run(interaction, text())
+        m = await self.hypernets.upload(interaction.guild_id, interaction.user.id, file, name)
+        await self._reply(interaction, f"🧠 Module `{m.name}` added (private to you). Turn it on with `/hypernet use {m.name}`.")
 
     @group.command(name="delete", description="Delete one of your modules")
     @app_commands.autocomplete(name=_names)
     async def delete(self, interaction: discord.Interaction, name: str) -> None:
-        async def text() -> str:
-            await self.h.delete(interaction.guild_id, interaction.user.id, name)
-            return f"🗑️ Module `{name}` deleted."
-
-        await self._run(interaction, text())
+        await self.hypernets.delete(interaction.guild_id, interaction.user.id, name)
+        await self._reply(interaction, f"🗑️ Module `{name}` deleted.")
 
     @group.command(name="share", description="Offer one of your modules to the whole server (an admin approves)")
     @app_commands.autocomplete(name=_names)
     async def share(self, interaction: discord.Interaction, name: str) -> None:
-        async def text() -> str:
-            await self.h.share(interaction.guild_id, interaction.user.id, name)
-            return f"📤 `{name}` waits for an admin's approval (`/admin modules approve`); then everyone here can use it."
-
-        await self._run(interaction, text())
+        await self.hypernets.share(interaction.guild_id, interaction.user.id, name)
+        await self._reply(interaction, f"📤 `{name}` waits for an admin's approval (`/admin modules approve`); then everyone here can use it.")
 
     # -- training ----------------------------------------------------------------------------------------
-    @group.command(name="train", description="Train a new module on your images (a GPU job with a cost)")
+    @group.command(name="train", description="Train a new module on your images (a GPU job with a cost)", extras={ui.GENERATES: True})
     @app_commands.describe(
         name="The new module's name",
         images="An image, or a .zip of images with same-named .txt captions",
@@ -177,18 +155,13 @@ class Hypernet(commands.Cog):
         image4: discord.Attachment | None = None,
         steps: app_commands.Range[int, 1, 100_000] | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.s.guard(interaction)
-            name = check_name(name)
-            pairs = await self._training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
-            params = await self.h.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
-            await self.h.submit_training(interaction, params)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
+        name = check_name(name)
+        pairs = await self._training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
+        params = await self.hypernets.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
+        await self.hypernets.submit_training(interaction, params)
 
     async def _training_set(self, first: discord.Attachment, more: list[discord.Attachment], captions: str | None):
-        limits = self.s.config.limits
+        limits = self.services.config.limits
         if first.filename.lower().endswith(".zip"):
             if more:
                 raise UserError("Give either a zip or images, not both.")
@@ -196,7 +169,7 @@ class Hypernet(commands.Cog):
                 raise UserError(f"`{first.filename}` is {first.size / 1e6:.1f} MB; the limit is {limits.max_attachment_bytes / 1e6:.0f} MB.")
             pairs = read_training_zip(await first.read(), limits.max_train_images, limits.max_input_pixels, limits.max_attachment_bytes)
         else:
-            pairs = [(await self.s.read_attachment(a), None) for a in (first, *more)]
+            pairs = [(await self.services.read_attachment(a), None) for a in (first, *more)]
         given = [c.strip() for c in (captions or "").split("|")] if captions and captions.strip() else []
         if len(given) not in (0, 1, len(pairs)):
             raise UserError(f"Give one caption for all images or one per image ({len(pairs)}), separated by `|`.")
@@ -210,5 +183,4 @@ class Hypernet(commands.Cog):
 
 
 async def setup(bot: commands.Bot) -> None:
-    register_views()
     await bot.add_cog(Hypernet(bot))

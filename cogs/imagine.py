@@ -1,4 +1,4 @@
-"""/imagine (text-to-image) and /cost, plus the reactions on result messages."""
+"""/imagine (text-to-image) and /cost, plus the job buttons and reactions on result messages."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from gen_core.buckets import bucket_choices
 from gen_core.samplers import SAMPLERS
 from services import ui
 from services.edit import EDIT_PRESET_CHOICES, edit_cost_line
-from services.jobs import ImagineOptions, UserError
+from services.jobs import ImagineOptions
 
 # Option descriptions shared by /imagine and /cost.
 DESCRIBE = {
@@ -52,19 +52,25 @@ class Imagine(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(ui.JobButton)
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(ui.JobButton)
+
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
     async def _aspect_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
-        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.s.jobs.buckets)]
+        choices = [app_commands.Choice(name=label, value=value) for label, value in bucket_choices(self.services.jobs.buckets)]
         current = current.strip().lower()
         matching = [c for c in choices if current in c.name.lower() or current in c.value]
         if current and ":" in current and not matching:
             matching = [app_commands.Choice(name=f"Custom ratio {current}", value=current)]
         return matching[:25]
 
-    @app_commands.command(name="imagine", description="Create images from a text prompt")
+    @app_commands.command(name="imagine", description="Create images from a text prompt", extras={ui.GENERATES: True})
     @app_commands.describe(**DESCRIBE)
     @app_commands.choices(sampler=SAMPLER_CHOICES, undesired=UNDESIRED_CHOICES)
     async def imagine(
@@ -83,14 +89,7 @@ class Imagine(commands.Cog):
         undesired: str | None = None,
     ) -> None:
         opts = options(prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired)
-        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
-        try:
-            await self.s.guard(interaction)
-            params_list = self.s.jobs.imagine_params(opts)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        await self.s.submit_from_interaction(interaction, params_list)
+        await self.services.submit_from_interaction(interaction, self.services.jobs.imagine_params(opts))
 
     imagine.autocomplete("aspect")(_aspect_autocomplete)
 
@@ -109,20 +108,15 @@ class Imagine(commands.Cog):
         count: app_commands.Range[int, 1, 4] | None = None,
         edit: str | None = None,
     ) -> None:
-        opts = options(prompt, None, aspect, steps, None, None, 0, count, None, None, None)
-        try:
-            params_list = self.s.jobs.imagine_params(opts)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        policy = await self.s.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
-        total = sum(self.s.jobs.cost(p, policy) for p in params_list)
-        balance = await self.s.ledger.balance(interaction.guild_id or 0, interaction.user.id)
+        params_list = self.services.jobs.imagine_params(options(prompt, None, aspect, steps, None, None, 0, count, None, None, None))
+        policy = await self.services.ledger.policy_for(interaction.guild_id or 0)  # the server's multipliers
+        total = sum(self.services.jobs.cost(p, policy) for p in params_list)
+        balance = await self.services.ledger.balance(interaction.guild_id or 0, interaction.user.id)
         p = params_list[0]
-        await interaction.response.send_message(
+        await interaction.followup.send(
             f"💰 {len(params_list)} job(s) of {p.count} image(s) at {p.width}×{p.height}, {p.steps} steps "
             f"would cost **{total}** credits. Your balance: {balance}."
-            + (edit_cost_line(self.s.jobs, edit, p, policy) if edit else ""),
+            + (edit_cost_line(self.services.jobs, edit, p, policy) if edit else ""),
             ephemeral=True,
         )
 
@@ -130,7 +124,7 @@ class Imagine(commands.Cog):
 
     @commands.Cog.listener()
     async def on_raw_reaction_add(self, payload: discord.RawReactionActionEvent) -> None:
-        await self.s.actions.on_reaction(payload)
+        await self.services.actions.on_reaction(payload)
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -8,7 +8,6 @@ from discord.ext import commands
 
 from gen_core.mix import MODES
 from services import ui
-from services.jobs import UserError
 from services.mix import MixOptions, mix_params
 from worker.jobs import JobKind
 
@@ -26,7 +25,13 @@ class Mix(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
-    @app_commands.command(name="mix", description="Mix several prompts with weights into one image")
+    async def cog_load(self) -> None:
+        self.bot.services.publisher.result_views[JobKind.MIX] = mix_result_view
+
+    async def cog_unload(self) -> None:
+        self.bot.services.publisher.result_views.pop(JobKind.MIX, None)
+
+    @app_commands.command(name="mix", description="Mix several prompts with weights into one image", extras={ui.GENERATES: True})
     @app_commands.describe(
         prompts="Recipe: `cat:0.7 | kitten:0.3`, `cat::2 kitten::1` or `cat AND kitten :0.5` (missing weight = 1)",
         mode="blend: one averaged prompt embedding (default); composable: one guidance term per prompt",
@@ -61,16 +66,8 @@ class Mix(commands.Cog):
             steps=steps,
             normalize=True if normalize is None else normalize,
         )
-        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: checks read SQL
-        try:
-            await services.guard(interaction)
-            params = mix_params(services.jobs, options)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        await services.submit_from_interaction(interaction, [params])
+        await services.submit_from_interaction(interaction, [mix_params(services.jobs, options)])
 
 
 async def setup(bot: commands.Bot) -> None:
-    ui.RESULT_VIEWS[JobKind.MIX] = mix_result_view
     await bot.add_cog(Mix(bot))

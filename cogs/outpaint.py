@@ -35,8 +35,9 @@ FILL_CHOICES = [app_commands.Choice(name=f, value=f) for f in FILLS]
 DIRECTION_BUTTONS = (("left", "⬅"), ("right", "➡"), ("up", "⬆"), ("down", "⬇"), ("zoom", "🔍"))
 
 
-class OutpaintButton(discord.ui.DynamicItem[discord.ui.Button], template=r"outpaint:(?P<job>[0-9]+):(?P<action>[a-z]+):(?P<index>[0-9]+)"):
-    """P1–P4 (pick) under an outpaint result, and the directional buttons under a picked image."""
+class OutpaintButton(ui.CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template=r"outpaint:(?P<job>[0-9]+):(?P<action>[a-z]+):(?P<index>[0-9]+)"):
+    """P1–P4 (pick) under an outpaint result, and the directional buttons under a picked image.  Anyone
+    who may use the bot here may continue anyone's outpainting: no ownership check."""
 
     def __init__(self, job_id: int, action: str, index: int, **button: Any) -> None:
         self.job_id, self.action, self.index = job_id, action, index
@@ -46,21 +47,22 @@ class OutpaintButton(discord.ui.DynamicItem[discord.ui.Button], template=r"outpa
     async def from_custom_id(cls, interaction: discord.Interaction, item: discord.ui.Button, match: Any):
         return cls(int(match["job"]), match["action"], int(match["index"]))
 
-    async def callback(self, interaction: discord.Interaction) -> None:
-        services = interaction.client.services
-        try:
-            await services.guard(interaction)
-            job = await services.queue.get(self.job_id)
-            if job is None or job.kind != JobKind.OUTPAINT or not job.result:
-                raise UserError(f"Outpaint job #{self.job_id} no longer exists.")
-            if self.action == "pick":
-                await pick(interaction, job, self.index)
-            elif self.action in DIRECTION_ACTIONS:
-                await extend(interaction, job, self.index, self.action)
-            else:
-                raise UserError("That button is not supported any more.")
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        if self.action in DIRECTION_ACTIONS:  # a new job: the answer is its queue position
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        else:  # a pick posts the image in the channel
+            await interaction.response.defer()
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        job = await interaction.client.services.queue.get(self.job_id)
+        if job is None or job.kind != JobKind.OUTPAINT or not job.result:
+            raise UserError(f"Outpaint job #{self.job_id} no longer exists.")
+        if self.action == "pick":
+            await pick(interaction, job, self.index)
+        elif self.action in DIRECTION_ACTIONS:
+            await extend(interaction, job, self.index, self.action)
+        else:
+            raise UserError("That button is not supported any more.")
 
 
 def outpaint_result_view(job_id: int, n_images: int) -> discord.ui.View:
@@ -68,6 +70,11 @@ def outpaint_result_view(job_id: int, n_images: int) -> discord.ui.View:
     for i in range(n_images):
         view.add_item(OutpaintButton(job_id, "pick", i, label=f"P{i + 1}", row=1))
     return view
+
+
+def inpaint_result_view(job_id: int, n_images: int) -> discord.ui.View:
+    """Reroll, variations (of the repainted image) and delete; no upscale."""
+    return ui.result_view(job_id, n_images, actions=("reroll", "var", "delete"))
 
 
 def picked_view(job_id: int, index: int) -> discord.ui.View:
@@ -84,7 +91,7 @@ async def pick(interaction: discord.Interaction, job: Any, index: int) -> None:
         raise UserError("That image no longer exists.")
     image = images[index]
     data = await interaction.client.services.store.get(image["key"])
-    await interaction.response.send_message(
+    await interaction.followup.send(
         f"<@{interaction.user.id}> picked P{index + 1} of job #{job.id} ({image['width']}×{image['height']}, "
         f"seed {image['seed']}). Continue with ⬅ ➡ ⬆ ⬇ or 🔍 zoom out.",
         file=ui.png_file(data, f"pick{job.id}_{index + 1}_{image['seed']}.png"),
@@ -96,7 +103,6 @@ async def pick(interaction: discord.Interaction, job: Any, index: int) -> None:
 async def extend(interaction: discord.Interaction, job: Any, index: int, action: str) -> None:
     """A new outpaint job continuing from candidate ``index`` of ``job``."""
     services = interaction.client.services
-    await interaction.response.defer(ephemeral=True, thinking=True)
     params, plan = await OutpaintService(services).continue_params(job, index, action)
     jobs = await services.jobs.submit(
         params_list=[params],
@@ -122,11 +128,20 @@ class Outpaint(commands.Cog):
         self.bot = bot
         self.service = OutpaintService(bot.services)
 
+    async def cog_load(self) -> None:
+        self.bot.add_dynamic_items(OutpaintButton)
+        self.services.publisher.result_views.update({JobKind.OUTPAINT: outpaint_result_view, JobKind.INPAINT: inpaint_result_view})
+
+    async def cog_unload(self) -> None:
+        self.bot.remove_dynamic_items(OutpaintButton)
+        for kind in (JobKind.OUTPAINT, JobKind.INPAINT):
+            self.services.publisher.result_views.pop(kind, None)
+
     @property
-    def s(self):
+    def services(self):
         return self.bot.services
 
-    @app_commands.command(name="outpaint", description="Extend a picture beyond its borders (four candidates)")
+    @app_commands.command(name="outpaint", description="Extend a picture beyond its borders (four candidates)", extras={ui.GENERATES: True})
     @app_commands.describe(
         image="The picture to extend",
         direction="Which side to grow, or zoom out",
@@ -146,18 +161,12 @@ class Outpaint(commands.Cog):
         negative: str | None = None,
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.s.guard(interaction)
-            picture = await self.s.read_attachment(image)
-            params_list, plan = await self.service.outpaint_params(picture, direction, pixels, prompt, negative, seed)
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        if await self.s.submit_from_interaction(interaction, params_list):
-            await note_downscaled(interaction, plan.downscaled, plan.original_size)
+        picture = await self.services.read_attachment(image)
+        params_list, plan = await self.service.outpaint_params(picture, direction, pixels, prompt, negative, seed)
+        await self.services.submit_from_interaction(interaction, params_list)
+        await note_downscaled(interaction, plan.downscaled, plan.original_size)
 
-    @app_commands.command(name="inpaint", description="Repaint a region of a picture (mask: white = repaint)")
+    @app_commands.command(name="inpaint", description="Repaint a region of a picture (mask: white = repaint)", extras={ui.GENERATES: True})
     @app_commands.describe(
         image="The picture; without a mask, its transparent area is repainted",
         prompt="What the repainted area should show",
@@ -183,23 +192,15 @@ class Outpaint(commands.Cog):
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
         count: app_commands.Range[int, 1, 4] | None = None,
     ) -> None:
-        await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.s.guard(interaction)
-            picture = await self.s.read_attachment(image, rgba=True)
-            mask_image = await self.s.read_attachment(mask, rgba=True) if mask is not None else None
-            params_list, scaled_to = await self.service.inpaint_params(
-                picture, mask_image, prompt, negative, strength, fill, seed, count, mask_blur
-            )
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return
-        if await self.s.submit_from_interaction(interaction, params_list) and scaled_to:
+        picture = await self.services.read_attachment(image, rgba=True)
+        mask_image = await self.services.read_attachment(mask, rgba=True) if mask is not None else None
+        params_list, scaled_to = await self.service.inpaint_params(
+            picture, mask_image, prompt, negative, strength, fill, seed, count, mask_blur
+        )
+        await self.services.submit_from_interaction(interaction, params_list)
+        if scaled_to:
             await note_downscaled(interaction, True, scaled_to)
 
 
 async def setup(bot: commands.Bot) -> None:
-    ui.RESULT_VIEWS[JobKind.OUTPAINT] = outpaint_result_view
-    ui.RESULT_VIEWS[JobKind.INPAINT] = lambda job_id, n: ui.result_view(job_id, n, actions=("reroll", "var", "delete"))
-    bot.add_dynamic_items(OutpaintButton)
     await bot.add_cog(Outpaint(bot))

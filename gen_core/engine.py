@@ -383,7 +383,7 @@ class Engine:
     # ------------------------------------------------------------------ requests
 
     @staticmethod
-    def batch_key(req: GenerationRequest) -> tuple:
+    def pipeline_key(req: GenerationRequest) -> tuple:
         """Requests with equal keys can share one UNet batch (prompts, seeds, count, init images,
         extra noise and ``extra`` may differ).  For img2img the key holds the number of denoising
         steps that the strength gives, not the strength itself."""
@@ -472,7 +472,7 @@ class Engine:
 
         All requests are validated and their prompts encoded before any denoising, so a bad
         request (``ValueError``; ``prompts.PromptTooLong`` is one) fails the call early.  Requests
-        with equal :meth:`batch_key` run as one pipeline call (at most ``config.max_count`` images,
+        with equal :meth:`pipeline_key` run as one pipeline call (at most ``config.max_count`` images,
         whole requests) with per-image generators, so every image is the one its seed gives alone.
         A request's prompt and negative are padded to a common number of 77-token chunks; by default
         requests whose padded lengths differ run as separate UNet batches, because padding with
@@ -615,7 +615,7 @@ class Engine:
         groups: dict[tuple, list[int]] = {}
         for i in range(len(reqs)) if indices is None else indices:
             r = reqs[i]
-            key = self.batch_key(r)
+            key = self.pipeline_key(r)
             if not self.config.pad_prompts_in_batch:
                 key += (embeds[i][0].shape[1],)
             groups.setdefault(key, []).append(i)

@@ -482,7 +482,7 @@ class TrainConfig:
     """Options of :func:`train`.  ``shallow_penalty`` weighs the squared context change at the
     highest-resolution attention layers (which overfit first); deeper layers count 4× less per level."""
 
-    steps: int = 200
+    steps: int = 500
     lr: float = 1e-4
     batch_size: int = 1
     structure: Structure = Structure()

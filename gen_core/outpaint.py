@@ -318,7 +318,7 @@ def inpaint_batch(
     for r, it in zip(reqs, items, strict=True):
         if r.init_image is None or it.mask.size != r.init_image.size:
             raise ValueError("an inpaint request needs an image and a mask of the same size")
-        if engine.batch_key(r) != engine.batch_key(first):
+        if engine.pipeline_key(r) != engine.pipeline_key(first):
             raise ValueError("inpaint requests in one batch must share size, steps, sampler, CFG and strength")
     pipe = inpaint_pipeline(engine)
     size = (first.width, first.height)

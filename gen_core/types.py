@@ -58,10 +58,6 @@ class GenerationRequest:
     prompt_embeds: Any = None
     loras: tuple[Any, ...] = ()
 
-    @property
-    def is_img2img(self) -> bool:
-        return self.init_image is not None
-
     def image_seeds(self) -> list[int]:
         """Seeds of the request's images (requires a resolved seed)."""
         if self.seed is None:
@@ -122,10 +118,6 @@ class Progress:
     preview: Image.Image | None = None
     previews: tuple[Image.Image, ...] = ()
     stage: str = ""
-
-    @property
-    def fraction(self) -> float:
-        return self.step / self.total if self.total else 1.0
 
 
 @dataclass

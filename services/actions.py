@@ -16,7 +16,7 @@ from gen_core.metadata import format_parameters
 from services import ui
 from services.edit import remix_params
 from services.hypernet import sample_params
-from services.jobs import UserError, new_seed
+from services.jobs import AccessDenied, UserError, new_seed
 from services.mix import sweep_params
 from worker.jobs import (
     EditParams,
@@ -65,105 +65,94 @@ def derive_params(
     )
 
 
-def is_moderator(member: Any) -> bool:
-    perms = getattr(member, "guild_permissions", None)
-    return bool(perms and (perms.manage_messages or perms.manage_guild or perms.administrator))
-
-
 class Actions:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
 
-    async def _job(self, job_id: int) -> Any:
-        job = await self.s.queue.get(job_id)
+    async def job(self, job_id: int) -> Any:
+        job = await self.services.queue.get(job_id)
         if job is None:
             raise UserError(f"Job #{job_id} no longer exists.")
         return job
 
     async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
         source = params_of(job)
-        params = derive_params(job, source, action, index, self.s.config.generation, self.s.geometry)
+        params = derive_params(job, source, action, index, self.services.config.generation, self.services.geometry)
         if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
-            area_limit = self.s.config.generation.max_area * (4 if action == "up" else 1)
+            area_limit = self.services.config.generation.max_area * (4 if action == "up" else 1)
             if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")
-        return await self.s.jobs.submit(
+        return await self.services.jobs.submit(
             params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
         )
 
-    # -- buttons ----------------------------------------------------------------------------------
+    # -- buttons (acknowledged, admitted and owner-checked by ui.JobButton) ---------------------------------
     async def on_button(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
-        generating = action in ("reroll", "var", "up", "sweep", "eta")
-        if generating:  # acknowledge first: the checks below read SQL
-            await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            await self.s.guard(interaction)
-            job = await self._job(job_id)
-            if generating:
-                jobs = await self.derive_and_submit(
-                    job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
-                )
-                await self.s.announce_queued(jobs, interaction=interaction)
-            elif action == "delete":
-                if interaction.user.id != job.user_id and not is_moderator(interaction.user):
-                    raise UserError("Only the person who made this image or a moderator can delete it.")
-                await interaction.response.defer()
-                await interaction.message.delete()
-            elif action == "cancel":
-                if interaction.user.id != job.user_id and not is_moderator(interaction.user):
-                    raise UserError("Only the person who asked for this job or a moderator can cancel it.")
-                if not await self.s.jobs.cancel(job_id, interaction.user.id):
-                    raise UserError(f"Job #{job_id} already finished.")
-                await interaction.response.edit_message(content=f"🛑 Job #{job_id} cancelled; {job.cost} credits refunded.", view=None, attachments=[])
-                self.s.publisher.status.pop(job_id, None)
-            else:
-                raise UserError("That button is not supported any more.")
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
+        job = await self.job(job_id)
+        if action in ui.GENERATING_ACTIONS:
+            jobs = await self.derive_and_submit(
+                job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
+            )
+            await self.services.announce_queued(jobs, interaction=interaction)
+        elif action == "delete":
+            await interaction.message.delete()
+        elif action == "cancel":
+            if not await self.services.jobs.cancel(job_id, interaction.user.id):
+                raise UserError(f"Job #{job_id} already finished.")
+            await interaction.edit_original_response(content=f"🛑 Job #{job_id} cancelled; {job.cost} credits refunded.", view=None, attachments=[])
+            self.services.publisher.status.pop(job_id, None)
+        else:
+            raise UserError("That button is not supported any more.")
 
-    # -- reactions ---------------------------------------------------------------------------------
+    # -- reactions -----------------------------------------------------------------------------------------
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
-        bot = self.s.bot
+        """A reaction on a result: the same access rules as a command or button (`Services.check_access`);
+        a refused member is ignored, any other refusal is told in the channel for a moment."""
+        bot = self.services.bot
         if payload.user_id == bot.user.id or payload.guild_id is None:
             return
         emoji = str(payload.emoji)
         if emoji not in (ui.REROLL, ui.DELETE, ui.FAVOURITE, ui.DM):
             return
         channel = bot.get_channel(payload.channel_id) or await bot.fetch_channel(payload.channel_id)
-        job = await self.s.queue.by_message(payload.message_id)
+        try:
+            await self.services.check_access(guild_id=payload.guild_id, user_id=payload.user_id, channel_id=payload.channel_id)
+            await self._react(payload, emoji, channel)
+        except AccessDenied:
+            return
+        except UserError as exc:
+            await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)
+        except discord.HTTPException as exc:
+            log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
+
+    async def _react(self, payload: discord.RawReactionActionEvent, emoji: str, channel: Any) -> None:
+        job = await self.services.queue.by_message(payload.message_id)
         if job is None:  # posted a moment ago and not yet recorded, or not a result: ask the message
             try:
                 job_id = ui.job_id_from_message(await channel.fetch_message(payload.message_id))
             except discord.HTTPException:
                 return
-            job = await self.s.queue.get(job_id) if job_id else None
+            job = await self.services.queue.get(job_id) if job_id else None
             if job is None or job.status != "done":
                 return
         member = payload.member
-        try:
-            if await self.s.refusal_for(payload.guild_id, payload.user_id, payload.channel_id):
-                return
-            if emoji == ui.REROLL:
-                jobs = await self.derive_and_submit(
-                    job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
-                    f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
-                )
-                status = await channel.send(f"🔄 <@{payload.user_id}> reroll of job #{job.id} queued…")
-                await self.s.announce_queued(jobs, message=status)
-            elif emoji == ui.DELETE:
-                if payload.user_id == job.user_id or is_moderator(member):
-                    await channel.get_partial_message(payload.message_id).delete()
-            elif emoji == ui.FAVOURITE:
-                for img in (job.result or {}).get("images", []):
-                    await self.s.images.favourite(payload.guild_id, payload.user_id, img["key"])
-            elif emoji == ui.DM:
-                user = member or await bot.fetch_user(payload.user_id)
-                lines = [f"**Job #{job.id}** ({job.kind})"]
-                for img in (job.result or {}).get("images", []):
-                    lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
-                await user.send(ui.clip("\n".join(lines), 2000))
-        except UserError as exc:
-            await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)
-        except discord.HTTPException as exc:
-            log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
+        if emoji == ui.REROLL:
+            jobs = await self.derive_and_submit(
+                job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
+                f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
+            )
+            status = await channel.send(f"🔄 <@{payload.user_id}> reroll of job #{job.id} queued…")
+            await self.services.announce_queued(jobs, message=status)
+        elif emoji == ui.DELETE:
+            if payload.user_id == job.user_id or ui.is_moderator(member):
+                await channel.get_partial_message(payload.message_id).delete()
+        elif emoji == ui.FAVOURITE:
+            for img in (job.result or {}).get("images", []):
+                await self.services.images.favourite(payload.guild_id, payload.user_id, img["key"])
+        elif emoji == ui.DM:
+            user = member or await self.services.bot.fetch_user(payload.user_id)
+            lines = [f"**Job #{job.id}** ({job.kind})"]
+            for img in (job.result or {}).get("images", []):
+                lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
+            await user.send(ui.clip("\n".join(lines), 2000))
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from services.jobs import UserError
-from services.moderation import LIMIT_KEYS
-from storage import ModuleStatus, moderation, modules, settings
+from services.rules import LIMIT_KEYS
+from storage import ModuleStatus, hypernetworks, moderation, settings
 
 CHANNEL_ACCESS = {"allow": (True, True), "deny": (False, None), "reset": (True, None)}  # -> (enabled, allowed)
 
@@ -39,7 +39,7 @@ class ServerAdmin:
     ) -> None:
         """Override limits for the guild or one channel (``reset`` first removes the current overrides).
         An override never exceeds the bot's own limit (config.toml): `UserError` says which one."""
-        ceilings = self.services.moderation.default_limits(max_queued=0)
+        ceilings = self.services.rules.default_limits(max_queued=0)
         for key, value in patch.items():
             if key not in LIMIT_KEYS:
                 raise UserError(f"`{key}` is not a limit; the limits are {', '.join(LIMIT_KEYS)}.")
@@ -112,20 +112,20 @@ class ServerAdmin:
         return (await settings.get_guild_settings(self.db, guild_id)).get("negative")
 
     # -- hypernetwork modules --------------------------------------------------------------------------
-    async def review_module(self, guild_id: int, actor_id: int, name: str, approve: bool) -> Any:
+    async def review_hypernet(self, guild_id: int, actor_id: int, name: str, approve: bool) -> Any:
         """Approve or reject a module its owner shared; returns the module."""
-        module = await modules.get(self.db, guild_id, name)
+        module = await hypernetworks.get(self.db, guild_id, name)
         if module is None:
             raise UserError(f"There is no module `{name}` on this server; see `/admin modules pending`.")
         if not module.shared:
             raise UserError(f"`{name}` was not shared by its owner, so there is nothing to review.")
-        await modules.update(self.db, module.id, status=ModuleStatus.APPROVED if approve else ModuleStatus.REJECTED)
+        await hypernetworks.update(self.db, module.id, status=ModuleStatus.APPROVED if approve else ModuleStatus.REJECTED)
         await self.audit(guild_id, actor_id, f"modules.{'approve' if approve else 'reject'}",
                          target_user_id=module.owner_id, details={"module": name, "module_id": module.id})  # fmt: skip
         return module
 
-    async def shared_modules(self, guild_id: int) -> list[Any]:
-        return [m for m in await modules.list_all(self.db, guild_id) if m.shared]
+    async def shared_hypernets(self, guild_id: int) -> list[Any]:
+        return [m for m in await hypernetworks.list_all(self.db, guild_id) if m.shared]
 
-    async def pending_modules(self, guild_id: int) -> list[Any]:
-        return await modules.list_all(self.db, guild_id, ModuleStatus.PENDING)
+    async def pending_hypernets(self, guild_id: int) -> list[Any]:
+        return await hypernetworks.list_all(self.db, guild_id, ModuleStatus.PENDING)

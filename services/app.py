@@ -17,9 +17,9 @@ from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
-from services.jobs import JobService, UserError
-from services.moderation import Moderation
+from services.jobs import AccessDenied, JobService, UserError
 from services.publisher import DiscordPublisher
+from services.rules import ServerRules
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
 from worker.handlers import handlers
@@ -76,7 +76,7 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
-        self.moderation = Moderation(self)
+        self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
         w = config.worker
@@ -93,11 +93,11 @@ class Services:
             max_attempts=w.max_attempts,
             poll_interval_s=w.poll_interval_s,
             preview_every=w.preview_every,
-            screen=self.moderation.screen,
+            screen=self.rules.screen,
         )
         self.hypernets = Hypernets(self)
         self.jobs = JobService(
-            config, self.geometry, self.queue, self.ledger, self.worker, moderation=self.moderation, hypernets=self.hypernets
+            config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets
         )
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
@@ -144,41 +144,49 @@ class Services:
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
 
-    # -- checks before anything is charged -------------------------------------------------
-    async def refusal_for(self, guild_id: int | None, user_id: int, channel_id: int | None) -> str | None:
+    # -- the ban and channel rules: every command, button and reaction passes here --------------
+    async def check_access(
+        self,
+        *,
+        guild_id: int | None,
+        user_id: int,
+        channel_id: int | None,
+        manager: bool = False,
+        channel_rules: bool = True,
+        bot_permissions: discord.Permissions | None = None,
+    ) -> None:
+        """Raise `AccessDenied` when this member may not use the bot here: a ban (members who manage the
+        server are exempt where nothing is generated, so /admin stays theirs), and where ``channel_rules``
+        (a job may start or the bot posts here): a DM, a denied or not-allowed channel, and the bot's own
+        channel permissions (``bot_permissions``; a reaction has none to check).  Call it after the
+        acknowledgement: it reads SQL."""
         if guild_id is None:
-            return "Image generation works in servers, not in DMs. Use the commands in a server channel."
-        return await self.moderation.refusal(guild_id, user_id, channel_id)
-
-    async def guard(self, interaction: discord.Interaction) -> None:
-        """Raise `UserError` when this interaction may not start a job here."""
-        reason = await self.refusal_for(interaction.guild_id, interaction.user.id, interaction.channel_id)
+            if channel_rules:
+                raise AccessDenied("Image generation works in servers, not in DMs. Use the commands in a server channel.")
+            return
+        if manager and not channel_rules:
+            return
+        reason = await self.rules.refusal(guild_id, user_id, channel_id, channel_rules=channel_rules)
         if reason:
-            raise UserError(reason)
-        perms = interaction.app_permissions
-        if not (perms.send_messages and perms.attach_files and perms.view_channel):
-            raise UserError(
+            raise AccessDenied(reason)
+        perms = bot_permissions
+        if channel_rules and perms is not None and not (perms.send_messages and perms.attach_files and perms.view_channel):
+            raise AccessDenied(
                 "I can't post images in this channel (I need View Channel, Send Messages and Attach Files). "
                 "Ask a server admin to allow them, or use another channel."
             )
 
     # -- submission from an interaction ---------------------------------------------------------
     async def submit_from_interaction(self, interaction: discord.Interaction, params_list: list[JobParams]) -> list[Any]:
-        """Acknowledge at once (ephemeral; unless the cog already has), then reserve credits and
-        enqueue; refusals cost nothing."""
-        if not interaction.response.is_done():
-            await interaction.response.defer(ephemeral=True, thinking=True)
-        try:
-            jobs = await self.jobs.submit(
-                params_list=params_list,
-                guild_id=interaction.guild_id,
-                channel_id=interaction.channel_id,
-                user_id=interaction.user.id,
-                request_key=str(interaction.id),
-            )
-        except UserError as exc:
-            await ui.refuse(interaction, str(exc))
-            return []
+        """Reserve credits and enqueue (the interaction is already acknowledged and admitted), then show the
+        queue position; a refusal is a `UserError` and costs nothing."""
+        jobs = await self.jobs.submit(
+            params_list=params_list,
+            guild_id=interaction.guild_id,
+            channel_id=interaction.channel_id,
+            user_id=interaction.user.id,
+            request_key=str(interaction.id),
+        )
         await self.announce_queued(jobs, interaction=interaction)
         return jobs
 

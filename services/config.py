@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from gen_core.geometry import Geometry
+from gen_core.hypernetwork import TrainConfig
+from gen_core.imagic import PRESETS
 from toyworld import MODEL_DIR as TOYWORLD_MODEL
 
 
@@ -115,18 +117,20 @@ class EditConfig:
     default_eta: float = 0.7
     sampler: str = "DDIM"
     cache_mb: int = 2048
-    fast_embed_steps: int = 50
-    fast_tune_steps: int = 100
-    quality_embed_steps: int = 500
-    quality_tune_steps: int = 750
+    # the presets' own step counts unless config.toml changes them (gen_core.imagic.PRESETS)
+    fast_embed_steps: int = PRESETS["fast"].embed_steps
+    fast_tune_steps: int = PRESETS["fast"].tune_steps
+    quality_embed_steps: int = PRESETS["quality"].embed_steps
+    quality_tune_steps: int = PRESETS["quality"].tune_steps
 
 
 @dataclass
 class HypernetConfig:
-    train_steps: int = 500
-    lr: float = 1e-4
-    batch_size: int = 1
-    shallow_penalty: float = 0.001
+    # gen_core's training defaults unless config.toml changes them (gen_core.hypernetwork.TrainConfig)
+    train_steps: int = TrainConfig.steps
+    lr: float = TrainConfig.lr
+    batch_size: int = TrainConfig.batch_size
+    shallow_penalty: float = TrainConfig.shallow_penalty
     max_active: int = 4
     max_file_mb: int = 200
 

@@ -1,4 +1,4 @@
-"""/edit (Imagic) job parameters: validation of the options, re-mix derivation, the result buttons.
+"""/edit (Imagic) job parameters: validation of the options and re-mix derivation (the buttons: cogs/edit.py).
 
 An ``EDIT`` job optimises (stages 1-2 of :mod:`gen_core.imagic`) and samples; its tuned state is kept
 on disk under the job id.  An ``EDIT_REMIX`` job samples another η or seed from the tuned state of
@@ -14,7 +14,6 @@ from typing import Any
 import discord
 
 from gen_core.imagic import PRESETS, ImagicPreset
-from services import ui
 from services.jobs import UserError, new_seed
 from storage import JobKind
 from worker.jobs import EditParams, EditRemixParams, JobParams, sampling_fields
@@ -107,15 +106,3 @@ def remix_params(job_id: int, params: EditParams | EditRemixParams, action: str,
     source = params.source_job if isinstance(params, EditRemixParams) else job_id
     return EditRemixParams(**{**sampling_fields(params), "seed": seed}, source_job=source, eta=eta)
 
-
-def edit_view(job_id: int, n_images: int) -> discord.ui.View:
-    """Under an edit result: reroll, delete, and one button per η of ETA_BUTTONS."""
-    view = ui.result_view(job_id, n_images, actions=("reroll", "delete"))
-    for eta in ETA_BUTTONS:
-        view.add_item(ui.JobButton(job_id, "eta", round(eta * 100), label=f"η {eta}", row=1))
-    return view
-
-
-def register_views() -> None:
-    for kind in EDIT_KINDS:
-        ui.RESULT_VIEWS[kind] = edit_view

@@ -30,9 +30,8 @@ from gen_core import hypernetwork
 from gen_core.buckets import nearest_bucket
 from gen_core.images import ImageInputError, load_image
 from gen_core.prompts import PromptError, strip_extra_networks
-from services import ui
 from services.jobs import UserError, new_seed
-from storage import JobKind, ModuleStatus, modules, settings
+from storage import ModuleStatus, hypernetworks, settings
 from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
 
 STRENGTH_RANGE = (-2.0, 2.0)
@@ -83,7 +82,7 @@ def read_training_zip(data: bytes, max_images: int, max_pixels: int, max_bytes: 
 
 class Hypernets:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
         self.config = services.config.hypernet
         self.directory = services.config.data_dir / "hypernets"
         self._widths: set[int] | None = None
@@ -92,7 +91,7 @@ class Hypernets:
     @property
     def widths(self) -> set[int]:
         if self._widths is None:
-            self._widths = hypernetwork.model_widths(self.s.worker.engine.unet)
+            self._widths = hypernetwork.model_widths(self.services.worker.engine.unet)
         return self._widths
 
     @staticmethod
@@ -102,12 +101,12 @@ class Hypernets:
     async def visible(self, guild_id: int, user_id: int) -> list[Any]:
         """The modules this member may see; rows of trainings that failed or were cancelled are dropped."""
         rows = []
-        for module in await modules.visible(self.s.db, guild_id, user_id):
+        for module in await hypernetworks.visible(self.services.db, guild_id, user_id):
             job_id = (module.meta or {}).get("training_job")
             if job_id and not self.ready(module):
-                job = await self.s.queue.get(job_id)
+                job = await self.services.queue.get(job_id)
                 if job is None or str(job.status) in _TRAINING_DONE:
-                    await modules.delete(self.s.db, module.id)
+                    await hypernetworks.delete(self.services.db, module.id)
                     continue
             rows.append(module)
         return rows
@@ -126,14 +125,14 @@ class Hypernets:
 
     # -- the member's active modules ----------------------------------------------------------------
     async def active(self, guild_id: int, user_id: int) -> list[tuple[Any, float]]:
-        blob = await settings.get_guild_settings(self.s.db, guild_id)
+        blob = await settings.get_guild_settings(self.services.db, guild_id)
         chosen = blob.get(_SETTING.format(user=user_id)) or []
         by_id = {m.id: m for m in await self.visible(guild_id, user_id)}
         return [(by_id[module_id], strength) for module_id, strength in chosen if module_id in by_id]
 
     async def _set_active(self, guild_id: int, user_id: int, entries: list[tuple[Any, float]]) -> None:
         value = [[m.id, s] for m, s in entries] or None
-        await settings.update_guild_settings(self.s.db, guild_id, {_SETTING.format(user=user_id): value}, user_id)
+        await settings.update_guild_settings(self.services.db, guild_id, {_SETTING.format(user=user_id): value}, user_id)
 
     async def use(self, guild_id: int, user_id: int, name: str, strength: float) -> list[tuple[Any, float]]:
         module = await self.find(guild_id, user_id, name)
@@ -194,7 +193,7 @@ class Hypernets:
         except hypernetwork.HypernetworkError as exc:
             raise UserError(f"`{attachment.filename}`: {exc}") from None
         name = check_name(name or hn.name or Path(attachment.filename).stem)
-        if await modules.get(self.s.db, guild_id, name) is not None:
+        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name with `name:`.")
         hn.name = name
         native = hn.to_bytes()
@@ -202,7 +201,7 @@ class Hypernets:
         path = self.directory / str(guild_id) / f"{sha}.safetensors"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(native)
-        return await modules.register(self.s.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
+        return await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
 
     @staticmethod
     def _describe(hn: hypernetwork.Hypernetwork) -> dict[str, Any]:
@@ -217,8 +216,8 @@ class Hypernets:
 
     async def delete(self, guild_id: int, user_id: int, name: str) -> None:
         module = await self.find(guild_id, user_id, name, owned=True)
-        await modules.delete(self.s.db, module.id)
-        if not any(m.path == module.path for m in await modules.list_all(self.s.db, guild_id)):
+        await hypernetworks.delete(self.services.db, module.id)
+        if not any(m.path == module.path for m in await hypernetworks.list_all(self.services.db, guild_id)):
             Path(module.path).unlink(missing_ok=True)
 
     async def share(self, guild_id: int, user_id: int, name: str) -> Any:
@@ -227,31 +226,31 @@ class Hypernets:
             raise UserError(f"`{name}` is still training; share it once it is done.")
         if module.shared and module.status in (ModuleStatus.PENDING, ModuleStatus.APPROVED):
             raise UserError(f"`{name}` is already {module.status}.")
-        return await modules.update(self.s.db, module.id, shared=True, status=ModuleStatus.PENDING)
+        return await hypernetworks.update(self.services.db, module.id, shared=True, status=ModuleStatus.PENDING)
 
     # -- training ----------------------------------------------------------------------------------------
     async def train_params(self, name: str, images: list[Any], captions: list[str], steps: int | None) -> HypernetTrainParams:
         """A training job's parameters (image keys are stored here); the name is checked, not reserved,
         and the module's path is set by `submit_training`."""
-        gen, cfg = self.s.config.generation, self.config
+        gen, cfg = self.services.config.generation, self.config
         steps = steps or cfg.train_steps
-        width, height = nearest_bucket(*images[0].size, self.s.jobs.buckets)
-        self.s.jobs.check_tokens(captions[0])
+        width, height = nearest_bucket(*images[0].size, self.services.jobs.buckets)
+        self.services.jobs.check_tokens(captions[0])
         keys = []
         for image in images:
             buf = io.BytesIO()
             image.save(buf, format="PNG")
-            keys.append(await self.s.store.put(buf.getvalue()))
+            keys.append(await self.services.store.put(buf.getvalue()))
         return HypernetTrainParams(
             prompt=captions[0],
             user_prompt=f"hypernetwork {name}: {captions[0]}",
             width=width,
             height=height,
-            steps=min(gen.default_steps, self.s.config.limits.max_steps),
+            steps=min(gen.default_steps, self.services.config.limits.max_steps),
             cfg=gen.default_cfg,
             sampler=gen.default_sampler,
             seed=new_seed(),
-            clip_skip=self.s.config.model.clip_skip,
+            clip_skip=self.services.config.model.clip_skip,
             train_images=tuple(keys),
             captions=tuple(captions),
             train_steps=steps,
@@ -269,16 +268,17 @@ class Hypernets:
         """Reserve the name (the module row), then queue the job; the row goes if nothing was queued."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
         name = params.module_name
-        if await modules.get(self.s.db, guild_id, name) is not None:
+        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
         params = dataclasses.replace(params, module_path=str(path))
-        module = await modules.register(self.s.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
-        jobs = await self.s.submit_from_interaction(interaction, [params])
-        if not jobs:
-            await modules.delete(self.s.db, module.id)
-            return []
-        await modules.update(self.s.db, module.id, metadata={"training_job": jobs[0].id})
+        module = await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
+        try:
+            jobs = await self.services.submit_from_interaction(interaction, [params])
+        except UserError:
+            await hypernetworks.delete(self.services.db, module.id)
+            raise
+        await hypernetworks.update(self.services.db, module.id, metadata={"training_job": jobs[0].id})
         return jobs
 
 
@@ -287,11 +287,3 @@ def sample_params(p: HypernetTrainParams) -> ImagineParams:
     fields = sampling_fields(p) | {"user_prompt": p.prompt, "seed": new_seed(), "count": 1}
     return ImagineParams(**fields, hypernets=(HypernetUse(name=p.module_name, path=p.module_path, strength=1.0),))
 
-
-def train_view(job_id: int, n_images: int) -> discord.ui.View:
-    """Under a training result: 🔄 samples again with the module (an /imagine job), ❌ deletes the post."""
-    return ui.result_view(job_id, n_images, actions=("reroll", "delete"))
-
-
-def register_views() -> None:
-    ui.RESULT_VIEWS[JobKind.HYPERNET_TRAIN] = train_view

@@ -12,6 +12,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from discord import app_commands
+
 from gen_core.buckets import parse_aspect
 from gen_core.geometry import Geometry
 from gen_core.samplers import SAMPLERS
@@ -20,8 +22,13 @@ from storage import CostPolicy, InsufficientCredits, JobSpec, QueueFull, compute
 from worker.jobs import PARAMS_VERSION, ImagineParams, JobParams, encode
 
 
-class UserError(Exception):
-    """A request the bot refuses; the message says what was wrong and what to do."""
+class UserError(app_commands.AppCommandError):
+    """A request the bot refuses; the message says what was wrong and what to do.  Raised anywhere while
+    an interaction is handled, it ends as an ephemeral refusal (`services.ui.report_error`)."""
+
+
+class AccessDenied(UserError):
+    """The member may not use the bot here (a ban, a channel rule, a DM, the bot's own permissions)."""
 
 
 UNDESIRED_PRESETS = ("heavy", "light", "none")
@@ -76,13 +83,13 @@ class JobService:
         ledger: Any,
         worker: Any = None,
         count_tokens=None,
-        moderation: Any = None,
+        rules: Any = None,
         hypernets: Any = None,
     ) -> None:
         self.config = config
         self.geometry = geometry
         self.hypernets = hypernets  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
-        self.moderation = moderation  # services.moderation.Moderation: the server's rules, applied in submit()
+        self.rules = rules  # services.rules.ServerRules: the server's rules, applied in submit()
         self.queue = queue
         self.ledger = ledger
         self.worker = worker
@@ -182,8 +189,8 @@ class JobService:
         """
         if self.hypernets is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
             params_list = await self.hypernets.apply(guild_id, user_id, params_list)
-        if self.moderation is not None:  # the server's limits, banned words, negatives and NSFW rules
-            params_list = await self.moderation.apply(guild_id, channel_id, params_list)
+        if self.rules is not None:  # the server's limits, banned words, negatives and NSFW rules
+            params_list = await self.rules.apply(guild_id, channel_id, params_list)
             for params in params_list:
                 self.check_tokens(params.negative)
         policy = await self.ledger.policy_for(guild_id)

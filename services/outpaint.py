@@ -32,19 +32,19 @@ def png_bytes(image: Image.Image) -> bytes:
 
 class OutpaintService:
     def __init__(self, services: Any) -> None:
-        self.s = services
+        self.services = services
 
     @property
     def gen(self) -> Any:
-        return self.s.config.generation
+        return self.services.config.generation
 
     def _base_params(self, prompt: str, negative: str | None, seed: int | None, count: int) -> list[dict[str, Any]]:
         """The sampling fields of one job per expanded prompt, validated as for /imagine."""
         options = ImagineOptions(prompt=prompt, negative=negative, seed=seed, count=count)
-        return [sampling_fields(p) for p in self.s.jobs.imagine_params(options)]
+        return [sampling_fields(p) for p in self.services.jobs.imagine_params(options)]
 
     def _plan(self, size: tuple[int, int], direction: str, pixels: int) -> OutpaintPlan:
-        plan = plan_outpaint(size, direction, pixels, self.gen.max_area, self.s.geometry)
+        plan = plan_outpaint(size, direction, pixels, self.gen.max_area, self.services.geometry)
         if min(plan.original_size) < 16:
             raise UserError("That image is too thin to extend further on this server; try another direction.")
         return plan
@@ -53,7 +53,7 @@ class OutpaintService:
         original = to_rgb(image)
         if original.size != plan.original_size:
             original = original.resize(plan.original_size, Image.Resampling.LANCZOS)
-        key = await self.s.store.put(png_bytes(original))
+        key = await self.services.store.put(png_bytes(original))
         width, height = plan.canvas
         return {
             "width": width,
@@ -71,7 +71,7 @@ class OutpaintService:
     ) -> tuple[list[OutpaintParams], OutpaintPlan]:
         """Parameters of the /outpaint jobs (four candidates each) and the canvas plan."""
         pixels = pixels or self.gen.outpaint_pixels
-        count = min(CANDIDATES, self.s.config.limits.max_count)
+        count = min(CANDIDATES, self.services.config.limits.max_count)
         base = self._base_params(prompt, negative, seed, count)
         plan = self._plan(image.size, direction, pixels)
         geometry = await self._geometry(image, plan, direction, pixels)
@@ -84,7 +84,7 @@ class OutpaintService:
         if not 0 <= index < len(images):
             raise UserError("That image no longer exists.")
         direction = DIRECTION_ACTIONS[action]
-        picked = load_image(await self.s.store.get(images[index]["key"]), max_pixels=self.s.config.limits.max_input_pixels)
+        picked = load_image(await self.services.store.get(images[index]["key"]), max_pixels=self.services.config.limits.max_input_pixels)
         plan = self._plan(picked.size, direction, params.pixels)
         geometry = await self._geometry(picked, plan, direction, params.pixels)
         return dataclasses.replace(params, seed=new_seed(), source_job=job.id, source_index=index, **geometry), plan
@@ -126,12 +126,12 @@ class OutpaintService:
             hard = hard.resize(size, Image.Resampling.NEAREST)
             if not hard.getbbox():
                 raise UserError("The mask is too small to survive scaling the image down; paint a larger area.")
-        width, height = work_size(rgb.size, self.gen.max_area, self.s.geometry)
+        width, height = work_size(rgb.size, self.gen.max_area, self.services.geometry)
         geometry = {
             "width": width,
             "height": height,
-            "init_image": await self.s.store.put(png_bytes(rgb)),
-            "mask": await self.s.store.put(png_bytes(hard)),
+            "init_image": await self.services.store.put(png_bytes(rgb)),
+            "mask": await self.services.store.put(png_bytes(hard)),
             "strength": strength,
             "fill": fill,
             "mask_blur": self.gen.mask_blur if mask_blur is None else mask_blur,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +55,13 @@ class DiscordPublisher:
         self.ledger = ledger
         self.progress_interval_s = progress_interval_s
         self.status: dict[int, StatusTarget] = {}
+        # The buttons under a kind's results where they differ from `ui.result_view`; each feature's cog
+        # adds its kinds' views in cog_load and removes them in cog_unload.
+        self.result_views: dict[str, Callable[[int, int], discord.ui.View]] = {}
+
+    def result_view(self, kind: str, job_id: int, n_images: int) -> discord.ui.View:
+        build = self.result_views.get(kind)
+        return build(job_id, n_images) if build else ui.result_view(job_id, n_images)
 
     # -- status messages ---------------------------------------------------------------------------
     def track(self, job_id: int, *, interaction: discord.Interaction | None = None, message: discord.Message | None = None) -> None:
@@ -107,7 +115,7 @@ class DiscordPublisher:
         message = await channel.send(
             content=content,
             files=files,
-            view=ui.result_view_for(job.kind, job.id, len(images)),
+            view=self.result_view(job.kind, job.id, len(images)),
             allowed_mentions=discord.AllowedMentions(users=[discord.Object(job.user_id)]),
         )
         try:

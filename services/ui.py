@@ -1,14 +1,17 @@
-"""Shared Discord UI pieces: job buttons (restart-safe), result views, refusals and progress text."""
+"""Shared Discord UI pieces: the one error and check path (the command tree, `CheckedItem`, `report_error`),
+job buttons (restart-safe), result views, refusals and progress text."""
 
 from __future__ import annotations
 
 import io
 import logging
 import re
-from collections.abc import Callable
 from typing import Any
 
 import discord
+from discord import app_commands
+
+from services.jobs import UserError
 
 log = logging.getLogger(__name__)
 
@@ -22,8 +25,106 @@ def job_custom_id(job_id: int, action: str, index: int | None = None) -> str:
     return f"job:{job_id}:{action}" + (f":{index}" if index is not None else "")
 
 
-class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_TEMPLATE):
-    """Every button under a job's messages; the action runs through the bot's JobService."""
+def manages_server(interaction: discord.Interaction) -> bool:
+    """The member's own permissions in this channel (Administrator implies Manage Server)."""
+    perms = interaction.permissions
+    return interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
+
+
+def is_moderator(member: Any) -> bool:
+    perms = getattr(member, "guild_permissions", None)
+    return bool(perms and (perms.manage_messages or perms.manage_guild or perms.administrator))
+
+
+# -- the one error and check path -----------------------------------------------------------------------------
+GENERATES = "generates"  # app command extras key: the command starts jobs here (all channel rules apply)
+
+
+async def admit(interaction: discord.Interaction, *, channel_rules: bool) -> None:
+    """Acknowledge the interaction (ephemeral "thinking", unless already acknowledged) and then apply the
+    ban and channel rules (`Services.check_access`, which reads SQL): the check every command and button
+    passes.  ``channel_rules``: the interaction may start a job or post here, so the channel rules and the
+    bot's own permissions apply too, and members who manage the server are not exempt from a ban."""
+    if not interaction.response.is_done():
+        await interaction.response.defer(ephemeral=True, thinking=True)
+    await interaction.client.services.check_access(
+        guild_id=interaction.guild_id,
+        user_id=interaction.user.id,
+        channel_id=interaction.channel_id,
+        manager=manages_server(interaction),
+        channel_rules=channel_rules,
+        bot_permissions=interaction.app_permissions,
+    )
+
+
+async def report_error(interaction: discord.Interaction, error: Exception) -> None:
+    """How every failed command or button ends: a `UserError` as an ephemeral refusal with its text, any
+    other error logged and answered with an apology."""
+    original = getattr(error, "original", error)
+    if isinstance(original, UserError):
+        await refuse(interaction, str(original))
+        return
+    log.error("interaction %s failed", interaction.command and interaction.command.qualified_name, exc_info=original)
+    await refuse(interaction, "That failed on the bot's side; the error is in its log.")
+
+
+class CommandTree(app_commands.CommandTree):
+    """The bot's tree: every command is acknowledged and admitted (`admit`) before it runs, and every
+    error of a command ends in `report_error`.  Autocomplete is never checked: it answers at once."""
+
+    async def interaction_check(self, interaction: discord.Interaction, /) -> bool:
+        if interaction.type is discord.InteractionType.autocomplete:
+            return True
+        command = interaction.command
+        await admit(interaction, channel_rules=bool(command and command.extras.get(GENERATES)))
+        return True
+
+    async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
+        await report_error(interaction, error)
+
+
+class CheckedItem:
+    """Base of the bot's restart-safe components (mixed into a `discord.ui.DynamicItem`): acknowledge,
+    `admit`, the item's own check (`check`, e.g. ownership) in `interaction_check`, then `run`.  Dynamic
+    items have no view to report to, so errors of either end in this item's `on_error`."""
+
+    channel_rules = True  # clicks start jobs or post here: the channel rules apply
+
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        """Answer within Discord's 3 s before anything reads SQL; default: a deferred update."""
+        await interaction.response.defer()
+
+    async def check(self, interaction: discord.Interaction) -> None:
+        """Raise `UserError` when this member may not use this item (after the access rules)."""
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        raise NotImplementedError
+
+    async def interaction_check(self, interaction: discord.Interaction) -> bool:
+        try:
+            await self.acknowledge(interaction)
+            await admit(interaction, channel_rules=self.channel_rules)
+            await self.check(interaction)
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+            return False
+        return True
+
+    async def callback(self, interaction: discord.Interaction) -> None:
+        try:
+            await self.run(interaction)
+        except Exception as exc:
+            await self.on_error(interaction, exc)
+
+    async def on_error(self, interaction: discord.Interaction, error: Exception) -> None:
+        await report_error(interaction, error)
+
+
+GENERATING_ACTIONS = ("reroll", "var", "up", "sweep", "eta")
+
+
+class JobButton(CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_TEMPLATE):
+    """Every button under a job's messages; the action runs through the bot's `Actions`."""
 
     def __init__(self, job_id: int, action: str, index: int | None = None, **button: Any) -> None:
         self.job_id, self.action, self.index = job_id, action, index
@@ -34,7 +135,22 @@ class JobButton(discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_T
         index = match["index"]
         return cls(int(match["job"]), match["action"], int(index) if index is not None else None)
 
-    async def callback(self, interaction: discord.Interaction) -> None:
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        if self.action in GENERATING_ACTIONS:  # the answer is a new ephemeral message: the queue position
+            await interaction.response.defer(ephemeral=True, thinking=True)
+        else:
+            await interaction.response.defer()
+
+    async def check(self, interaction: discord.Interaction) -> None:
+        """Only the job's owner or a moderator deletes a result or cancels a job."""
+        if self.action not in ("delete", "cancel") or is_moderator(interaction.user):
+            return
+        job = await interaction.client.services.actions.job(self.job_id)
+        if interaction.user.id != job.user_id:
+            what = "made this image" if self.action == "delete" else "asked for this job"
+            raise UserError(f"Only the person who {what} or a moderator can {self.action} it.")
+
+    async def run(self, interaction: discord.Interaction) -> None:
         await interaction.client.services.actions.on_button(interaction, self.job_id, self.action, self.index)
 
 
@@ -49,15 +165,6 @@ def result_view(job_id: int, n_images: int, actions: tuple[str, ...] = ("reroll"
             for i in range(n_images):
                 view.add_item(JobButton(job_id, action, i, label=f"{prefix}{i + 1}", row=row))
     return view
-
-
-# Result views of job kinds whose buttons differ from `result_view` (each registered by its cog).
-RESULT_VIEWS: dict[str, Callable[[int, int], discord.ui.View]] = {}
-
-
-def result_view_for(kind: str, job_id: int, n_images: int) -> discord.ui.View:
-    build = RESULT_VIEWS.get(kind)
-    return build(job_id, n_images) if build else result_view(job_id, n_images)
 
 
 def cancel_view(job_id: int) -> discord.ui.View:

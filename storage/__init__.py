@@ -1,5 +1,5 @@
 """storage — everything that must survive a crash: SQL models and migrations, the credit ledger, the durable
-fair job queue, image files. SQLAlchemy 2 async; SQLite (WAL) embedded, PostgreSQL later with the same code.
+fair job queue, image files. SQLAlchemy 2 async; SQLite (WAL) embedded or PostgreSQL, with the same code.
 Knows nothing of Discord, torch or gen_core.
 
 Database
@@ -7,7 +7,7 @@ Database
 ::
 
     from storage import Database
-    db = Database("sqlite+aiosqlite:///data/bot.db")   # folder created; postgresql+asyncpg://… later
+    db = Database("sqlite+aiosqlite:///data/bot.db")   # folder created; or postgresql+asyncpg://…
     await db.upgrade()                  # alembic upgrade head (also: python -m storage upgrade URL)
     async with db.write() as s: ...     # AsyncSession, BEGIN IMMEDIATE on SQLite, committed on exit
     async with db.read() as s: ...      # AsyncSession, deferred snapshot
@@ -62,7 +62,7 @@ Queue
     await queue.complete(job_id, result, final_cost=None) -> bool # 'settle:<job>' (0, or partial refund)
     await queue.fail(job_id, error) -> bool                       # 'refund:<job>' exactly once
     await queue.cancel(job_id, actor_id) -> bool                  # queued or running; refund
-    await queue.is_cancelled(job_id) -> bool                      # workers poll between steps
+    await queue.is_cancelled(job_id) -> bool                      # the worker is told at once (Worker.request_cancel)
     await queue.requeue_expired(max_attempts=3) -> (requeued: list[Job], failed: list[Job])  # reaper
     await queue.release(job_ids) -> int                           # shutdown: running -> queued, attempt undone
     await queue.mark_posted(job_id, message_id) -> bool           # True only the first time
@@ -105,10 +105,10 @@ Other repositories (module functions taking ``db``)
   guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
-* ``storage.modules`` (hypernetworks): register, get, get_by_id, visible, list_all, update, delete.
+* ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
 """
 
-from storage import images, moderation, modules, settings
+from storage import hypernetworks, images, moderation, settings
 from storage.db import Database, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError
 from storage.image_store import ImageStore, LocalImageStore
@@ -169,7 +169,7 @@ __all__ = [
     "compute_cost",
     "images",
     "moderation",
-    "modules",
+    "hypernetworks",
     "settings",
     "utcnow",
 ]

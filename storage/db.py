@@ -43,10 +43,6 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def is_sqlite_url(url: str | URL) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
-
-
 def install_sqlite_hooks(engine: Engine, *, busy_timeout_ms: int, foreign_keys: bool = True) -> None:
     """Take transaction control away from the sqlite3 driver and set the connection pragmas (``engine`` is a
     sync ``Engine``; for an ``AsyncEngine`` pass its ``sync_engine``).
@@ -88,7 +84,7 @@ def _ensure_sqlite_dir(url: URL) -> None:
 
 class Database:
     """One per process. ``url`` is any SQLAlchemy async URL: ``sqlite+aiosqlite:///path/bot.db`` (the
-    embedded default; the folder is created) or ``postgresql+asyncpg://…`` later.
+    embedded default; the folder is created) or ``postgresql+asyncpg://…``.
 
     * ``write()`` — an ``AsyncSession`` inside a write transaction, committed on normal exit, rolled back on an
       exception. On SQLite it starts with ``BEGIN IMMEDIATE`` and the write units of this process are also

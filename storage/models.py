@@ -163,7 +163,6 @@ class ChannelSettings(Base):
     channel_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     guild_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("guilds.id", ondelete="CASCADE"), index=True)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
-    nsfw: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     settings: Mapped[dict[str, Any]] = mapped_column(default=dict)
     updated_by: Mapped[int | None] = mapped_column(BigInteger)
     updated_at: Mapped[datetime]
@@ -259,10 +258,6 @@ class Job(Base):
     updated_at: Mapped[datetime]
 
     images: Mapped[list[Image]] = relationship(back_populates="job", lazy="raise")
-
-    @property
-    def job_status(self) -> JobStatus:
-        return JobStatus(self.status)
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status} user={self.user_id} cost={self.cost} tag={self.start_tag}>"

@@ -94,7 +94,6 @@ async def update_channel_settings(
     channel_id: int,
     *,
     enabled: bool | None = None,
-    nsfw: bool | None = None,
     patch: dict[str, Any] | None = None,
     actor_id: int | None = None,
 ) -> ChannelSettings:
@@ -109,15 +108,12 @@ async def update_channel_settings(
                 channel_id=channel_id,
                 guild_id=guild_id,
                 enabled=True,
-                nsfw=False,
                 settings={},
                 updated_at=now,
             )
             s.add(row)
         if enabled is not None:
             row.enabled = enabled
-        if nsfw is not None:
-            row.nsfw = nsfw
         if patch:
             row.settings = _merge(row.settings, patch)
         row.updated_by = actor_id

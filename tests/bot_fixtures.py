@@ -48,6 +48,14 @@ def is_result(message) -> bool:
     return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
 
 
+async def answer(it):
+    """The bot's ephemeral answer to an interaction: its response, or for a button acknowledged by a
+    deferred update (type 6, whose original is the button's own message) its first follow-up."""
+    if await it.wait_acked(5) == 6:
+        return await it.wait_followup(5)
+    return await it.original(5)
+
+
 async def followup_refusal(it) -> str:
     """The text of the first embed in the interaction's follow-ups (a refusal sent after the ack)."""
     await it.wait_acked(3.0)

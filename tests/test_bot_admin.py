@@ -12,8 +12,8 @@ from PIL import Image, ImageStat
 
 from discord_emulator import InvokeError
 from gen_core.metadata import parse_parameters, read_png_parameters
-from storage import CostPolicy, ModuleStatus, compute_cost, moderation, modules
-from tests.bot_fixtures import BotEnv
+from storage import CostPolicy, ModuleStatus, compute_cost, hypernetworks, moderation
+from tests.bot_fixtures import BotEnv, answer
 from tests.test_bot_imagine import gated, imagine, is_result, posted_job
 
 MANAGE_GUILD = 1 << 5
@@ -36,7 +36,7 @@ async def admin(env: BotEnv, actor, channel, command: str, /, **options) -> str:
 
 
 async def refusal(it) -> str:
-    reply = await it.original(5)
+    reply = await answer(it)
     assert reply.ephemeral and reply.embeds, reply.content
     return reply.embeds[0]["description"]
 
@@ -155,7 +155,7 @@ async def test_limits_refuse_over_limit_requests_without_charge(bot_env: BotEnv)
     assert "`max_train_steps` can be at most 2000" in await refusal(it)
     it = await emu.invoke(mod, general, "admin limits", {"channel": art, "max_area": 512 * 512})
     assert f"`max_area` can be at most {256 * 384}" in await refusal(it)
-    rules = await bot_env.services.moderation.rules(guild.id, art.id)
+    rules = await bot_env.services.rules.in_channel(guild.id, art.id)
     assert rules.limits.max_train_steps == 2000 and rules.limits.max_area == 256 * 256
     assert "`max_queued` = 1" in await admin(bot_env, mod, general, "limits", max_queued=1)
     gate = gated(bot_env)
@@ -199,6 +199,9 @@ async def test_ban_cancels_and_refunds_queued_jobs_and_refuses_commands_and_reac
     assert "banned from using this bot on this server (spam)" in text
     assert "(spam)" in await refusal(await emu.invoke(alice, channel, "credits"))  # every command, not just generation
     assert "Your credits" in text_of(await (await emu.invoke(bob, channel, "credits")).original(5))
+    # autocomplete is never checked (it reads no rules and starts nothing): the command itself is refused
+    aspects = await emu.autocomplete(alice, channel, "imagine", {"prompt": "x", "aspect": "portrait"}, focused="aspect")
+    assert aspects and all("portrait" in c["name"].lower() for c in aspects)
     await emu.add_reaction(alice, bobs, "🔄")
     await asyncio.sleep(0.5)
     assert await bot_env.services.queue.list(guild_id=guild.id, user_id=alice.id) == []
@@ -207,7 +210,7 @@ async def test_ban_cancels_and_refunds_queued_jobs_and_refuses_commands_and_reac
     assert "(spam)" in await refusal(await imagine(bot_env, alice, channel))
 
     assert "may use the bot again" in await admin(bot_env, mod, channel, "unban", user=alice)
-    assert await bot_env.services.refusal_for(guild.id, alice.id, channel.id) is None
+    await bot_env.services.check_access(guild_id=guild.id, user_id=alice.id, channel_id=channel.id)  # no AccessDenied
     it = await emu.invoke(mod, channel, "admin unban", {"user": alice})
     assert "is not banned" in await refusal(it)
     assert (await audit_actions(bot_env, guild))[:2] == ["unban", "ban"]
@@ -231,7 +234,7 @@ async def test_channel_deny_and_allow_list(bot_env: BotEnv):
     await admin(bot_env, mod, general, "channels reset", channel=general)
     text = await admin(bot_env, mod, general, "channels list")
     assert "Allowed everywhere" in text and f"<#{art.id}>" in text
-    assert await bot_env.services.refusal_for(guild.id, alice.id, nsfw.id) is None
+    await bot_env.services.check_access(guild_id=guild.id, user_id=alice.id, channel_id=nsfw.id)  # no AccessDenied
     assert (await audit_actions(bot_env, guild))[:3] == ["channels.reset", "channels.allow", "channels.deny"]
 
 
@@ -256,7 +259,7 @@ async def test_nsfw_only_in_age_restricted_channels_with_negative_and_image_chec
         checked.append(image.size)
         return True
 
-    bot_env.services.moderation.safety_check = flag_everything
+    bot_env.services.rules.safety_check = flag_everything
     before = await bot_env.balance(guild, alice)
     text = await refusal(await imagine(bot_env, alice, general, prompt="a NUDE statue"))
     assert "`nude` is NSFW content" in text and "age-restricted" in text
@@ -353,9 +356,9 @@ async def test_approving_a_shared_module_makes_it_visible_to_others(bot_env: Bot
     channel = guild.channel("general")
     db = bot_env.services.db
     for name in ("anime", "grim"):
-        await modules.register(db, guild.id, bob.id, name, f"/m/{name}.safetensors", "0" * 64, shared=True, status="pending")
-    await modules.register(db, guild.id, bob.id, "secret", "/m/secret.safetensors", "1" * 64)
-    assert await modules.visible(db, guild.id, alice.id) == []
+        await hypernetworks.register(db, guild.id, bob.id, name, f"/m/{name}.safetensors", "0" * 64, shared=True, status="pending")
+    await hypernetworks.register(db, guild.id, bob.id, "secret", "/m/secret.safetensors", "1" * 64)
+    assert await hypernetworks.visible(db, guild.id, alice.id) == []
     text = await admin(bot_env, mod, channel, "modules pending")
     assert "`anime`" in text and "`grim`" in text and "secret" not in text
     choices = await emu.autocomplete(mod, channel, "admin modules approve", {"name": "an"}, focused="name")
@@ -365,8 +368,8 @@ async def test_approving_a_shared_module_makes_it_visible_to_others(bot_env: Bot
 
     assert "now usable by everyone" in await admin(bot_env, mod, channel, "modules approve", name="anime")
     assert "rejected" in await admin(bot_env, mod, channel, "modules reject", name="grim")
-    assert [m.name for m in await modules.visible(db, guild.id, alice.id)] == ["anime"]
-    assert (await modules.get(db, guild.id, "grim")).status == ModuleStatus.REJECTED
+    assert [m.name for m in await hypernetworks.visible(db, guild.id, alice.id)] == ["anime"]
+    assert (await hypernetworks.get(db, guild.id, "grim")).status == ModuleStatus.REJECTED
     assert "not shared" in await refusal(await emu.invoke(mod, channel, "admin modules approve", {"name": "secret"}))
     assert "no module `nope`" in await refusal(await emu.invoke(mod, channel, "admin modules approve", {"name": "nope"}))
     assert "No modules wait" in await admin(bot_env, mod, channel, "modules pending")

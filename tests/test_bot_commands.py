@@ -11,7 +11,7 @@ import pytest
 from discord_emulator import InvokeError, Perm
 from gen_core.buckets import ACCEPTED_FORMS
 from gen_core.metadata import parse_parameters, read_png_parameters
-from tests.bot_fixtures import BotEnv
+from tests.bot_fixtures import BotEnv, answer
 from tests.test_bot_imagine import gated, imagine, is_result, posted_job
 
 
@@ -30,7 +30,7 @@ def field(message, name: str) -> str:
 
 async def refusal(it) -> str:
     """The text of an ephemeral refusal (an error embed saying nothing was charged)."""
-    reply = await it.original(5)
+    reply = await answer(it)
     assert reply.ephemeral, reply.content
     assert reply.embeds[0]["footer"]["text"] == "Nothing was charged."
     return description(reply)

@@ -281,10 +281,10 @@ def test_img2img_steps_and_noise(engine):
     assert mean_diff(plain.images[0].image, noisy.images[0].image) > 1.0
     assert noisy.images[0].parameters["extra_noise"] == 0.5
     # Different strengths that give the same number of steps share a batch key.
-    assert Engine.batch_key(req(init_image=init, strength=0.5, steps=8)) == Engine.batch_key(
+    assert Engine.pipeline_key(req(init_image=init, strength=0.5, steps=8)) == Engine.pipeline_key(
         req(init_image=init, strength=0.55, steps=8)
     )
-    assert Engine.batch_key(req(init_image=init)) != Engine.batch_key(req())
+    assert Engine.pipeline_key(req(init_image=init)) != Engine.pipeline_key(req())
 
 
 def test_img2img_batch_matches_alone(engine):

@@ -100,7 +100,7 @@ def test_requests_with_different_sets_never_share_a_batch(engine, tmp_path):
     size = engine.geometry.native // 2
     plain = GenerationRequest("a cat", width=size, height=size, steps=4, seed=1)
     styled = GenerationRequest("a cat", width=size, height=size, steps=4, seed=1, loras=(lora.LoraUse(a),))
-    assert engine.batch_key(plain) != engine.batch_key(styled)
+    assert engine.pipeline_key(plain) != engine.pipeline_key(styled)
     together = engine.generate_batch([plain, styled, plain])
     alone = [engine.generate(r) for r in (plain, styled)]
     for got, ref in zip(together, [alone[0], alone[1], alone[0]], strict=True):

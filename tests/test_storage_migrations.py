@@ -1,5 +1,5 @@
-"""Alembic: upgrade from empty, downgrade to base and back, models and migrations agree, CLI, and 0002's
-conversion of job rows and price overrides written at 0001."""
+"""Alembic: upgrade from empty, downgrade to base and back, models and migrations agree, CLI, 0002's
+conversion of job rows and price overrides written at 0001, and 0003's dropped column."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
     try:
         assert await db.current_revision() is None
         await db.upgrade()
-        assert await db.current_revision() == head_revision() == "0002"
+        assert await db.current_revision() == head_revision() == "0003"
         assert TABLES <= await table_names(db)
         await db.upgrade()  # idempotent
         job, _ = await JobQueue(db).enqueue(spec(1))
@@ -45,7 +45,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
         assert await db.current_revision() is None
         assert await table_names(db) <= {"alembic_version"}
         await db.upgrade("head")
-        assert await db.current_revision() == "0002"
+        assert await db.current_revision() == "0003"
         # a fresh schema works: the clock row is back, the queue and ledger run
         job, created = await JobQueue(db).enqueue(spec(1))
         assert created and job.start_tag == 0
@@ -73,7 +73,7 @@ def test_command_line(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "None"
     assert storage_cli(["upgrade", url]) == 0
     assert storage_cli(["current", url]) == 0
-    assert capsys.readouterr().out.strip() == "0002"
+    assert capsys.readouterr().out.strip() == "0003"
     assert storage_cli(["check", url]) == 0
     assert storage_cli(["downgrade", url, "base"]) == 0
     assert storage_cli(["current", url]) == 0
@@ -153,5 +153,27 @@ async def test_0002_converts_job_rows_and_stale_multipliers(backend, tmp_path):
         assert kinds == list(OLD_JOBS)
         old_imagine = rows[0][1] if isinstance(rows[0][1], dict) else json.loads(rows[0][1])
         assert old_imagine["modules"] == OLD_JOBS["imagine"]["modules"] and "hypernets" not in old_imagine
+    finally:
+        await close_database(db)
+
+
+async def test_0003_drops_channel_nsfw_and_keeps_the_channel_rules(backend, tmp_path):
+    db = await open_database(backend, tmp_path, upgrade=False)
+    try:
+        await db.upgrade("0002")
+        await settings.touch_guild(db, 1)
+        async with db.write() as s:
+            await s.execute(text(
+                "INSERT INTO channel_settings (channel_id, guild_id, enabled, nsfw, settings, updated_at) "
+                "VALUES (55, 1, false, true, '{\"allowed\": true}', CURRENT_TIMESTAMP)"
+            ))  # fmt: skip
+        await db.upgrade()
+        columns = await run_with_connection(db.url, lambda c: [col["name"] for col in inspect(c).get_columns("channel_settings")])
+        assert "nsfw" not in columns
+        row = await settings.get_channel_settings(db, 55)
+        assert row.guild_id == 1 and row.enabled is False and row.settings == {"allowed": True}
+        await db.downgrade("0002")  # and back: the column returns, unset
+        columns = await run_with_connection(db.url, lambda c: [col["name"] for col in inspect(c).get_columns("channel_settings")])
+        assert "nsfw" in columns
     finally:
         await close_database(db)

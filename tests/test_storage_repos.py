@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from storage import ModuleStatus, moderation, modules, settings
+from storage import ModuleStatus, hypernetworks, moderation, settings
 from tests.test_storage_support import BACKENDS, environment, spec
 
 
@@ -41,11 +41,11 @@ async def test_guild_and_channel_settings(backend, tmp_path):
 
         assert await settings.get_channel_settings(db, 55) is None
         channel = await settings.update_channel_settings(
-            db, 1, 55, nsfw=True, patch={"cooldown_s": 5}, actor_id=9
+            db, 1, 55, patch={"cooldown_s": 5}, actor_id=9
         )
-        assert channel.enabled and channel.nsfw and channel.settings == {"cooldown_s": 5}
+        assert channel.enabled and channel.settings == {"cooldown_s": 5}
         channel = await settings.update_channel_settings(db, 1, 55, enabled=False, patch={"cooldown_s": None})
-        assert not channel.enabled and channel.nsfw and channel.settings == {}
+        assert not channel.enabled and channel.settings == {}
         assert (await settings.get_channel_settings(db, 55)).enabled is False
 
         await settings.touch_user(db, 123456789012345678, "Alice")
@@ -88,26 +88,26 @@ async def test_moderation(backend, tmp_path):
 async def test_hypernetwork_modules(backend, tmp_path):
     async with environment(backend, tmp_path) as env:
         db = env.db
-        mine = await modules.register(db, 1, 10, "anime", "/m/anime.pt", "a" * 64, {"layers": [1, 2]})
-        theirs = await modules.register(db, 1, 20, "furry", "/m/furry.pt", "b" * 64)
-        await modules.register(db, 2, 20, "anime", "/m/anime2.pt", "c" * 64)  # same name, other guild: fine
+        mine = await hypernetworks.register(db, 1, 10, "anime", "/m/anime.pt", "a" * 64, {"layers": [1, 2]})
+        theirs = await hypernetworks.register(db, 1, 20, "furry", "/m/furry.pt", "b" * 64)
+        await hypernetworks.register(db, 2, 20, "anime", "/m/anime2.pt", "c" * 64)  # same name, other guild: fine
         with pytest.raises(IntegrityError):
-            await modules.register(db, 1, 30, "anime", "/m/x.pt", "d" * 64)
+            await hypernetworks.register(db, 1, 30, "anime", "/m/x.pt", "d" * 64)
         assert mine.status == ModuleStatus.PRIVATE and not mine.shared and mine.meta == {"layers": [1, 2]}
-        assert [m.name for m in await modules.visible(db, 1, 10)] == ["anime"]
-        await modules.update(db, theirs.id, shared=True, status=ModuleStatus.PENDING)
-        assert [m.name for m in await modules.visible(db, 1, 10)] == ["anime"]  # not approved yet
-        assert [m.name for m in await modules.list_all(db, 1, status="pending")] == ["furry"]
-        updated = await modules.update(db, theirs.id, status="approved", metadata={"note": "ok"})
+        assert [m.name for m in await hypernetworks.visible(db, 1, 10)] == ["anime"]
+        await hypernetworks.update(db, theirs.id, shared=True, status=ModuleStatus.PENDING)
+        assert [m.name for m in await hypernetworks.visible(db, 1, 10)] == ["anime"]  # not approved yet
+        assert [m.name for m in await hypernetworks.list_all(db, 1, status="pending")] == ["furry"]
+        updated = await hypernetworks.update(db, theirs.id, status="approved", metadata={"note": "ok"})
         assert updated.status == "approved" and updated.meta == {"note": "ok"}
-        assert [m.name for m in await modules.visible(db, 1, 10)] == ["anime", "furry"]
-        assert (await modules.get(db, 1, "furry")).sha256 == "b" * 64
-        assert (await modules.get_by_id(db, mine.id)).path == "/m/anime.pt"
-        assert await modules.update(db, 999_999, shared=True) is None
-        assert await modules.delete(db, mine.id) and not await modules.delete(db, mine.id)
-        assert await modules.get(db, 1, "anime") is None
+        assert [m.name for m in await hypernetworks.visible(db, 1, 10)] == ["anime", "furry"]
+        assert (await hypernetworks.get(db, 1, "furry")).sha256 == "b" * 64
+        assert (await hypernetworks.get_by_id(db, mine.id)).path == "/m/anime.pt"
+        assert await hypernetworks.update(db, 999_999, shared=True) is None
+        assert await hypernetworks.delete(db, mine.id) and not await hypernetworks.delete(db, mine.id)
+        assert await hypernetworks.get(db, 1, "anime") is None
         with pytest.raises(ValueError):
-            await modules.update(db, theirs.id, status="bogus")
+            await hypernetworks.update(db, theirs.id, status="bogus")
 
 
 async def test_string_request_keys_and_posting_helpers(backend, tmp_path):

@@ -174,11 +174,11 @@ class Checkpoint:
         self.last = time.monotonic()
 
 
-def _progress(stage: str, step: int, total: int, started: float, extra: str) -> None:
-    done = step / max(1, total)
+def _progress(stage: str, step: int, total: int, first: int, started: float, extra: str) -> None:
+    """Log a progress bar; the ETA comes from the steps done since this process started (``first``)."""
     elapsed = time.monotonic() - started
-    eta = elapsed / max(1e-9, done) - elapsed if done else 0.0
-    bar = "#" * int(done * 30)
+    eta = elapsed / max(1, step - first) * (total - step)
+    bar = "#" * int(step / max(1, total) * 30)
     log.info("%s [%-30s] %d/%d %s (%.0fs elapsed, eta %.0fs)", stage, bar, step, total, extra, elapsed, eta)
 
 
@@ -204,7 +204,7 @@ def train_vae(vae, cfg: TrainConfig, work: Path) -> None:
         torch.set_rng_state(saved["torch_rng"])
         log.info("VAE: resumed at step %d", step)
     vae.train()
-    started = time.monotonic()
+    first, started = step, time.monotonic()
     while step < cfg.vae_steps:
         lr = cfg.vae_lr * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps))
         for group in opt.param_groups:
@@ -221,7 +221,7 @@ def train_vae(vae, cfg: TrainConfig, work: Path) -> None:
         opt.step()
         step += 1
         if step % 50 == 0 or step == cfg.vae_steps:
-            _progress("VAE", step, cfg.vae_steps, started, f"loss {loss.item():.5f}")
+            _progress("VAE", step, cfg.vae_steps, first, started, f"loss {loss.item():.5f}")
 
         def state(step: int = step):
             return {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
@@ -349,7 +349,7 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
     pairs = list(zip(list(ema_unet.parameters()) + list(ema_text.parameters()), params, strict=True))
     unet.train()
     text_encoder.train()
-    started = time.monotonic()
+    first, started = step, time.monotonic()
     warmup = max(1, min(500, cfg.unet_steps // 20))
     while step < cfg.unet_steps:
         lr = cfg.unet_lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / cfg.unet_steps))
@@ -385,7 +385,7 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
             for e, p in pairs:
                 e.lerp_(p, 1 - decay)
         if step % 100 == 0 or step == cfg.unet_steps:
-            _progress("UNet", step, cfg.unet_steps, started, f"loss {loss.item():.4f} lr {lr:.2e}")
+            _progress("UNet", step, cfg.unet_steps, first, started, f"loss {loss.item():.4f} lr {lr:.2e}")
 
         def state(step: int = step):
             return {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
@@ -465,11 +465,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
     parser.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared 2-core CPU)")
+    parser.add_argument("--gate-accuracy", type=float, help="the judge's least accuracy on VAE reconstructions")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = replace(QUICK if args.quick else TrainConfig(), seed=args.seed)
     overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
-                                   ("threads", args.threads)) if v is not None}
+                                   ("threads", args.threads), ("gate_accuracy", args.gate_accuracy)) if v is not None}
     cfg = replace(cfg, **overrides)
     work = args.work or args.out.parent / f".{args.out.name}-work"
     if work.exists() and not args.resume:

@@ -1,8 +1,8 @@
 """Server rules applied to every request: bans, channel allow/deny, per-guild and per-channel limits,
 banned words and regexes, the server negative prompt, NSFW gating and the optional image safety check.
 
-Two hooks carry them to every command: `Services.refusal_for` asks `refusal()` (bans, channels) before
-anything else, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
+Two hooks carry them to every command, button and reaction: `Services.check_access` asks `refusal()`
+(bans, channels) once the interaction is acknowledged, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
 negatives, NSFW) before pricing it.  Settings live in storage: the guild's settings blob (``limits``,
 ``negative``, ``nsfw``), channel rows (``enabled`` = not denied, blob ``allowed`` / ``limits``), bans and
 banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``.
@@ -115,21 +115,21 @@ def blurred(image: GeneratedImage) -> GeneratedImage:
     )
 
 
-class Moderation:
+class ServerRules:
     def __init__(self, services: Any) -> None:
-        self.s = services
-        self.safety_check: SafetyCheck | None = None  # installed in code: services.moderation.safety_check = fn
+        self.services = services
+        self.safety_check: SafetyCheck | None = None  # installed in code: services.rules.safety_check = fn
 
     @property
     def db(self) -> Any:
-        return self.s.db
+        return self.services.db
 
     # -- reading the rules -----------------------------------------------------------------------
     def default_limits(self, max_queued: int) -> dict[str, int]:
-        limits = self.s.config.limits
+        limits = self.services.config.limits
         return {
             "max_steps": limits.max_steps,
-            "max_area": self.s.config.generation.max_area,
+            "max_area": self.services.config.generation.max_area,
             "max_count": limits.max_count,
             "max_queued": max_queued,
             "max_train_images": limits.max_train_images,
@@ -137,17 +137,17 @@ class Moderation:
         }
 
     def is_nsfw_channel(self, channel_id: int | None) -> bool:
-        channel = self.s.bot.get_channel(channel_id) if channel_id else None
+        channel = self.services.bot.get_channel(channel_id) if channel_id else None
         return bool(getattr(channel, "nsfw", False))
 
-    async def rules(self, guild_id: int, channel_id: int | None) -> Rules:
+    async def in_channel(self, guild_id: int, channel_id: int | None) -> Rules:
         blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
-        policy = self.s.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
+        policy = self.services.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
         values = self.default_limits(policy.max_queued_per_user)
         values.update(blob.get("limits", {}))
         if channel is not None:
             values.update((channel.settings or {}).get("limits", {}))
-        conf = self.s.config.moderation
+        conf = self.services.config.moderation
         nsfw = blob.get("nsfw", {})
         return Rules(
             limits=Limits(**values),
@@ -162,11 +162,14 @@ class Moderation:
         )
 
     # -- the checks ------------------------------------------------------------------------------
-    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None) -> str | None:
-        """Why this member may not use the bot here (a ban, a denied channel), or None."""
+    async def refusal(self, guild_id: int, user_id: int, channel_id: int | None, *, channel_rules: bool = True) -> str | None:
+        """Why this member may not use the bot here (a ban; with ``channel_rules`` a denied or not-allowed
+        channel), or None.  Only `Services.check_access` asks."""
         ban, rows = await moderation.access_snapshot(self.db, guild_id, user_id)
         if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
             return ban_message(ban.reason)
+        if not channel_rules:
+            return None
         here = next((r for r in rows if r.channel_id == channel_id), None)
         if here is not None and not here.enabled:
             return "The server admins turned the bot off in this channel. Use it in another channel."
@@ -179,7 +182,7 @@ class Moderation:
     async def apply(self, guild_id: int, channel_id: int | None, params_list: list[JobParams]) -> list[JobParams]:
         """Check every parameter set against the server's rules; return them with the server's negatives
         added. Raises `UserError` with what was wrong and what to do."""
-        rules = await self.rules(guild_id, channel_id)
+        rules = await self.in_channel(guild_id, channel_id)
         return [self._apply_one(rules, p) for p in params_list]
 
     def _apply_one(self, rules: Rules, p: JobParams) -> JobParams:
@@ -213,18 +216,14 @@ class Moderation:
         negative = _join(p.negative, *(e for e in extra if e and e not in p.negative))
         return dataclasses.replace(p, screen=not rules.nsfw_channel and rules.nsfw.image_check, negative=negative)
 
-    async def ban_of(self, guild_id: int, user_id: int) -> Any:
-        """The member's ban here, or None."""
-        return await moderation.get_ban(self.db, guild_id, user_id)
-
     # -- actions on users and results --------------------------------------------------------------
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:
         """Ban the member and cancel (refunding) their waiting and running jobs here; returns those jobs."""
         await moderation.ban(self.db, guild_id, user_id, actor_id, reason)
         cancelled = []
-        for job in await self.s.queue.list(guild_id=guild_id, user_id=user_id):
-            if await self.s.jobs.cancel(job.id, actor_id):
-                self.s.publisher.status.pop(job.id, None)
+        for job in await self.services.queue.list(guild_id=guild_id, user_id=user_id):
+            if await self.services.jobs.cancel(job.id, actor_id):
+                self.services.publisher.status.pop(job.id, None)
                 cancelled.append(job)
         return cancelled
 
@@ -234,5 +233,5 @@ class Moderation:
         if check is None or not params.screen:
             return images
         loop = asyncio.get_running_loop()
-        flags = await loop.run_in_executor(self.s.worker.gpu, lambda: [check(img.image) for img in images])
+        flags = await loop.run_in_executor(self.services.worker.gpu, lambda: [check(img.image) for img in images])
         return [blurred(img) if flagged else img for img, flagged in zip(images, flags, strict=True)]
