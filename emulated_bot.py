@@ -3,12 +3,19 @@ tests and the end-to-end benchmarks drive.
 
 ``bot_config(emu, data_dir, model_dir, **sections)`` points a configuration at the emulator with small
 timings; ``BotEnv`` starts, stops, crashes and restarts the bot on it; ``running_bot`` is the
-context manager for one block, after which the books must balance.
+context manager for one block, after which the books must balance. ``BotProcess`` runs the same bot
+as a child process (``python bot.py --config …``) that a test or a benchmark can really ``kill -9``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import atexit
+import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -20,6 +27,11 @@ from services.config import Config, build_config
 
 
 def bot_config(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[str, Any]) -> Config:
+    return build_config(bot_config_data(emu, data_dir, model_dir, **sections), env={})
+
+
+def bot_config_data(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The sections of ``bot_config`` as plain data (for a config.toml)."""
     data: dict[str, dict[str, Any]] = {
         "discord": {"api_base": emu.api_base, "gateway_url": emu.gateway_url, "token": emu.bot_token, "guild_ready_timeout": 0.05},
         "model": {"path": str(model_dir)},
@@ -29,7 +41,16 @@ def bot_config(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)
-    return build_config(data, env={})
+    return data
+
+
+def toml_text(data: dict[str, dict[str, Any]]) -> str:
+    """``data`` (sections of strings, numbers and booleans) as TOML."""
+    lines = []
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    return "\n".join(lines) + "\n"
 
 
 class BotEnv:
@@ -90,3 +111,96 @@ async def running_bot(emu: Emulator, config: Config) -> AsyncIterator[BotEnv]:
             assert await env.services.ledger.check_invariant() == []
     finally:
         await env.stop()
+
+
+# The bot's imports (torch, diffusers, transformers, discord.py) take most of a start on a busy machine; the
+# zygote pays them once and forks each bot process from there: a real, separate process started in seconds.
+_ZYGOTE = """
+import os, signal, sys
+import diffusers, transformers, torch  # noqa: F401
+import bot
+from gen_core import engine  # noqa: F401
+signal.signal(signal.SIGCHLD, signal.SIG_IGN)  # killed children are reaped at once: their pid is gone
+print("ready", flush=True)
+for line in sys.stdin:
+    folder, config, log = line.rstrip("\\n").split("\\t")
+    pid = os.fork()
+    if pid == 0:
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.dup2(fd, 1)
+        os.dup2(fd, 2)
+        os.close(0)
+        os.chdir(folder)
+        os._exit(bot.main(["--config", config, "--log-level", "INFO"]) or 0)
+    print(pid, flush=True)
+"""
+_zygote: subprocess.Popen | None = None
+
+
+def _fork_bot(folder: Path, config: Path, log: Path) -> int:
+    """A new bot process forked from the zygote (started on first use); its pid."""
+    global _zygote
+    if _zygote is None or _zygote.poll() is not None:
+        root = Path(__file__).resolve().parent
+        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        _zygote = subprocess.Popen(
+            [sys.executable, "-c", _ZYGOTE], cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        atexit.register(_zygote.kill)
+        if _zygote.stdout.readline().strip() != "ready":
+            raise RuntimeError("the bot zygote did not start")
+    _zygote.stdin.write(f"{folder}\t{config}\t{log}\n")
+    _zygote.stdin.flush()
+    return int(_zygote.stdout.readline())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class BotProcess:
+    """The real bot (``bot.main``) as a separate process on ``data``'s configuration: started, and killed with
+    SIGKILL like a crash, an OOM or a pulled plug; its output goes to ``log_path``."""
+
+    def __init__(self, emu: Emulator, data: dict[str, dict[str, Any]], folder: Path) -> None:
+        self.emu = emu
+        self.folder = folder
+        self.config_path = folder / "config.toml"
+        self.config_path.write_text(toml_text(data))
+        self.log_path = folder / "bot.log"
+        self.pid: int | None = None
+        self.starts = 0
+
+    async def start(self, timeout: float = 120.0) -> None:
+        """Start the bot and wait until it has logged in to the gateway."""
+        logins = len(self.emu.events_of("gateway.identify"))
+        with open(self.log_path, "a") as log:
+            log.write(f"--- start {self.starts + 1}\n")
+        self.pid = pid = _fork_bot(self.folder, self.config_path, self.log_path)
+        self.starts += 1
+
+        def up() -> bool | None:
+            if not _alive(pid):
+                raise RuntimeError(f"the bot exited; see {self.log_path}")
+            return len(self.emu.events_of("gateway.identify")) > logins or None
+
+        await self.emu.wait_until(up, timeout, "the bot process to log in")
+
+    def kill(self) -> None:
+        """SIGKILL, right now (callable from an emulator request hook): no goodbye of any kind."""
+        if self.pid is not None and _alive(self.pid):
+            os.kill(self.pid, signal.SIGKILL)
+
+    async def wait_dead(self) -> None:
+        while self.pid is not None and _alive(self.pid):
+            await asyncio.sleep(0.02)
+
+    async def stop(self) -> None:
+        """Kill if running, and wait until the process is gone."""
+        self.kill()
+        await self.wait_dead()

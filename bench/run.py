@@ -2,7 +2,8 @@
 
     python -m bench [--only NAME ...] [--quick] [--threads N] [--output PATH]
 
-Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet (each also runs
+Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet, semantics,
+crash_recovery (each also runs
 alone as ``python -m bench.NAME``).  They run one after another in this process on one tiny model
 built once; a benchmark that fails is reported as such and the others still run.  The results file
 has one row per measurement with its target and pass/miss, the machine and the versions, and
@@ -31,7 +32,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-BENCHMARKS = ("engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet")
+BENCHMARKS = (
+    "engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet", "semantics",
+    "crash_recovery",
+)  # fmt: skip
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
 # Settings per benchmark: normal (`python -m bench`) and --quick.  Both are far smaller than the
@@ -64,6 +68,14 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "imagic": {
         "normal": {"size": 128, "steps": 20, "quality_scale": 0.2},
         "quick": {"size": 64, "steps": 10, "quality_scale": 0.1},
+    },
+    "semantics": {
+        "normal": {"prompts": 50, "seeds": 2, "steps": 20},
+        "quick": {"prompts": 12, "seeds": 1, "steps": 20},
+    },
+    "crash_recovery": {
+        "normal": {"rounds": 3, "jobs": 3, "n_jobs": 200, "n_members": 20, "kills": 5, "beats": 200},
+        "quick": {"rounds": 2, "jobs": 3, "n_jobs": 60, "n_members": 10, "kills": 3, "beats": 100},
     },
     "bot_e2e": {
         "normal": {"size": 512, "steps": 20, "runs": 5, "n_jobs": 200, "n_users": 20, "busy_steps": 150},
@@ -229,6 +241,51 @@ def rows_hypernet(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_semantics(r: dict[str, Any]) -> list[Row]:
+    toy, chance = r["toy"], r["chance"]
+    where = f"{r['prompts']} held-out prompts × {r['seeds']} seeds, {r['steps']} steps"
+    rows = []
+    for key, label in (("cfg7_clip2", "prompt following (CFG 7, clip skip 2)"), ("cfg1", "CFG 1"),
+                       ("clip_skip1", "clip skip 1"), ("third_chunk", "colours in the third 75-token chunk")):
+        for attribute, value in toy[key].items():
+            target = "≥ 0.90" if key == "cfg7_clip2" else "—"
+            verdict = _check(value >= 0.9) if key == "cfg7_clip2" else "info"
+            rows.append(Row("semantics", f"{label}: {attribute}", f"{value:.2f}", target, verdict,
+                            f"chance {chance[attribute]:.2f}; {where}"))
+    for attribute, value in r["random_tiny"]["cfg7_clip2"].items():
+        rows.append(Row("semantics", f"random tiny model (baseline): {attribute}", f"{value:.2f}",
+                        note=f"chance {chance[attribute]:.2f}"))
+    for key, label in (("judge_on_ground_truth", "judge on the generator's pictures"),
+                       ("judge_on_vae_round_trip", "judge on the VAE's round trip (ceiling)")):
+        rows.append(Row("semantics", label, ", ".join(f"{a} {v:.2f}" for a, v in toy[key].items())))
+    without, negative = toy["red_share_without_with_negative"]
+    rows.append(Row("semantics", "red's share without / with negative \"red\"", f"{without:.3f} / {negative:.3f}",
+                    "lower with", _check(negative < without)))
+    low, high = toy["red_share_emphasis_0.6_1.4"]
+    rows.append(Row("semantics", "red's share at (red:0.6) / (red:1.4)", f"{low:.3f} / {high:.3f}", "higher at 1.4",
+                    _check(high > low)))
+    shares = list(toy["mix_red_share_by_weight"].values())
+    rows.append(Row("semantics", "blend red:w | blue:1-w, red's share at w = 0…1", " / ".join(f"{v:.3f}" for v in shares),
+                    "monotonic", _check(all(a <= b for a, b in zip(shares, shares[1:], strict=False)))))
+    return rows
+def rows_crash_recovery(r: dict[str, Any]) -> list[Row]:
+    rec, soak, beat = r["recovery"], r["soak"], r["heartbeat"]
+    return [
+        Row("crash_recovery", "kill -9 mid-sampling: restart → last answer (worst of runs)", f"{rec['recovery_max_s']:.1f} s",
+            "≤ 60 s", _check(rec["recovery_max_s"] <= 60 and not rec["problems"]),
+            f"median {rec['recovery_median_s']:.1f} s over {rec['rounds']} rounds of {rec['jobs']} jobs; a start (fork → "
+            f"logged in) takes {rec['start_median_s']:.1f} s of it; problems: {rec['problems']}"),
+        Row("crash_recovery", f"soak: {soak['n_jobs']} jobs, {soak['n_members']} members, {soak['kills']} kill -9",
+            f"{len(soak['problems'])} problems", "0 lost, 0 duplicated", _check(not soak["problems"]),
+            f"{soak['accepted']} accepted, {soak['statuses']}; {soak['refused']} refused ({soak['refusals']}), "
+            f"{soak['not_accepted']} neither accepted nor refused; {soak['wall_s']} s"),
+        Row("crash_recovery", "heartbeat: one beat / time between beats", f"{beat['share_of_throughput'] * 100:.3f} %",
+            "≤ 1 %", _check(beat["share_of_throughput"] <= 0.01),
+            f"{beat['beat_median_ms']} ms (p99 {beat['beat_p99_ms']} ms) every {beat['interval_s']} s "
+            f"(lease {beat['lease_s']} s), {beat['running_jobs']} running jobs"),
+    ]  # fmt: skip
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine_overhead": rows_engine_overhead,
     "prompt_encoding": rows_prompt_encoding,
@@ -238,6 +295,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "mix": rows_mix,
     "imagic": rows_imagic,
     "hypernet": rows_hypernet,
+    "semantics": rows_semantics,
+    "crash_recovery": rows_crash_recovery,
 }
 
 
@@ -249,7 +308,8 @@ def run_one(name: str, settings: dict[str, Any], model_dir: Path, threads: int |
 
     module = importlib.import_module(f"bench.{name}")
     kwargs = dict(settings)
-    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic", "hypernet"):
+    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic", "hypernet", "semantics",
+                "crash_recovery"):
         kwargs["model_dir"] = model_dir
     if name in ("batching", "bot_e2e", "mix") and threads:
         kwargs["threads"] = threads

@@ -69,7 +69,7 @@ class Account(commands.Cog):
         next_topup = await self.services.ledger.next_topup(guild_id, user_id)
         embed = discord.Embed(title="Your credits", description=f"**{balance}** credits on this server")
         if next_topup:
-            floor = (await self.services.ledger.policy_for(guild_id)).topup_floor
+            floor = (await self.services.settings.policy(guild_id)).topup_floor
             when = discord.utils.format_dt(next_topup, "R")
             value = f"to {floor} credits {when}" if balance < floor else f"balances below {floor} are raised to {floor}"
             embed.add_field(name="Top-up", value=value, inline=False)
@@ -93,8 +93,9 @@ class Account(commands.Cog):
             params = row.params or {}
             name = f"thumb{i}.png"
             files.append(ui.png_file(thumbnail(await self.services.store.get(row.key)), name))
+            img2img = ui.img2img_note(params.get("denoising_strength"), params.get("extra_noise"))
             embed = discord.Embed(
-                title=f"#{row.job_id} · seed {row.seed}",
+                title=ui.clip(f"#{row.job_id} · seed {row.seed}{img2img}", 256),
                 description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),
             )
             embed.set_thumbnail(url=f"attachment://{name}")

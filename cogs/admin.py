@@ -118,10 +118,10 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         if topup_period_h is not None:
             changes["topup_period_s"] = topup_period_h * 3600
         if kind is not None:
-            changes["multipliers"] = {**(await self.services.ledger.policy_for(interaction.guild_id)).multipliers, kind: multiplier}
+            changes["multipliers"] = {kind: multiplier}
         if changes:
             await self.services.admin.set_policy(interaction.guild_id, interaction.user.id, changes)
-        p = await self.services.ledger.policy_for(interaction.guild_id)
+        p = await self.services.settings.policy(interaction.guild_id)
         text = (
             f"Start balance **{p.start_balance}** · top-up to **{p.topup_floor}** every **{p.topup_period_s / 3600:g} h**\n"
             f"Multipliers: {fmt_multipliers(dict(p.multipliers))}"
@@ -152,15 +152,14 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         max_train_steps: app_commands.Range[int, 1, 1_000_000] | None = None,
         reset: bool = False,
     ) -> None:
-        guild_id = interaction.guild_id
-        given = dict(max_steps=max_steps, max_area=max_area, max_count=max_count,
+        guild_id, channel_id = interaction.guild_id, channel.id if channel else None
+        given = dict(max_steps=max_steps, max_area=max_area, max_count=max_count, max_queued=max_queued,
                      max_train_images=max_train_images, max_train_steps=max_train_steps)
-        patch = {k: v for k, v in given.items() if v is not None}
-        changed = bool(patch) or reset or max_queued is not None
-        await self.services.admin.set_limits(guild_id, interaction.user.id, channel and channel.id, patch, max_queued, reset)
-        rules = await self.services.rules.in_channel(guild_id, channel.id if channel else None)
+        changes = {k: v for k, v in given.items() if v is not None}
+        await self.services.admin.set_limits(guild_id, interaction.user.id, channel_id, changes, reset)
+        limits = await self.services.settings.limits(guild_id, channel_id)
         where = f"in {channel.mention}" if channel else "on this server"
-        await self.reply(interaction, rules.limits.describe(), title=f"Limits {where}" + (" updated" if changed else ""))
+        await self.reply(interaction, limits.describe(), title=f"Limits {where}" + (" updated" if changes or reset else ""))
 
     # -- bans ----------------------------------------------------------------------------------------------
     @app_commands.command(name="ban", description="Stop a member from using the bot here; their waiting jobs are refunded")
@@ -194,10 +193,10 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         await self.reply(interaction, f"{channel.mention}: {access} saved.\n\n{await self._channel_list(interaction.guild_id)}")
 
     async def _channel_list(self, guild_id: int) -> str:
-        rows = await self.services.admin.channel_rows(guild_id)
-        allowed = [f"<#{r.channel_id}>" for r in rows if r.enabled and (r.settings or {}).get("allowed")]
-        denied = [f"<#{r.channel_id}>" for r in rows if not r.enabled]
-        limited = [f"<#{r.channel_id}> {(r.settings or {})['limits']}" for r in rows if (r.settings or {}).get("limits")]
+        channels = await self.services.settings.channels(guild_id)
+        allowed = [f"<#{c.channel_id}>" for c in channels if c.enabled and c.allowed]
+        denied = [f"<#{c.channel_id}>" for c in channels if not c.enabled]
+        limited = [f"<#{c.channel_id}> {dict(c.limits)}" for c in channels if c.limits]
         return "\n".join([
             "Allowed only in: " + ", ".join(allowed) if allowed else "Allowed everywhere the bot can post.",
             "Denied: " + (", ".join(denied) or "none"),
@@ -229,10 +228,9 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     )
     async def nsfw(self, interaction: discord.Interaction, terms: str | None = None, negative: str | None = None,
                    image_check: bool | None = None) -> None:
-        patch = {k: v for k, v in {"terms": terms, "negative": negative, "image_check": image_check}.items() if v is not None}
-        if patch:
-            await self.services.admin.update_nsfw(interaction.guild_id, interaction.user.id, patch)
-        rules = (await self.services.rules.in_channel(interaction.guild_id, None)).nsfw
+        changed = await self.services.admin.set_nsfw(interaction.guild_id, interaction.user.id,
+                                                     terms=terms, negative=negative, image_check=image_check)
+        rules = (await self.services.settings.guild(interaction.guild_id)).nsfw
         installed = "installed" if self.services.rules.safety_check else "not installed in this bot"
         text = (
             "NSFW prompts work only in age-restricted channels.\n"
@@ -240,7 +238,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
             f"**Enforced negative elsewhere:** {rules.negative or 'none'}\n"
             f"**Image safety check elsewhere:** {'on' if rules.image_check else 'off'} ({installed})"
         )
-        await self.reply(interaction, text, title="NSFW rules" + (" updated" if patch else ""))
+        await self.reply(interaction, text, title="NSFW rules" + (" updated" if changed else ""))
 
     @words.command(name="add", description="Ban a word or phrase (whole words), or a regex as re:<pattern>")
     async def words_add(self, interaction: discord.Interaction, word: str) -> None:
@@ -265,9 +263,8 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @app_commands.describe(prompt="The server-wide negative prompt", clear="Remove it")
     async def negative(self, interaction: discord.Interaction, prompt: str | None = None, clear: bool = False) -> None:
         if clear or prompt is not None:
-            value = None if clear else prompt.strip() or None
-            await self.services.admin.set_negative(interaction.guild_id, interaction.user.id, value)
-        current = await self.services.admin.negative(interaction.guild_id)
+            await self.services.admin.set_negative(interaction.guild_id, interaction.user.id, None if clear else prompt)
+        current = (await self.services.settings.guild(interaction.guild_id)).negative
         await self.reply(interaction, f"Server negative prompt: {f'`{current}`' if current else 'none'}")
 
     # -- queue ---------------------------------------------------------------------------------------------

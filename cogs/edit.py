@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import discord
 from discord import app_commands
 from discord.ext import commands
 
-from gen_core.buckets import fit_to_bucket
 from services import ui
 from services.edit import EDIT_KINDS, EDIT_PRESET_CHOICES, ETA_BUTTONS, ETA_RANGE, EditOptions, edit_params
 
@@ -57,11 +54,9 @@ class Edit(commands.Cog):
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
         negative: str | None = None,
     ) -> None:
-        picture = fit_to_bucket(await self.services.read_attachment(image), self.services.jobs.buckets)
+        upload = await self.services.fitted_upload(image)
         options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
-        buf = io.BytesIO()
-        picture.save(buf, format="PNG")
-        params = edit_params(self.services.jobs, options, *picture.size, init_image=await self.services.store.put(buf.getvalue()))
+        params = edit_params(self.services.jobs, options, upload.width, upload.height, init_image=upload.key)
         await self.services.submit_from_interaction(interaction, [params])
 
 

@@ -12,8 +12,9 @@ from discord.ext import commands
 
 from gen_core import hypernetwork
 from services import ui
-from services.hypernet import STRENGTH_RANGE, check_name, read_training_zip
+from services.hypernet import check_name, read_training_zip
 from services.jobs import UserError
+from services.settings import STRENGTH_RANGE
 from worker.jobs import JobKind
 
 log = logging.getLogger(__name__)

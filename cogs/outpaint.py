@@ -73,8 +73,8 @@ def outpaint_result_view(job_id: int, n_images: int) -> discord.ui.View:
 
 
 def inpaint_result_view(job_id: int, n_images: int) -> discord.ui.View:
-    """Reroll, variations (of the repainted image) and delete; no upscale."""
-    return ui.result_view(job_id, n_images, actions=("reroll", "var", "delete"))
+    """Reroll, delete and Vary (Subtle/Strong) of the repainted image; no Remix or upscale."""
+    return ui.result_view(job_id, n_images, actions=("reroll", "delete", "subtle", "var"))
 
 
 def picked_view(job_id: int, index: int) -> discord.ui.View:

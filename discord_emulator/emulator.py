@@ -70,6 +70,23 @@ class RateLimitInjection:
 
 
 @dataclass
+class ErrorInjection:
+    route_substring: str
+    count: int
+    status: int
+
+
+@dataclass
+class RequestHook:
+    """``callback(route)`` runs synchronously when a matching request arrives (``after``: once it is handled,
+    before the answer leaves); it stays until it returns True."""
+
+    route_substring: str
+    callback: Callable[[str], bool]
+    after: bool
+
+
+@dataclass
 class UploadedFile:
     """A file part of a multipart request (``files[n]``)."""
 
@@ -105,6 +122,8 @@ class Emulator:
         self.failures: list[Failure] = []
         self.errors: list[Failure] = []  # every error reply, rule-breaking or not
         self.rate_limits: list[RateLimitInjection] = []
+        self.injected_errors: list[ErrorInjection] = []
+        self.request_hooks: list[RequestHook] = []
         self.files: dict[int, Attachment] = {}  # the CDN
         self._dm_channels: dict[int, Channel] = {}
         self._by_token: dict[str, Interaction] = {}
@@ -475,6 +494,41 @@ class Emulator:
                 injection.count -= 1
                 return injection
         return None
+
+    def inject_error(self, route_substring: str, count: int = 1, status: int = 503) -> ErrorInjection:
+        """Answer the next ``count`` requests whose ``"METHOD /path"`` contains ``route_substring`` with ``status``
+        (a Discord outage: 5xx; discord.py retries 500, 502 and 504 itself before giving up)."""
+        injection = ErrorInjection(route_substring, count, status)
+        self.injected_errors.append(injection)
+        return injection
+
+    def _take_error(self, route: str) -> ErrorInjection | None:
+        for injection in self.injected_errors:
+            if injection.count > 0 and injection.route_substring in route:
+                injection.count -= 1
+                return injection
+        return None
+
+    def on_request(self, route_substring: str, callback: Callable[[str], bool], *, after: bool = False) -> RequestHook:
+        """Run ``callback(route)`` synchronously on each matching REST request — before it is handled, or with
+        ``after`` once it is handled but before its answer is sent (e.g. to kill the bot at that moment) — until
+        it returns True."""
+        hook = RequestHook(route_substring, callback, after)
+        self.request_hooks.append(hook)
+        return hook
+
+    async def delete_channel(self, channel: Channel) -> None:
+        """Delete a guild channel (CHANNEL_DELETE); REST calls on it then answer 404 / 10003."""
+        self.channels.remove(channel)
+        if channel.guild is not None:
+            channel.guild.channels.remove(channel)
+            self.gateway.dispatch("CHANNEL_DELETE", channel.payload(), guild_id=channel.guild.id)
+
+    async def redeliver_on_resume(self, event: str) -> None:
+        """Deliver the latest ``event`` again: the bot's gateway drops, it RESUMEs, and the emulator replays from
+        that event although the bot had it (Discord's delivery is at least once)."""
+        self.gateway.replay_on_resume(event)
+        await self.drop_gateway(4000)
 
     # -- CDN -----------------------------------------------------------------------------------------------------
 

@@ -53,6 +53,7 @@ class Session:
     conn: Connection | None = None
     backlog: list[tuple[int, str]] = field(default_factory=list)
     resumable: bool = True
+    replay_from: int = 0  # the next RESUME replays from this seq, though the client had it (see replay_on_resume)
 
     def wants(self, event: str, guild_id: int | None) -> bool:
         gate = _EVENT_INTENTS.get(event)
@@ -139,6 +140,15 @@ class Gateway:
             del session.backlog[:1000]
         if session.conn is not None:
             session.conn.send(text)
+
+    def replay_on_resume(self, event: str) -> None:
+        """At the next RESUME, replay the latest ``event`` and everything after it although the client had them:
+        Discord delivers at least once, and an event can arrive twice across a resume."""
+        for session in self.sessions.values():
+            for seq, text in reversed(session.backlog):
+                if json.loads(text)["t"] == event:
+                    session.replay_from = seq
+                    break
 
     # -- the websocket -------------------------------------------------------------------------------------
 
@@ -257,6 +267,8 @@ class Gateway:
         session.conn = conn
         conn.session = session
         last = d.get("seq") or 0
+        if session.replay_from:
+            last, session.replay_from = min(last, session.replay_from - 1), 0
         for seq, text in session.backlog:
             if seq > last:
                 conn.send(text)

@@ -99,6 +99,7 @@ class User:
     name: str
     bot: bool = False
     global_name: str | None = None
+    dms_open: bool = True  # False: the bot's DMs to this user answer 403 / 50007
 
     def payload(self) -> dict[str, Any]:
         return {

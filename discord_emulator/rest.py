@@ -115,6 +115,13 @@ class RestApi:
             return await handler(request)
         route = f"{request.method} {request.path[len(API_PREFIX):]}"
         emu = self.emu
+        for hook in [h for h in emu.request_hooks if not h.after and h.route_substring in route]:
+            if hook.callback(route):
+                emu.request_hooks.remove(hook)
+        outage = emu._take_error(route)
+        if outage is not None:
+            emu._log("rest.injected_error", route=route, status=outage.status)
+            return json_response({"message": f"{outage.status}: injected by the test", "code": 0}, outage.status)
         injection = emu._take_rate_limit(route)
         if injection is not None:
             emu._log("rest.rate_limited", route=route, retry_after=injection.retry_after, is_global=injection.is_global)
@@ -145,6 +152,9 @@ class RestApi:
             emu._failure(400, 0, f"emulator internal error: {exc!r}", route)
             response = json_response({"message": f"emulator internal error: {exc!r}", "code": 0}, 400)
         emu._log("rest", route=route, status=response.status)
+        for hook in [h for h in emu.request_hooks if h.after and h.route_substring in route]:
+            if hook.callback(route):
+                emu.request_hooks.remove(hook)
         return response
 
     async def _body(self, request: web.Request) -> tuple[Any, list[UploadedFile]]:
@@ -528,6 +538,8 @@ class RestApi:
         channel = self._channel(request)
         payload, files = await self._body(request)
         self._require(channel, Perm.SEND_MESSAGES | (Perm.ATTACH_FILES if files else 0))
+        if channel.recipient is not None and not channel.recipient.dms_open:
+            raise rules.ApiError(403, 50007, "Cannot send messages to this user")
         rules.validate_message(payload, files, emu.settings)
         if int(payload.get("flags") or 0) & MESSAGE_FLAG_EPHEMERAL:
             raise rules.form_error(["flags"], "MESSAGE_FLAGS_INVALID", "Channel messages cannot be ephemeral")

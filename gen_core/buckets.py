@@ -16,7 +16,7 @@ import math
 import re
 from functools import lru_cache
 
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, ImageStat
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -236,15 +236,21 @@ def bucket_choices(buckets=None) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------------------------
 
 
-def fit_to_bucket(image: Image.Image, buckets=None, max_area: int | None = None) -> Image.Image:
-    """Resize and crop an image (e.g. an upload for img2img) to a bucket without distorting it.
+FIT_MODES = ("crop", "pad")
+
+
+def fit_to_bucket(image: Image.Image, buckets=None, max_area: int | None = None, fit: str = "crop") -> Image.Image:
+    """Resize an image (e.g. an upload for img2img) to a bucket without distorting it.
 
     Rule: apply the EXIF orientation; pick the bucket with the nearest aspect ratio (from
-    ``buckets``, else ``scale_buckets(max_area)`` if given, else the default buckets); scale the
-    image (Lanczos) so that it covers the bucket in both directions, then center-crop the overhang.
-    Scaling and cropping happen in one resampling step (the crop box is resized directly).
-    Returns a new image of exactly the bucket's size, in the input's mode.
+    ``buckets``, else ``scale_buckets(max_area)`` if given, else the default buckets). ``fit="crop"``
+    scales the image (Lanczos) so that it covers the bucket in both directions and center-crops the
+    overhang (scaling and cropping in one resampling step: the crop box is resized directly);
+    ``fit="pad"`` scales it to lie inside the bucket and centers it on bars of its own mean colour, so
+    nothing of the picture is lost. Returns a new image of exactly the bucket's size, in the input's mode.
     """
+    if fit not in FIT_MODES:
+        raise ValueError(f"fit must be one of {', '.join(FIT_MODES)}, got {fit!r}")
     if buckets is None and max_area is not None:
         buckets = scale_buckets(max_area)
     image = ImageOps.exif_transpose(image) or image
@@ -252,6 +258,13 @@ def fit_to_bucket(image: Image.Image, buckets=None, max_area: int | None = None)
     if w <= 0 or h <= 0:
         raise ValueError("image has no pixels")
     bw, bh = nearest_bucket(w, h, buckets)
+    if fit == "pad":
+        scale = min(bw / w, bh / h)
+        inner = image.resize((max(1, min(bw, round(w * scale))), max(1, min(bh, round(h * scale)))), Image.Resampling.LANCZOS)
+        mean = ImageStat.Stat(inner).mean
+        canvas = Image.new(image.mode, (bw, bh), tuple(round(c) for c in mean) if len(mean) > 1 else round(mean[0]))
+        canvas.paste(inner, ((bw - inner.width) // 2, (bh - inner.height) // 2))
+        return canvas
     # The largest centered region of the source that has the bucket's aspect ratio.
     if w * bh > h * bw:  # source is wider than the bucket: trim left and right
         crop_w, crop_h = h * bw / bh, float(h)

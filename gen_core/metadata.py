@@ -45,7 +45,7 @@ _FIELDS: tuple[tuple[str, str, type], ...] = (
 )
 _BY_LABEL = {label: (key, kind) for key, label, kind in _FIELDS}
 # GenerationRequest field names accepted by format_parameters for the same fields.
-_ALIASES = {"negative": "negative_prompt", "cfg": "cfg_scale", "noise": "extra_noise"}
+_ALIASES = {"negative": "negative_prompt", "cfg": "cfg_scale", "strength": "denoising_strength", "noise": "extra_noise"}
 _KNOWN_KEYS = (
     {key for key, _, _ in _FIELDS} | {"prompt", "negative_prompt", "width", "height"} | set(_ALIASES)
 )
@@ -84,8 +84,8 @@ def format_parameters(params: dict[str, Any]) -> str:
     """The A1111 ``parameters`` text for a parameter dict.
 
     ``None`` values and values that are not plain data (images, bytes) are left out; the
-    GenerationRequest names ``negative``, ``cfg`` and ``noise`` are accepted for
-    ``negative_prompt``, ``cfg_scale`` and ``extra_noise``.
+    GenerationRequest names ``negative``, ``cfg``, ``strength`` and ``noise`` are accepted for
+    ``negative_prompt``, ``cfg_scale``, ``denoising_strength`` and ``extra_noise``.
     """
     params = dict(params)
     for alias, key in _ALIASES.items():

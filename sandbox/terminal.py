@@ -26,7 +26,7 @@ Type a slash command, e.g.
   /imagine prompt:a cat in a spacesuit count:2 aspect:landscape
   /credits      /history      /cost prompt:a cat steps:40
   react N 🔄     (react to the N-th last bot message; ❌ ⭐ ✉️ work too)
-  click N LABEL  (press a button of the N-th last bot message, e.g. click 1 V1)
+  click N LABEL  (press a button of the N-th last bot message, e.g. click 1 Vary (Strong))
   quit
 Images are saved to {out}.
 """
@@ -97,7 +97,8 @@ async def _do(emu: Any, channel: Any, user: Any, line: str) -> None:
         if words[0] == "react":
             await emu.add_reaction(user, message, words[2])
         else:
-            button = next(b for b in message.buttons if words[2] in (b.label, b.emoji))
+            label = " ".join(words[2:])
+            button = next(b for b in message.buttons if label in (b.label, b.emoji))
             await emu.click(user, message, button.custom_id)
         return
     name, options = parse_command_line(line, lambda n: _option_names(emu, channel, n))

@@ -3,8 +3,9 @@
 ``GET /`` serves the page (plain HTML/CSS/JS from ``static/``, nothing from the internet). A websocket
 (``/ws``) sends the member who looks the whole state, then every change as the emulator's event stream
 reports it. The page acts for that member through JSON endpoints that call the emulator exactly as a
-test does: slash commands (``/api/invoke``), autocomplete, button clicks, reactions, plain messages,
-and uploads for attachment options, which land on the emulator's CDN like a Discord upload.
+test does: slash commands (``/api/invoke``), autocomplete, button clicks, modal forms the bot opens
+(``/api/modal`` submits one), reactions, plain messages, and uploads for attachment options, which land
+on the emulator's CDN like a Discord upload.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ class SandboxPage:
         app.router.add_get("/api/commands", _action(self.commands))
         app.router.add_get("/api/attachments/{id}/parameters", _action(self.parameters))
         for name, handler in (("invoke", self.invoke), ("autocomplete", self.autocomplete), ("click", self.click),
-                              ("react", self.react), ("send", self.send), ("upload", self.upload)):
+                              ("modal", self.modal), ("react", self.react), ("send", self.send), ("upload", self.upload)):
             app.router.add_post(f"/api/{name}", _action(handler))
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await self._runner.setup()
@@ -182,12 +183,13 @@ class SandboxPage:
         return found[0]
 
     async def _answered(self, it: Any, failed: str) -> dict[str, Any]:
-        """Wait for the bot's first answer, as Discord's client does; ``failed`` if it never comes."""
+        """Wait for the bot's first answer, as Discord's client does; ``failed`` if it never comes.
+        A modal the bot opened (response type 9) comes with it, for the page to show."""
         try:
             await it.wait_acked(self.emu.settings.initial_response_timeout + 0.5)
         except TimeoutError:
             raise PageError(failed) from None
-        return {"interaction": str(it.id), "response_type": it.response_type}
+        return {"interaction": str(it.id), "response_type": it.response_type, "modal": it.modal}
 
     async def commands(self, request: web.Request) -> dict[str, Any]:
         data = dict(request.query)
@@ -219,6 +221,17 @@ class SandboxPage:
         user = self._member(data)
         it = await self.emu.click(user, self._message(data, user), str(data.get("custom_id")))
         return await self._answered(it, "This interaction failed")
+
+    async def modal(self, request: web.Request) -> dict[str, Any]:
+        """The member submits the form the bot opened in answer to their interaction ``interaction``."""
+        data = await request.json()
+        user = self._member(data)
+        opened_by = self.emu.interactions.get(int(data.get("interaction") or 0))
+        if opened_by is None or opened_by.user is not user or opened_by.modal is None:
+            raise PageError("that form is gone")
+        values = {str(k): str(v) for k, v in (data.get("values") or {}).items()}
+        it = await self.emu.submit_modal(user, opened_by, values)
+        return await self._answered(it, "Something went wrong. Try again.")
 
     async def react(self, request: web.Request) -> dict[str, Any]:
         data = await request.json()

@@ -32,13 +32,18 @@ from worker.jobs import (
 
 log = logging.getLogger(__name__)
 
+REROLLS_KEPT = 10_000  # handled 🔄 reactions remembered against a second delivery (a resume replays seconds)
+
+
+VARY_ACTIONS = ("subtle", "var", "remix")  # Vary (Subtle), Vary (Strong), Remix (strong, with new text)
+
 
 def derive_params(
     job: Any, params: JobParams, action: str, index: int | None, generation: Any, geometry: Geometry
 ) -> JobParams:
-    """A new job's parameters from a finished ``job``: reroll (new seed), sweep (/mix), variation or
-    upscale of image ``index`` (/imagine; variations also of /inpaint), η re-mix (/edit), or a training's
-    sample again (a trained hypernetwork)."""
+    """A new job's parameters from a finished ``job``: reroll (new seed), sweep (/mix), variation
+    (subtle, strong, or a remix's) or upscale of image ``index`` (/imagine; variations also of
+    /inpaint), η re-mix (/edit), or a training's sample again (a trained hypernetwork)."""
     if isinstance(params, EditParams | EditRemixParams):  # re-mix the kept tuned state: no optimisation again
         return remix_params(job.id, params, action, index)
     if isinstance(params, HypernetTrainParams):  # the training's sample again, with the trained module
@@ -47,16 +52,20 @@ def derive_params(
         return dataclasses.replace(params, seed=new_seed())
     if action == "sweep":  # /mix results: the same seed at several weights between the first two prompts
         return sweep_params(params, params.seed)
-    if action not in ("var", "up") or not isinstance(params, ImagineParams | InpaintParams):
+    imagine = isinstance(params, ImagineParams)
+    if action not in (*VARY_ACTIONS, "up") or not (imagine or isinstance(params, InpaintParams)):
         raise UserError("That button is not supported any more.")
+    if action == "remix" and not imagine:
+        raise UserError("Remix works on /imagine results.")
     images = (job.result or {}).get("images", [])
     if index is None or not 0 <= index < len(images):
         raise UserError("That image no longer exists.")
     source = {"init_image": images[index]["key"], "source_job": job.id, "source_index": index, "seed": new_seed()}
-    if action == "var":
-        if isinstance(params, ImagineParams):
-            source["mode"] = ImagineMode.VARIATION
-        return dataclasses.replace(params, strength=generation.variation_strength, **source)
+    if action in VARY_ACTIONS:
+        strength = generation.vary_subtle_strength if action == "subtle" else generation.vary_strong_strength
+        if imagine:
+            source |= {"mode": ImagineMode.VARIATION, "fit": None}
+        return dataclasses.replace(params, strength=strength, **source)
     if not isinstance(params, ImagineParams):
         raise UserError("That button is not supported any more.")
     width, height = (geometry.snap_down(images[index][side] * 2) for side in ("width", "height"))
@@ -68,6 +77,9 @@ def derive_params(
 class Actions:
     def __init__(self, services: Any) -> None:
         self.services = services
+        # (message, user) of 🔄 reactions handled and not removed since: the gateway delivers at least once,
+        # so the same reaction can arrive twice across a resume; only removing and adding it again rerolls again
+        self._rerolled: dict[tuple[int, int], None] = {}  # insertion-ordered; the oldest go beyond REROLLS_KEPT
 
     async def job(self, job_id: int) -> Any:
         job = await self.services.queue.get(job_id)
@@ -75,15 +87,25 @@ class Actions:
             raise UserError(f"Job #{job_id} no longer exists.")
         return job
 
-    async def derive_and_submit(self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str) -> list[Any]:
+    def derive(self, job: Any, action: str, index: int | None) -> JobParams:
+        """`derive_params` of ``job`` with the server's strengths, refused when the result would be too large."""
         source = params_of(job)
         params = derive_params(job, source, action, index, self.services.config.generation, self.services.geometry)
         if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
             area_limit = self.services.config.generation.max_area * (4 if action == "up" else 1)
             if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")
+        return params
+
+    async def derive_and_submit(
+        self, job: Any, action: str, index: int | None, user_id: int, guild_id: int, channel_id: int, request_key: str,
+        remix: tuple[str, str] | None = None,
+    ) -> list[Any]:
+        """Submit the derived job; a ``remix`` (prompt, negative) replaces the texts (one job per `{a, b}` variant)."""
+        params = self.derive(job, action, index)
+        params_list = self.services.jobs.remixed(params, *remix) if remix is not None else [params]
         return await self.services.jobs.submit(
-            params_list=[params], guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
+            params_list=params_list, guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
         )
 
     # -- buttons (acknowledged, admitted and owner-checked by ui.JobButton) ---------------------------------
@@ -94,6 +116,9 @@ class Actions:
                 job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
             )
             await self.services.announce_queued(jobs, interaction=interaction)
+        elif action == "remix":  # the form, pre-filled; its submission is `on_remix`
+            params = self.derive(job, action, index)
+            await interaction.response.send_modal(ui.remix_modal(job.id, index, params.user_prompt, params.negative))
         elif action == "delete":
             await interaction.message.delete()
         elif action == "cancel":
@@ -104,7 +129,21 @@ class Actions:
         else:
             raise UserError("That button is not supported any more.")
 
+    async def on_remix(self, interaction: discord.Interaction, job_id: int, index: int) -> None:
+        """A submitted Remix form (acknowledged and admitted by `ui.RemixForm`): a strong variation of image
+        ``index`` of job ``job_id`` with the form's texts."""
+        values = ui.modal_values(interaction)
+        jobs = await self.derive_and_submit(
+            await self.job(job_id), "remix", index, interaction.user.id, interaction.guild_id, interaction.channel_id,
+            str(interaction.id), remix=(values.get("prompt", ""), values.get("negative", "")),
+        )  # fmt: skip
+        await self.services.announce_queued(jobs, interaction=interaction)
+
     # -- reactions -----------------------------------------------------------------------------------------
+    def on_reaction_removed(self, payload: discord.RawReactionActionEvent) -> None:
+        if str(payload.emoji) == ui.REROLL:
+            self._rerolled.pop((payload.message_id, payload.user_id), None)
+
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         """A reaction on a result: the same access rules as a command or button (`Services.check_access`);
         a refused member is ignored, any other refusal is told in the channel for a moment."""
@@ -114,6 +153,12 @@ class Actions:
         emoji = str(payload.emoji)
         if emoji not in (ui.REROLL, ui.DELETE, ui.FAVOURITE, ui.DM):
             return
+        if emoji == ui.REROLL:
+            if (payload.message_id, payload.user_id) in self._rerolled:  # delivered again: already handled
+                return
+            self._rerolled[payload.message_id, payload.user_id] = None
+            if len(self._rerolled) > REROLLS_KEPT:
+                del self._rerolled[next(iter(self._rerolled))]
         channel = bot.get_channel(payload.channel_id) or await bot.fetch_channel(payload.channel_id)
         try:
             await self.services.check_access(guild_id=payload.guild_id, user_id=payload.user_id, channel_id=payload.channel_id)
@@ -137,6 +182,13 @@ class Actions:
                 return
         member = payload.member
         if emoji == ui.REROLL:
+            if not _can_post_images(channel):  # refused before anything is charged, privately
+                await _tell_privately(
+                    member or await self.services.bot.fetch_user(payload.user_id),
+                    f"I can't post images in <#{payload.channel_id}> (I need View Channel, Send Messages and "
+                    "Attach Files there), so your 🔄 was not queued and nothing was charged.",
+                )
+                return
             jobs = await self.derive_and_submit(
                 job, "reroll", None, payload.user_id, payload.guild_id, payload.channel_id,
                 f"reaction:{payload.message_id}:{payload.user_id}:{new_seed()}",
@@ -156,3 +208,17 @@ class Actions:
                 lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
             await user.send(ui.clip("\n".join(lines), 2000))
 
+
+def _can_post_images(channel: Any) -> bool:
+    me = getattr(getattr(channel, "guild", None), "me", None)
+    if me is None:
+        return True  # nothing cached to judge by: the post itself will tell
+    perms = channel.permissions_for(me)
+    return perms.view_channel and perms.send_messages and perms.attach_files
+
+
+async def _tell_privately(user: Any, text: str) -> None:
+    try:
+        await user.send(text)
+    except discord.HTTPException:  # DMs closed: nothing public instead
+        log.info("could not DM %s: %s", user.id, text)

@@ -1,6 +1,6 @@
 """What /admin changes, between the cog and storage: price policy, limits, channels, NSFW rules, banned
 words, the server negative, bans, module reviews and the audit log.  Every change is audited with the
-admin's id; refusals are `UserError`s.
+admin's id; refusals are `UserError`s.  Settings are checked and stored by `services.settings.ServerSettings`.
 """
 
 from __future__ import annotations
@@ -8,10 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.jobs import UserError
-from services.rules import LIMIT_KEYS
-from storage import ModuleStatus, hypernetworks, moderation, settings
-
-CHANNEL_ACCESS = {"allow": (True, True), "deny": (False, None), "reset": (True, None)}  # -> (enabled, allowed)
+from storage import ModuleStatus, hypernetworks, moderation
 
 
 class ServerAdmin:
@@ -30,37 +27,16 @@ class ServerAdmin:
 
     # -- credits ---------------------------------------------------------------------------------------
     async def set_policy(self, guild_id: int, actor_id: int, changes: dict[str, Any]) -> None:
-        await settings.set_guild_policy(self.db, guild_id, actor_id, **changes)
+        await self.services.settings.set_policy(guild_id, actor_id, changes)
         await self.audit(guild_id, actor_id, "credits.policy", details=changes)
 
     # -- limits ----------------------------------------------------------------------------------------
-    async def set_limits(
-        self, guild_id: int, actor_id: int, channel_id: int | None, patch: dict[str, int], max_queued: int | None, reset: bool
-    ) -> None:
-        """Override limits for the guild or one channel (``reset`` first removes the current overrides).
-        An override never exceeds the bot's own limit (config.toml): `UserError` says which one."""
-        ceilings = self.services.rules.default_limits(max_queued=0)
-        for key, value in patch.items():
-            if key not in LIMIT_KEYS:
-                raise UserError(f"`{key}` is not a limit; the limits are {', '.join(LIMIT_KEYS)}.")
-            if value > ceilings[key]:
-                raise UserError(f"`{key}` can be at most {ceilings[key]} on this bot (its config.toml); you asked for {value}.")
-        if channel_id is not None:
-            if max_queued is not None:
-                raise UserError("`max_queued` counts a member's jobs in the whole server; set it without `channel`.")
-            row = await settings.get_channel_settings(self.db, channel_id)
-            current = {} if reset or row is None else dict((row.settings or {}).get("limits", {}))
-            await settings.update_channel_settings(
-                self.db, guild_id, channel_id, patch={"limits": {**current, **patch} or None}, actor_id=actor_id
-            )
-        else:
-            current = {} if reset else dict((await settings.get_guild_settings(self.db, guild_id)).get("limits", {}))
-            await settings.update_guild_settings(self.db, guild_id, {"limits": {**current, **patch} or None}, actor_id)
-            if max_queued is not None or reset:
-                await settings.set_guild_policy(self.db, guild_id, actor_id, max_queued_per_user=max_queued)
-        if patch or reset or max_queued is not None:
-            await self.audit(guild_id, actor_id, "limits",
-                             details={"channel": channel_id, "reset": reset, **patch, "max_queued": max_queued})  # fmt: skip
+    async def set_limits(self, guild_id: int, actor_id: int, channel_id: int | None, changes: dict[str, int], reset: bool) -> None:
+        """Override limits for the guild or one channel (``reset`` first removes the current overrides)."""
+        if not changes and not reset:
+            return
+        await self.services.settings.set_limits(guild_id, actor_id, channel_id, changes, reset)
+        await self.audit(guild_id, actor_id, "limits", details={"channel": channel_id, "reset": reset, **changes})
 
     # -- bans ------------------------------------------------------------------------------------------
     async def unban(self, guild_id: int, actor_id: int, user_id: int) -> bool:
@@ -74,20 +50,16 @@ class ServerAdmin:
 
     # -- channels --------------------------------------------------------------------------------------
     async def set_channel_access(self, guild_id: int, actor_id: int, channel_id: int, access: str) -> None:
-        enabled, allowed = CHANNEL_ACCESS[access]
-        await settings.update_channel_settings(
-            self.db, guild_id, channel_id, enabled=enabled, patch={"allowed": allowed}, actor_id=actor_id
-        )
+        await self.services.settings.set_channel_access(guild_id, actor_id, channel_id, access)
         await self.audit(guild_id, actor_id, f"channels.{access}", details={"channel": channel_id})
 
-    async def channel_rows(self, guild_id: int) -> list[Any]:
-        return await settings.guild_channel_settings(self.db, guild_id)
-
     # -- NSFW, banned words, server negative -----------------------------------------------------------
-    async def update_nsfw(self, guild_id: int, actor_id: int, patch: dict[str, Any]) -> None:
-        current = (await settings.get_guild_settings(self.db, guild_id)).get("nsfw", {})
-        await settings.update_guild_settings(self.db, guild_id, {"nsfw": {**current, **patch}}, actor_id)
-        await self.audit(guild_id, actor_id, "nsfw", details=patch)
+    async def set_nsfw(self, guild_id: int, actor_id: int, **changes: Any) -> bool:
+        """Change the NSFW rules (``terms``, ``negative``, ``image_check``); True if anything changed."""
+        patch = await self.services.settings.set_nsfw(guild_id, actor_id, **changes)
+        if patch:
+            await self.audit(guild_id, actor_id, "nsfw", details=patch)
+        return bool(patch)
 
     async def add_word(self, guild_id: int, actor_id: int, entry: str) -> bool:
         if not await moderation.add_banned_word(self.db, guild_id, entry, actor_id):
@@ -105,11 +77,8 @@ class ServerAdmin:
         return await moderation.banned_words(self.db, guild_id)
 
     async def set_negative(self, guild_id: int, actor_id: int, value: str | None) -> None:
-        await settings.update_guild_settings(self.db, guild_id, {"negative": value}, actor_id)
+        value = await self.services.settings.set_negative(guild_id, actor_id, value)
         await self.audit(guild_id, actor_id, "negative", details={"negative": value})
-
-    async def negative(self, guild_id: int) -> str | None:
-        return (await settings.get_guild_settings(self.db, guild_id)).get("negative")
 
     # -- hypernetwork modules --------------------------------------------------------------------------
     async def review_hypernet(self, guild_id: int, actor_id: int, name: str, approve: bool) -> Any:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
 import logging
 from pathlib import Path
 from typing import Any
 
 import discord
 
+from gen_core.buckets import fit_to_bucket
 from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
 from gen_core.images import ImageInputError, load_image, load_image_rgba
@@ -17,9 +20,10 @@ from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
-from services.jobs import AccessDenied, JobService, UserError
+from services.jobs import AccessDenied, JobService, Upload, UserError
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
+from services.settings import ServerSettings
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
 from worker import Worker
 from worker.handlers import handlers
@@ -76,6 +80,7 @@ class Services:
         self.store = ImageStore(config.data_dir / "images")
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
+        self.settings = ServerSettings(self.db, config, self.policy)
         self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
@@ -83,7 +88,6 @@ class Services:
         self.worker = Worker(
             queue=self.queue,
             store=self.store,
-            images=self.images,
             publisher=self.publisher,
             engine_loader=engine_loader or default_engine_loader(config),
             handlers=handlers(self.edit_cache, ModuleCache()),
@@ -93,6 +97,9 @@ class Services:
             max_attempts=w.max_attempts,
             poll_interval_s=w.poll_interval_s,
             preview_every=w.preview_every,
+            announce_retries=w.announce_retries,
+            announce_backoff_s=w.announce_backoff_s,
+            announce_backoff_max_s=w.announce_backoff_max_s,
             screen=self.rules.screen,
         )
         self.hypernets = Hypernets(self)
@@ -143,6 +150,20 @@ class Services:
             return decode(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
+
+    async def fitted_upload(self, attachment: discord.Attachment, bucket: tuple[int, int] | None = None, fit: str = "crop") -> Upload:
+        """An uploaded picture (capped and decoded as `read_attachment`) fitted to ``bucket`` (else the
+        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG."""
+        picture = await self.read_attachment(attachment)
+
+        def fitted_png() -> tuple[bytes, tuple[int, int]]:  # resampling a large upload: off the event loop
+            image = fit_to_bucket(picture, [bucket] if bucket else self.jobs.buckets, fit=fit)
+            buf = io.BytesIO()
+            image.save(buf, format="PNG")
+            return buf.getvalue(), image.size
+
+        data, (width, height) = await asyncio.to_thread(fitted_png)
+        return Upload(key=await self.store.put(data), width=width, height=height, fit=fit)
 
     # -- the ban and channel rules: every command, button and reaction passes here --------------
     async def check_access(

@@ -57,11 +57,14 @@ class StorageConfig:
 @dataclass
 class WorkerConfig:
     max_batch: int = 4
-    lease_s: float = 300.0
+    lease_s: float = 10.0
     max_attempts: int = 3
     poll_interval_s: float = 0.5
     progress_interval_s: float = 3.0
     preview_every: int = 5
+    announce_retries: int = 6
+    announce_backoff_s: float = 5.0
+    announce_backoff_max_s: float = 60.0
 
 
 @dataclass
@@ -77,7 +80,9 @@ class GenerationConfig:
         "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
         "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
     )
-    variation_strength: float = 0.6
+    img2img_strength: float = 0.7  # default strength of /imagine with an uploaded image (NovelAI's)
+    vary_subtle_strength: float = 0.35  # strength of the Vary (Subtle) buttons
+    vary_strong_strength: float = 0.7  # strength of the Vary (Strong) and Remix buttons
     upscale_strength: float = 0.35
     outpaint_pixels: int = 0  # default border added by /outpaint; 0: half the model's side (256 for SD 1.x)
     outpaint_strength: float = 1.0  # denoising strength of /outpaint (below 1 starts from the edge-extended fill)

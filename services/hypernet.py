@@ -2,9 +2,8 @@
 
 Files live under ``<data_dir>/hypernets/<guild>/`` in the native ``.safetensors`` form (an uploaded
 A1111 ``.pt`` is converted once, at upload, so the worker never reads a pickle).  A member's active
-modules are kept per guild in the guild settings blob under ``hypernet:<user id>`` (one key per
-member: concurrent changes by different members never overwrite each other).  /imagine jobs carry what
-they use as ``ImagineParams.hypernets``; rerolls and variations copy it.
+modules are a server setting of theirs (`services.settings.ServerSettings.set_hypernets`).  /imagine jobs
+carry what they use as ``ImagineParams.hypernets``; rerolls and variations copy it.
 
 A training job (``JobKind.HYPERNET_TRAIN``) reserves its module name at submission: the row exists at
 once, its file appears when training finishes; rows of trainings that failed or were cancelled are
@@ -17,7 +16,6 @@ import asyncio
 import dataclasses
 import hashlib
 import io
-import math
 import re
 import uuid
 import zipfile
@@ -31,12 +29,11 @@ from gen_core.buckets import nearest_bucket
 from gen_core.images import ImageInputError, load_image
 from gen_core.prompts import PromptError, strip_extra_networks
 from services.jobs import UserError, new_seed
-from storage import ModuleStatus, hypernetworks, settings
+from services.settings import ActiveHypernet, check_strength
+from storage import ModuleStatus, hypernetworks
 from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
 
-STRENGTH_RANGE = (-2.0, 2.0)
 NAME = re.compile(r"^[\w.-]{1,64}$")
-_SETTING = "hypernet:{user}"
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _TRAINING_DONE = ("failed", "cancelled")
 
@@ -46,12 +43,6 @@ def check_name(name: str) -> str:
     if not NAME.fullmatch(name):
         raise UserError("Module names are 1-64 letters, digits, `_`, `-` or `.` (no spaces), e.g. `anime-style`.")
     return name
-
-
-def check_strength(strength: float) -> float:
-    if not math.isfinite(strength) or not STRENGTH_RANGE[0] <= strength <= STRENGTH_RANGE[1]:
-        raise UserError(f"Strength must be between {STRENGTH_RANGE[0]:g} and {STRENGTH_RANGE[1]:g} (1 = as trained, 0 = off).")
-    return float(strength)
 
 
 def read_training_zip(data: bytes, max_images: int, max_pixels: int, max_bytes: int) -> list[tuple[Any, str | None]]:
@@ -125,23 +116,19 @@ class Hypernets:
 
     # -- the member's active modules ----------------------------------------------------------------
     async def active(self, guild_id: int, user_id: int) -> list[tuple[Any, float]]:
-        blob = await settings.get_guild_settings(self.services.db, guild_id)
-        chosen = blob.get(_SETTING.format(user=user_id)) or []
+        chosen = (await self.services.settings.guild(guild_id)).hypernets.get(user_id, ())
         by_id = {m.id: m for m in await self.visible(guild_id, user_id)}
-        return [(by_id[module_id], strength) for module_id, strength in chosen if module_id in by_id]
+        return [(by_id[a.module_id], a.strength) for a in chosen if a.module_id in by_id]
 
     async def _set_active(self, guild_id: int, user_id: int, entries: list[tuple[Any, float]]) -> None:
-        value = [[m.id, s] for m, s in entries] or None
-        await settings.update_guild_settings(self.services.db, guild_id, {_SETTING.format(user=user_id): value}, user_id)
+        await self.services.settings.set_hypernets(guild_id, user_id, [ActiveHypernet(m.id, s) for m, s in entries])
 
     async def use(self, guild_id: int, user_id: int, name: str, strength: float) -> list[tuple[Any, float]]:
         module = await self.find(guild_id, user_id, name)
         if not self.ready(module):
             raise UserError(f"`{name}` is still training. Use it once its sample image is posted.")
         entries = [(m, s) for m, s in await self.active(guild_id, user_id) if m.id != module.id]
-        entries.append((module, check_strength(strength)))
-        if len(entries) > self.config.max_active:
-            raise UserError(f"At most {self.config.max_active} modules can be active at once. Turn one off with `/hypernet off name`.")
+        entries.append((module, strength))
         await self._set_active(guild_id, user_id, entries)
         return entries
 

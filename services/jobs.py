@@ -6,7 +6,9 @@ result is rendered.  Every refusal is a `UserError` whose text goes to the user 
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
+import math
 import random
 import re
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ from gen_core.geometry import Geometry
 from gen_core.samplers import SAMPLERS
 from services.config import Config
 from storage import CostPolicy, InsufficientCredits, JobSpec, QueueFull, compute_cost
-from worker.jobs import PARAMS_VERSION, ImagineParams, JobParams, encode
+from worker.jobs import PARAMS_VERSION, ImagineMode, ImagineParams, JobParams, encode
 
 
 class UserError(app_commands.AppCommandError):
@@ -72,6 +74,25 @@ class ImagineOptions:
     clip_skip: int | None = None
     quality: bool = True
     undesired: str = "light"
+    strength: float | None = None  # img2img of an upload: how much to change it (0 = keep, 1 = redraw)
+    noise: float | None = None  # img2img of an upload: NovelAI's extra noise (0-1)
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A member's picture fitted to a bucket (``fit``: "crop" or "pad") and stored under ``key``."""
+
+    key: str
+    width: int
+    height: int
+    fit: str
+
+
+def unit_interval(name: str, value: float, meaning: str) -> float:
+    """``value`` if it lies in [0, 1]; else a `UserError` that says what the option means."""
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise UserError(f"{name} must be between 0 and 1 ({meaning}); you gave {value}.")
+    return value
 
 
 class JobService:
@@ -97,30 +118,67 @@ class JobService:
         self.buckets = geometry.buckets(config.generation.max_area)
 
     # -- parameters ---------------------------------------------------------------------------
-    def imagine_params(self, o: ImagineOptions) -> list[ImagineParams]:
-        """Validate /imagine options into the parameters of one job per expanded prompt."""
-        gen, limits = self.config.generation, self.config.limits
+    def imagine_params(self, o: ImagineOptions, upload: Upload | None = None) -> list[ImagineParams]:
+        """Validate /imagine options into the parameters of one job per expanded prompt; with an
+        ``upload``, img2img of that picture at its size, ``o.strength`` and ``o.noise``."""
         prompt = o.prompt.strip()
         if not prompt:
             raise UserError("The prompt is empty. Describe the image you want, e.g. `a cat in a spacesuit`.")
         settings = self.sampling_settings(o)
+        if upload is not None:
+            strength = self.config.generation.img2img_strength if o.strength is None else o.strength
+            settings |= {
+                "width": upload.width,
+                "height": upload.height,
+                "mode": ImagineMode.IMG2IMG,
+                "init_image": upload.key,
+                "fit": upload.fit,
+                "strength": unit_interval("strength", strength, "0 keeps your picture, 1 redraws it"),
+                "noise": unit_interval("noise", o.noise or 0.0, "extra noise mixed into your picture"),
+            }
+        elif o.strength is not None or o.noise is not None:
+            raise UserError("`strength` and `noise` apply to a picture: add one with `image:`.")
+        self.check_tokens(settings["negative"])
+        return [ImagineParams(prompt=full, user_prompt=text, **settings) for full, text in self.prompts(prompt, o.quality)]
+
+    def prompts(self, prompt: str, quality: bool) -> list[tuple[str, str]]:
+        """``(what the model sees, what the member typed)`` per expanded `{a, b}` variant, quality tags
+        prepended when ``quality``; each checked against the token limit."""
+        tags = self.config.generation.quality_tags
         out = []
-        for text in expand_permutations(prompt, limits.max_permutations):
-            full = f"{gen.quality_tags}, {text}" if o.quality and gen.quality_tags else text
+        for text in expand_permutations(prompt, self.config.limits.max_permutations):
+            full = f"{tags}, {text}" if quality and tags else text
             self.check_tokens(full)
-            self.check_tokens(settings["negative"])
-            out.append(ImagineParams(prompt=full, user_prompt=text, **settings))
+            out.append((full, text))
         return out
+
+    def remixed(self, params: ImagineParams, prompt: str, negative: str) -> list[ImagineParams]:
+        """``params`` (a variation of a picture) with a member's new prompt and negative: every `{a, b}`
+        variant, quality tags as the source job had them, hypernetworks chosen again from the new text."""
+        prompt = prompt.strip()
+        if not prompt:
+            raise UserError("The prompt is empty. Describe the picture you want it to become.")
+        negative = negative.strip()
+        self.check_tokens(negative)
+        quality = params.prompt != params.user_prompt  # the source job prepended the quality tags
+        return [
+            dataclasses.replace(params, prompt=full, user_prompt=text, negative=negative, hypernets=())
+            for full, text in self.prompts(prompt, quality)
+        ]
+
+    def bucket(self, aspect: str | None) -> tuple[int, int]:
+        """The bucket an `aspect` option names (the server's default aspect when empty)."""
+        try:
+            return parse_aspect(aspect or self.config.generation.default_aspect, self.buckets)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
 
     def sampling_settings(self, o: ImagineOptions) -> dict[str, Any]:
         """Validate the options every txt2img-like command shares (all but the prompt) into the keyword
         arguments of its `JobParams`: size, steps, count, CFG, sampler, clip skip, seed and the negative
         prompt with its undesired preset."""
         gen, limits = self.config.generation, self.config.limits
-        try:
-            width, height = parse_aspect(o.aspect or gen.default_aspect, self.buckets)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
+        width, height = self.bucket(o.aspect)
         steps = o.steps or gen.default_steps
         if not 1 <= steps <= limits.max_steps:
             raise UserError(f"Steps must be between 1 and {limits.max_steps} on this server (you asked for {steps}).")

@@ -4,7 +4,10 @@ Progress goes to the job's *status message* — the deferred interaction respons
 is alive (15 min), or a channel message for jobs started by a reaction — edited at most every
 `progress_interval_s`.  Results are always posted as new channel messages (not through the
 interaction token, which may have expired), carrying the job id in their buttons, so after a
-crash the bot recognises a result it already posted instead of posting it twice.
+crash the bot recognises a result it already posted instead of posting it twice: it reads the
+channel's history from the moment the job finished, however long ago that was.  Every call that
+posts raises when Discord refuses (the worker retries, and in the end refunds and tells the owner
+privately).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import discord
@@ -25,6 +29,7 @@ from worker.jobs import params_of
 log = logging.getLogger(__name__)
 
 TOKEN_LIFETIME_S = 14 * 60  # stop using an interaction token a minute before Discord does
+CLOCK_SKEW = timedelta(minutes=5)  # our clock against Discord's: search history from this long before a finish
 
 
 @dataclass
@@ -90,15 +95,34 @@ class DiscordPublisher:
     async def _channel(self, channel_id: int) -> discord.abc.Messageable:
         return self.bot.get_channel(channel_id) or await self.bot.fetch_channel(channel_id)
 
-    async def find_posted(self, job: Any, limit: int = 50) -> int | None:
-        """The id of a result message for `job` already in its channel (crash recovery)."""
-        channel = await self._channel(job.channel_id)
-        async for message in channel.history(limit=limit):
-            if message.author.id == self.bot.user.id and ui.job_id_from_message(message) == job.id:
+    async def _posted_since(self, channel: discord.abc.Messageable, job: Any, matches: Any) -> int | None:
+        """The first message of the bot in `channel` since `job` finished for which `matches(message)`."""
+        async for message in channel.history(limit=None, after=job.finished_at - CLOCK_SKEW, oldest_first=True):
+            if message.author.id == self.bot.user.id and matches(message):
                 return message.id
         return None
 
-    async def result(self, job: Any, images: list[dict[str, Any]]) -> int | None:
+    async def find_posted(self, job: Any) -> int | None:
+        """The id of the result message (done) or failure notice (failed) of `job` already in its channel
+        (crash recovery), searched from the moment the job finished: it holds after any delay."""
+        channel = await self._channel(job.channel_id)
+        if job.status == "done":
+            return await self._posted_since(channel, job, lambda m: ui.job_id_from_message(m) == job.id)
+        return await self._posted_since(channel, job, lambda m: _failure_marker(job.id) in m.content)
+
+    async def private_notice(self, job: Any, text: str, *, recovering: bool) -> None:
+        """DM the job's owner (nothing public; nothing if their DMs are closed); with `recovering`, not again
+        if an earlier process already did."""
+        user = self.bot.get_user(job.user_id) or await self.bot.fetch_user(job.user_id)
+        dm = user.dm_channel or await user.create_dm()
+        if recovering and await self._posted_since(dm, job, lambda m: f"job #{job.id} " in m.content):
+            return
+        try:
+            await dm.send(text)
+        except discord.Forbidden:
+            log.info("user %s does not take DMs; job %s ends without a word", job.user_id, job.id)
+
+    async def result(self, job: Any, images: list[dict[str, Any]]) -> int:
         store = self.bot.services.store
         files = [ui.png_file(await store.get(img["key"]), f"job{job.id}_{i + 1}_{img['seed']}.png") for i, img in enumerate(images)]
         balance = await self.ledger.balance(job.guild_id, job.user_id)
@@ -108,7 +132,7 @@ class DiscordPublisher:
         content = (
             f"<@{job.user_id}> **{ui.clip(params.user_prompt, 300)}**\n"
             f"{params.width}×{params.height} · {params.steps} steps · {params.sampler} · CFG {params.cfg}"
-            f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + "\n"
+            f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + ui.img2img_note(*(job.params.get(k) for k in ("strength", "noise", "fit"))) + "\n"
             f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
         )
         channel = await self._channel(job.channel_id)
@@ -125,8 +149,12 @@ class DiscordPublisher:
         await self._close_status(job.id)
         return message.id
 
+    @staticmethod
+    def _same_place(a: StatusTarget, b: StatusTarget) -> bool:
+        return (a.interaction is not None and a.interaction is b.interaction) or (a.message is not None and a.message is b.message)
+
     async def failure(self, job: Any, error: str) -> None:
-        text = f"❌ <@{job.user_id}> job #{job.id} failed: {error}\nYour {job.cost} credits were refunded."
+        text = f"❌ <@{job.user_id}> {_failure_marker(job.id)}: {error}\nYour {job.cost} credits were refunded."
         target = self.status.get(job.id)
         try:
             if target is not None:
@@ -148,9 +176,13 @@ class DiscordPublisher:
 
     async def _close_status(self, job_id: int) -> None:
         target = self.status.pop(job_id, None)
-        if target is None:
-            return
+        if target is None or any(self._same_place(target, other) for other in self.status.values()):
+            return  # gone, or still showing the other jobs of the same request (one per `{a, b}` variant)
         try:
             await target.delete()
         except discord.HTTPException:
             log.info("could not remove the status message of job %s", job_id)
+
+
+def _failure_marker(job_id: int) -> str:
+    return f"job #{job_id} failed"

@@ -3,9 +3,9 @@ banned words and regexes, the server negative prompt, NSFW gating and the option
 
 Two hooks carry them to every command, button and reaction: `Services.check_access` asks `refusal()`
 (bans, channels) once the interaction is acknowledged, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
-negatives, NSFW) before pricing it.  Settings live in storage: the guild's settings blob (``limits``,
-``negative``, ``nsfw``), channel rows (``enabled`` = not denied, blob ``allowed`` / ``limits``), bans and
-banned words.  Hypernetwork training jobs are checked against ``max_train_images`` / ``max_train_steps``.
+negatives, NSFW) before pricing it.  The settings they read (limits, negatives, NSFW rules, channels, banned
+words) come typed from `services.settings.ServerSettings`.  Hypernetwork training jobs are checked against
+``max_train_images`` / ``max_train_steps``.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from PIL import Image, ImageFilter
 
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
+from services.settings import Limits, NsfwRules
 from storage import moderation
 from worker.jobs import HypernetTrainParams, ImagineMode, ImagineParams, JobParams
 
@@ -28,27 +29,6 @@ SafetyCheck = Callable[[Image.Image], bool]
 """An image safety check: True means the image must not be shown in a non-NSFW channel."""
 
 REGEX_PREFIX = "re:"
-POLICY_KEY = "cost_policy"  # the guild settings key of the cost policy overrides (storage.settings.set_guild_policy)
-
-
-@dataclass(frozen=True)
-class Limits:
-    max_steps: int
-    max_area: int
-    max_count: int
-    max_queued: int
-    max_train_images: int
-    max_train_steps: int
-
-    def describe(self) -> str:
-        return "\n".join(f"`{k}` = {v}" for k, v in dataclasses.asdict(self).items())
-
-
-@dataclass(frozen=True)
-class NsfwRules:
-    terms: tuple[str, ...]
-    negative: str
-    image_check: bool
 
 
 @dataclass(frozen=True)
@@ -60,13 +40,6 @@ class Rules:
     negative: str
     nsfw: NsfwRules
     nsfw_channel: bool
-
-
-LIMIT_KEYS = tuple(f.name for f in dataclasses.fields(Limits) if f.name != "max_queued")  # per guild or channel
-
-
-def split_terms(text: str) -> tuple[str, ...]:
-    return tuple(t.strip().casefold() for t in text.split(",") if t.strip())
 
 
 def word_pattern(entry: str) -> re.Pattern[str]:
@@ -125,39 +98,17 @@ class ServerRules:
         return self.services.db
 
     # -- reading the rules -----------------------------------------------------------------------
-    def default_limits(self, max_queued: int) -> dict[str, int]:
-        limits = self.services.config.limits
-        return {
-            "max_steps": limits.max_steps,
-            "max_area": self.services.config.generation.max_area,
-            "max_count": limits.max_count,
-            "max_queued": max_queued,
-            "max_train_images": limits.max_train_images,
-            "max_train_steps": limits.max_train_steps,
-        }
-
     def is_nsfw_channel(self, channel_id: int | None) -> bool:
         channel = self.services.bot.get_channel(channel_id) if channel_id else None
         return bool(getattr(channel, "nsfw", False))
 
     async def in_channel(self, guild_id: int, channel_id: int | None) -> Rules:
-        blob, channel, words = await moderation.rules_snapshot(self.db, guild_id, channel_id)
-        policy = self.services.ledger.policy.with_overrides(blob.get(POLICY_KEY))  # what Ledger.policy_for reads
-        values = self.default_limits(policy.max_queued_per_user)
-        values.update(blob.get("limits", {}))
-        if channel is not None:
-            values.update((channel.settings or {}).get("limits", {}))
-        conf = self.services.config.moderation
-        nsfw = blob.get("nsfw", {})
+        guild, channel = await self.services.settings.in_channel(guild_id, channel_id)
         return Rules(
-            limits=Limits(**values),
-            banned=tuple(words),
-            negative=blob.get("negative", ""),
-            nsfw=NsfwRules(
-                terms=split_terms(nsfw.get("terms", conf.nsfw_terms)),
-                negative=nsfw.get("negative", conf.sfw_negative),
-                image_check=nsfw.get("image_check", conf.image_check),
-            ),
+            limits=guild.limits_in(channel),
+            banned=guild.banned,
+            negative=guild.negative,
+            nsfw=guild.nsfw,
             nsfw_channel=self.is_nsfw_channel(channel_id),
         )
 
@@ -165,15 +116,15 @@ class ServerRules:
     async def refusal(self, guild_id: int, user_id: int, channel_id: int | None, *, channel_rules: bool = True) -> str | None:
         """Why this member may not use the bot here (a ban; with ``channel_rules`` a denied or not-allowed
         channel), or None.  Only `Services.check_access` asks."""
-        ban, rows = await moderation.access_snapshot(self.db, guild_id, user_id)
+        ban, channels = await self.services.settings.access(guild_id, user_id)
         if ban is not None and (ban.expires_at is None or ban.expires_at > self.db.now()):
             return ban_message(ban.reason)
         if not channel_rules:
             return None
-        here = next((r for r in rows if r.channel_id == channel_id), None)
+        here = next((c for c in channels if c.channel_id == channel_id), None)
         if here is not None and not here.enabled:
             return "The server admins turned the bot off in this channel. Use it in another channel."
-        allowed = [r.channel_id for r in rows if r.enabled and (r.settings or {}).get("allowed")]
+        allowed = [c.channel_id for c in channels if c.enabled and c.allowed]
         if allowed and channel_id not in allowed:
             where = ", ".join(f"<#{c}>" for c in allowed[:10])
             return f"On this server the bot works only in {where}. Try it there."

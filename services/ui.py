@@ -41,12 +41,10 @@ GENERATES = "generates"  # app command extras key: the command starts jobs here 
 
 
 async def admit(interaction: discord.Interaction, *, channel_rules: bool) -> None:
-    """Acknowledge the interaction (ephemeral "thinking", unless already acknowledged) and then apply the
-    ban and channel rules (`Services.check_access`, which reads SQL): the check every command and button
-    passes.  ``channel_rules``: the interaction may start a job or post here, so the channel rules and the
-    bot's own permissions apply too, and members who manage the server are not exempt from a ban."""
-    if not interaction.response.is_done():
-        await interaction.response.defer(ephemeral=True, thinking=True)
+    """Apply the ban and channel rules (`Services.check_access`, which reads SQL): the check every command,
+    button and form passes, once it is acknowledged.  ``channel_rules``: the interaction may start a job or
+    post here, so the channel rules and the bot's own permissions apply too, and members who manage the
+    server are not exempt from a ban."""
     await interaction.client.services.check_access(
         guild_id=interaction.guild_id,
         user_id=interaction.user.id,
@@ -76,6 +74,7 @@ class CommandTree(app_commands.CommandTree):
         if interaction.type is discord.InteractionType.autocomplete:
             return True
         command = interaction.command
+        await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: admit reads SQL
         await admit(interaction, channel_rules=bool(command and command.extras.get(GENERATES)))
         return True
 
@@ -84,14 +83,16 @@ class CommandTree(app_commands.CommandTree):
 
 
 class CheckedItem:
-    """Base of the bot's restart-safe components (mixed into a `discord.ui.DynamicItem`): acknowledge,
-    `admit`, the item's own check (`check`, e.g. ownership) in `interaction_check`, then `run`.  Dynamic
-    items have no view to report to, so errors of either end in this item's `on_error`."""
+    """Base of the bot's restart-safe components (mixed into a `discord.ui.DynamicItem`, or a submitted
+    `RemixForm`): acknowledge, `admit`, the item's own check (`check`, e.g. ownership) in
+    `interaction_check`, then `run`.  Dynamic items have no view to report to, so errors of either end in
+    this item's `on_error`."""
 
     channel_rules = True  # clicks start jobs or post here: the channel rules apply
 
     async def acknowledge(self, interaction: discord.Interaction) -> None:
-        """Answer within Discord's 3 s before anything reads SQL; default: a deferred update."""
+        """Answer within Discord's 3 s before anything reads SQL (unless the answer is a form: a modal must be
+        the first answer, so `run` sends it); default: a deferred update."""
         await interaction.response.defer()
 
     async def check(self, interaction: discord.Interaction) -> None:
@@ -120,7 +121,7 @@ class CheckedItem:
         await report_error(interaction, error)
 
 
-GENERATING_ACTIONS = ("reroll", "var", "up", "sweep", "eta")
+GENERATING_ACTIONS = ("reroll", "subtle", "var", "up", "sweep", "eta")  # not "remix": it answers with its form
 
 
 class JobButton(CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template=JOB_BUTTON_TEMPLATE):
@@ -138,7 +139,7 @@ class JobButton(CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template
     async def acknowledge(self, interaction: discord.Interaction) -> None:
         if self.action in GENERATING_ACTIONS:  # the answer is a new ephemeral message: the queue position
             await interaction.response.defer(ephemeral=True, thinking=True)
-        else:
+        elif self.action != "remix":  # Remix answers with its form (`Actions.on_button`), after the checks
             await interaction.response.defer()
 
     async def check(self, interaction: discord.Interaction) -> None:
@@ -154,16 +155,32 @@ class JobButton(CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template
         await interaction.client.services.actions.on_button(interaction, self.job_id, self.action, self.index)
 
 
-def result_view(job_id: int, n_images: int, actions: tuple[str, ...] = ("reroll", "var", "up", "delete")) -> discord.ui.View:
+# The buttons of one image of a result, in a row per image (at most 4 images: with 🔄 ❌ on top that is
+# Discord's 5 rows of at most 5). "var" is Vary (Strong): the id the former V1-V4 buttons had, so
+# messages posted before Vary (Subtle) existed keep working.
+IMAGE_ACTIONS = ("subtle", "var", "remix", "up")
+_IMAGE_LABELS = {"subtle": ("Vary (Subtle)", "V{} Subtle"), "var": ("Vary (Strong)", "V{} Strong"),
+                 "remix": ("Remix", "Remix {}"), "up": ("Upscale", "U{}")}  # fmt: skip
+
+
+def image_button_label(action: str, index: int, n_images: int) -> str:
+    """``Vary (Subtle)`` under a single image, ``V2 Subtle`` under image 2 of several."""
+    single, numbered = _IMAGE_LABELS[action]
+    return single if n_images == 1 else numbered.format(index + 1)
+
+
+def result_view(
+    job_id: int, n_images: int, actions: tuple[str, ...] = ("reroll", "delete", *IMAGE_ACTIONS)
+) -> discord.ui.View:
     view = discord.ui.View(timeout=None)
     if "reroll" in actions:
         view.add_item(JobButton(job_id, "reroll", emoji=REROLL, style=discord.ButtonStyle.secondary, row=0))
     if "delete" in actions:
         view.add_item(JobButton(job_id, "delete", emoji=DELETE, style=discord.ButtonStyle.secondary, row=0))
-    for action, prefix, row in (("var", "V", 1), ("up", "U", 2)):
-        if action in actions:
-            for i in range(n_images):
-                view.add_item(JobButton(job_id, action, i, label=f"{prefix}{i + 1}", row=row))
+    for i in range(n_images):
+        for action in IMAGE_ACTIONS:
+            if action in actions:
+                view.add_item(JobButton(job_id, action, i, label=image_button_label(action, i, n_images), row=1 + i))
     return view
 
 
@@ -191,6 +208,17 @@ def job_id_from_message(message: discord.Message | dict[str, Any], action: str =
     return None
 
 
+_FIT_NOTES = {"crop": "cropped to its bucket (`fit:pad` keeps all of it)", "pad": "padded to its bucket (`fit:crop` fills it)"}
+
+
+def img2img_note(strength: float | None, noise: float | None = None, fit: str | None = None) -> str:
+    """`` · strength 0.7 · noise 0.1 · cropped …`` for a job that started from a picture (``strength`` set)."""
+    if strength is None:
+        return ""
+    note = f" · strength {strength:g} · noise {noise or 0:g}"
+    return note + (f" · {_FIT_NOTES[fit]}" if fit in _FIT_NOTES else "")
+
+
 def png_file(data: bytes, name: str) -> discord.File:
     return discord.File(io.BytesIO(data), filename=name)
 
@@ -216,3 +244,66 @@ async def refuse(interaction: discord.Interaction, message: str, title: str = "C
 
 def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+# -- Remix: a modal pre-filled with the job's prompt and negative ------------------------------------------
+# custom_id = "remix:<job>:<index>"; its submission is handled by custom_id (see `RemixForm`), never by
+# a Modal object kept in memory, so it works whoever submits, however late, after any restart.
+REMIX_TEMPLATE = re.compile(r"remix:(?P<job>[0-9]+):(?P<index>[0-9]+)")
+TEXT_INPUT_MAX = 4000  # Discord's limit on a text input's value
+
+
+def remix_modal(job_id: int, index: int, prompt: str, negative: str) -> discord.ui.Modal:
+    """The Remix form; stopped, so discord.py does not keep it (the submission is routed by custom_id)."""
+    modal = discord.ui.Modal(title="Remix", custom_id=f"remix:{job_id}:{index}", timeout=None)
+    modal.add_item(discord.ui.TextInput(
+        label="Prompt", custom_id="prompt", style=discord.TextStyle.paragraph, default=clip(prompt, TEXT_INPUT_MAX),
+        max_length=TEXT_INPUT_MAX,
+    ))  # fmt: skip
+    modal.add_item(discord.ui.TextInput(
+        label="Negative prompt", custom_id="negative", style=discord.TextStyle.paragraph,
+        default=clip(negative, TEXT_INPUT_MAX) or None, required=False, max_length=TEXT_INPUT_MAX,
+    ))  # fmt: skip
+    modal.stop()
+    return modal
+
+
+class RemixForm(CheckedItem):
+    """A submitted Remix form of image ``index`` of job ``job_id``: acknowledged, admitted, then a strong
+    variation with the form's texts (`Actions.on_remix`); errors end in `report_error`."""
+
+    def __init__(self, job_id: int, index: int) -> None:
+        self.job_id, self.index = job_id, index
+
+    @classmethod
+    def submitted(cls, interaction: discord.Interaction) -> RemixForm | None:
+        """The form ``interaction`` submits, when it submits a Remix modal."""
+        if interaction.type != discord.InteractionType.modal_submit:
+            return None
+        match = REMIX_TEMPLATE.fullmatch((interaction.data or {}).get("custom_id", ""))
+        return cls(int(match["job"]), int(match["index"])) if match else None
+
+    async def acknowledge(self, interaction: discord.Interaction) -> None:
+        await interaction.response.defer(ephemeral=True, thinking=True)  # the answer is the queue position
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        await interaction.client.services.actions.on_remix(interaction, self.job_id, self.index)
+
+    async def handle(self, interaction: discord.Interaction) -> None:
+        if await self.interaction_check(interaction):
+            await self.callback(interaction)
+
+
+def modal_values(interaction: discord.Interaction) -> dict[str, str]:
+    """The submitted text inputs of a modal by custom_id (in action rows or labels, as Discord sends them)."""
+    values: dict[str, str] = {}
+
+    def walk(component: dict[str, Any]) -> None:
+        if "value" in component and "custom_id" in component:
+            values[component["custom_id"]] = component["value"]
+        for child in component.get("components", []) + ([component["component"]] if "component" in component else []):
+            walk(child)
+
+    for component in (interaction.data or {}).get("components", []):
+        walk(component)
+    return values

@@ -44,7 +44,8 @@ Credits
     await ledger.check_invariant() -> list[str]             # empty when the books balance
 
 Balances are per user per guild. A guild overrides policy fields with
-``await settings.set_guild_policy(db, guild_id, actor_id, start_balance=…, multipliers={...})``.
+``await settings.set_guild_policy(db, guild_id, actor_id, start_balance=…, multipliers={...})``; a guild's
+``max_queued_per_user`` never exceeds the bot-wide policy's.
 
 Queue
 -----
@@ -58,15 +59,25 @@ Queue
         # when one request makes several jobs); stored and returned as str.
         # raises InsufficientCredits(cost, balance) / QueueFull(limit) with nothing written
     batch = await queue.claim(worker_id, max_batch=4, lease_s=120) -> list[Job]   # same batch_key as head
-    await queue.extend_lease(job_ids, lease_s) -> list[int]       # ids still running
-    await queue.complete(job_id, result, final_cost=None) -> bool # 'settle:<job>' (0, or partial refund)
+    await queue.complete(job_id, result, final_cost=None, images=(), worker_id=None) -> bool
+        # 'settle:<job>' (0, or partial refund) and the image records in one transaction; with worker_id only
+        # while that worker holds the job
     await queue.fail(job_id, error) -> bool                       # 'refund:<job>' exactly once
     await queue.cancel(job_id, actor_id) -> bool                  # queued or running; refund
     await queue.is_cancelled(job_id) -> bool                      # the worker is told at once (Worker.request_cancel)
-    await queue.requeue_expired(max_attempts=3) -> (requeued: list[Job], failed: list[Job])  # reaper
+    await queue.requeue_expired(max_attempts=3, dead=()) -> (requeued: list[Job], failed: list[Job])  # reaper:
+        # expired leases, expired workers and the workers named dead (their process is gone) lose their jobs
     await queue.release(job_ids) -> int                           # shutdown: running -> queued, attempt undone
-    await queue.mark_posted(job_id, message_id) -> bool           # True only the first time
-    await queue.unposted(max_age_s=86400, limit=100) -> list[Job] # done, never posted: post after a restart
+    # the worker registry: a worker lives while it beats; its running jobs' leases are renewed with it
+    await queue.register_worker(worker_id, kind="embedded"|"remote", host=…, pid=…, lease_s=…)
+    await queue.heartbeat(worker_id, lease_s) -> list[int] | None # jobs it still holds; None: re-register
+    await queue.deregister_worker(worker_id); await queue.workers() -> list[WorkerRecord]
+    # announcements: every done or failed job gets exactly one final answer, at any delay
+    await queue.mark_posted(job_id, message_id) -> bool           # result posted (answered); True only once
+    await queue.mark_answered(job_id) -> bool                     # failure notice / DM delivered (or impossible)
+    await queue.due_announcements(worker_id, limit=20) -> list[Job]  # its own, or adopted from dead workers
+    await queue.postpone_announcement(job_id, delay_s) -> int     # a try failed: back off; failed tries so far
+    await queue.refund_unposted(job_id, reason) -> bool           # done but unpostable: failed + refunded
     await queue.by_message(message_id) -> Job | None              # reactions on a posted result
     await queue.get(job_id) -> Job | None
     await queue.list(guild_id=None, user_id=None, statuses=("queued", "running"), limit=100) -> list[Job]
@@ -79,7 +90,7 @@ Queue
 ``Job`` fields: id, kind (a ``JobKind`` value), guild_id, channel_id, user_id, account_id, interaction_id,
 parent_job_id, params (JSON; typed per kind in ``worker.jobs``), params_version, batch_key, cost, status (a
 ``JobStatus`` value), start_tag, attempts, worker_id, lease_expires_at, result, error, posted_message_id,
-cancelled_by, created_at, started_at, finished_at, updated_at.
+answered_at, announce_attempts, next_announce_at, cancelled_by, created_at, started_at, finished_at, updated_at.
 
 Images
 ------
@@ -102,7 +113,7 @@ Images
 Other repositories (module functions taking ``db``)
 ---------------------------------------------------
 * ``storage.settings``: touch_user, touch_guild, get_guild_settings, update_guild_settings, set_guild_policy,
-  guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
+  policy_of, guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
 * ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
@@ -132,8 +143,9 @@ from storage.models import (
     LedgerKind,
     ModuleStatus,
     User,
+    WorkerRecord,
 )
-from storage.policy import CostPolicy, compute_cost
+from storage.policy import CostPolicy, compute_cost, denoised_steps
 from storage.queue import JobQueue, JobSpec, SqlJobQueue
 
 __all__ = [
@@ -166,7 +178,9 @@ __all__ = [
     "SqlJobQueue",
     "StorageError",
     "User",
+    "WorkerRecord",
     "compute_cost",
+    "denoised_steps",
     "images",
     "moderation",
     "hypernetworks",

@@ -7,14 +7,15 @@ entry in the same transaction, so ``balance == sum(entries)`` holds after every 
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Insert, Table, bindparam, select, update
+from sqlalchemy import Insert, Table, bindparam, func, select, update
 from sqlalchemy.orm import Session
 
-from storage.models import Account, Guild, GuildSettings, LedgerEntry, LedgerKind, User
+from storage.models import ACTIVE_STATUSES, Account, Guild, GuildSettings, Job, LedgerEntry, LedgerKind, User
 from storage.policy import CostPolicy
 
 accounts: Table = Account.__table__  # type: ignore[assignment]
@@ -22,6 +23,7 @@ ledger: Table = LedgerEntry.__table__  # type: ignore[assignment]
 users: Table = User.__table__  # type: ignore[assignment]
 guilds: Table = Guild.__table__  # type: ignore[assignment]
 guild_settings: Table = GuildSettings.__table__  # type: ignore[assignment]
+jobs: Table = Job.__table__  # type: ignore[assignment]
 
 POLICY_KEY = "cost_policy"
 
@@ -71,9 +73,11 @@ def ensure_guild_settings(session: Session, guild_id: int, now: datetime) -> Non
 
 
 def policy_from_settings(base: CostPolicy, settings: dict[str, Any] | None) -> CostPolicy:
+    """``base`` (the bot's) with a guild's overrides; its ``max_queued_per_user`` is also the guild's ceiling."""
     if not settings:
         return base
-    return base.with_overrides(settings.get(POLICY_KEY))
+    policy = base.with_overrides(settings.get(POLICY_KEY))
+    return dataclasses.replace(policy, max_queued_per_user=min(policy.max_queued_per_user, base.max_queued_per_user))
 
 
 _GUILD_SETTINGS = select(guild_settings.c.settings).where(
@@ -100,6 +104,9 @@ _FIND_ACCOUNT = select(accounts.c.id, accounts.c.balance, accounts.c.last_topup_
 
 
 _FIND_ACCOUNT_FOR_UPDATE = _FIND_ACCOUNT.with_for_update()
+_RESERVED = select(func.sum(jobs.c.cost)).where(
+    jobs.c.account_id == bindparam("p_account_id"), jobs.c.status.in_(ACTIVE_STATUSES)
+)
 
 
 def find_account(session: Session, guild_id: int, user_id: int, *, lock: bool = False) -> AccountState | None:
@@ -112,11 +119,19 @@ def find_account(session: Session, guild_id: int, user_id: int, *, lock: bool = 
     return AccountState(row.id, guild_id, user_id, row.balance, row.last_topup_at)
 
 
-def topup_due(policy: CostPolicy, account: AccountState, now: datetime) -> bool:
+def reserved(session: Session, account_id: int) -> int:
+    """Credits the account has reserved for jobs not finished yet (they come back if the jobs are refunded)."""
+    return int(session.scalar(_RESERVED, {"p_account_id": account_id}) or 0)
+
+
+def topup_due(session: Session, policy: CostPolicy, account: AccountState, now: datetime) -> bool:
+    """A top-up lifts balance + reserved credits to the floor: credits a refund may bring back count, so a
+    top-up while credits are reserved and a cancel after it never mint credits."""
     return (
         policy.topups_enabled
         and account.balance < policy.topup_floor
         and now >= account.last_topup_at + timedelta(seconds=policy.topup_period_s)
+        and account.balance + reserved(session, account.id) < policy.topup_floor
     )
 
 
@@ -156,13 +171,13 @@ def open_account(
                 reason="start balance",
             )
             account = AccountState(account_id, guild_id, user_id, balance, now)
-    if topup_due(policy, account, now):
+    if topup_due(session, policy, account, now):
         apply_topup(session, account, policy, now)
     return account
 
 
 def apply_topup(session: Session, account: AccountState, policy: CostPolicy, now: datetime) -> None:
-    delta = policy.topup_floor - account.balance
+    delta = policy.topup_floor - account.balance - reserved(session, account.id)
     # optimistic guard: only if nobody changed the balance or topped up since we read the account
     claimed = session.scalar(
         update(accounts)

@@ -39,7 +39,7 @@ class Ledger:
 
         def peek(s: Session) -> int | None:
             account = _sql.find_account(s, guild_id, user_id)
-            if account is None or _sql.topup_due(_sql.load_policy(s, guild_id, self.policy), account, now):
+            if account is None or _sql.topup_due(s, _sql.load_policy(s, guild_id, self.policy), account, now):
                 return None
             return account.balance
 
@@ -182,7 +182,9 @@ class Ledger:
         * every account's balance equals the sum of its entries, each entry's ``balance_after`` is the running
           sum, and no balance is negative;
         * every job has exactly one ``reserve`` of ``-cost``; a queued/running job has no settle/refund; a done
-          job has one settle and no refund; a failed/cancelled job has one refund of ``+cost`` and no settle.
+          job has one settle and no refund; a failed/cancelled job has one refund of ``+cost`` and no settle — or,
+          failed after it was done because its result could not be posted, one settle and one refund that
+          together give back the whole cost.
         """
         problems = await self.db.run_read(_audit_books)
         for p in problems:
@@ -241,6 +243,9 @@ def _audit_books(s: Session) -> list[str]:
         elif status == JobStatus.DONE:
             if len(settles) != 1 or refunds:
                 problems.append(f"job {job_id} is done with settle {settles} and refund {refunds}")
+        elif status == JobStatus.FAILED and len(settles) == 1:  # done, then its result could not be posted
+            if len(refunds) != 1 or settles[0] + refunds[0] != cost:
+                problems.append(f"job {job_id} is {status} with refund {refunds} and settle {settles}")
         elif len(refunds) != 1 or refunds[0] != cost or settles:
             problems.append(f"job {job_id} is {status} with refund {refunds} and settle {settles}")
     return problems

@@ -144,7 +144,8 @@ class Guild(Base):
 
 class GuildSettings(Base):
     """Per-guild configuration. ``paused`` is typed because the queue filters on it; everything else
-    (limits, policy overrides under ``"cost_policy"``, feature switches) lives in the ``settings`` blob."""
+    (limits, policy overrides under ``"cost_policy"``, …) lives in the ``settings`` blob, whose schema is
+    declared in ``services.settings``."""
 
     __tablename__ = "guild_settings"
 
@@ -251,6 +252,11 @@ class Job(Base):
     result: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)
     posted_message_id: Mapped[int | None] = mapped_column(BigInteger, index=True)
+    # the final answer (result, failure notice or DM) was delivered; a final job without it is announced,
+    # by the worker that finished it or, once that worker is dead, by any live one (``jobs.worker_id``)
+    answered_at: Mapped[datetime | None]
+    announce_attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    next_announce_at: Mapped[datetime | None]  # the next try after a failed one (backoff)
     cancelled_by: Mapped[int | None] = mapped_column(BigInteger)
     created_at: Mapped[datetime]
     started_at: Mapped[datetime | None]
@@ -261,6 +267,22 @@ class Job(Base):
 
     def __repr__(self) -> str:
         return f"<Job {self.id} {self.kind} {self.status} user={self.user_id} cost={self.cost} tag={self.start_tag}>"
+
+
+class WorkerRecord(Base):
+    """A live worker process (the embedded one of a bot, or a remote ``python -m worker``): it renews
+    ``expires_at`` with every heartbeat, and the leases of its running jobs with it. A worker whose row
+    expired, or whose process is gone from its host, is dead: its jobs go back to the queue."""
+
+    __tablename__ = "workers"
+
+    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))  # "embedded" (in the bot) or "remote"
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    started_at: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]
+    expires_at: Mapped[datetime]
 
 
 class FairShare(Base):

@@ -69,6 +69,14 @@ class CostPolicy:
         return self.topup_period_s > 0 and self.topup_floor > 0
 
 
+def denoised_steps(steps: int, strength: float | None) -> int:
+    """The steps a job denoises: ``steps``, or for image-to-image at ``strength`` ``int(steps * strength)``
+    clamped to ``[1, steps]`` (what ``gen_core.engine.effective_img2img_steps`` runs)."""
+    if strength is None:
+        return steps
+    return min(steps, max(1, int(steps * strength + 1e-6)))
+
+
 def compute_cost(
     kind: str,
     width: int,
@@ -82,7 +90,7 @@ def compute_cost(
 
     Per image: ``base * (width*height / ref_area) * (step_overhead + effective_steps) /
     (step_overhead + ref_steps)``, where ``effective_steps`` is ``steps`` or, for image-to-image with a
-    ``strength`` in (0, 1], the steps actually denoised (``ceil(steps * strength)``, at least 1). The sum over
+    ``strength`` in [0, 1], the steps the engine actually denoises (:func:`denoised_steps`). The sum over
     ``count`` images is multiplied by the kind's multiplier and rounded up; the result is at least 1.
     Raises ``ValueError`` for non-positive sizes, steps or count or a strength outside [0, 1].
     """
@@ -93,11 +101,9 @@ def compute_cost(
         raise ValueError(f"steps must be positive, got {steps}")
     if count <= 0:
         raise ValueError(f"count must be positive, got {count}")
-    effective_steps = float(steps)
-    if strength is not None:
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"strength must be between 0 and 1, got {strength}")
-        effective_steps = float(max(1, math.ceil(steps * strength)))
+    if strength is not None and not 0.0 <= strength <= 1.0:
+        raise ValueError(f"strength must be between 0 and 1, got {strength}")
+    effective_steps = float(denoised_steps(steps, strength))
     area = (width * height) / policy.ref_area
     work = (policy.step_overhead + effective_steps) / (policy.step_overhead + policy.ref_steps)
     multiplier = float(policy.multipliers.get(kind, 1.0))

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Table, bindparam, case, func, select, tuple_, update
+from sqlalchemy import BigInteger, Integer, Table, bindparam, case, delete, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -38,10 +38,12 @@ from storage.models import (
     ACTIVE_STATUSES,
     FairShare,
     GuildSettings,
+    Image,
     Job,
     JobStatus,
     LedgerKind,
     QueueClock,
+    WorkerRecord,
 )
 from storage.policy import CostPolicy
 
@@ -50,9 +52,13 @@ log = logging.getLogger(__name__)
 jobs: Table = Job.__table__  # type: ignore[assignment]
 fair_share: Table = FairShare.__table__  # type: ignore[assignment]
 queue_clock: Table = QueueClock.__table__  # type: ignore[assignment]
+workers: Table = WorkerRecord.__table__  # type: ignore[assignment]
+images_table: Table = Image.__table__  # type: ignore[assignment]
 
 QUEUED = JobStatus.QUEUED.value
 RUNNING = JobStatus.RUNNING.value
+DONE = JobStatus.DONE.value
+FAILED = JobStatus.FAILED.value
 
 
 @dataclass(frozen=True)
@@ -101,14 +107,20 @@ class JobQueue(abc.ABC):
         become ``running`` with a lease and ``attempts + 1``. Skips paused guilds. Empty list if idle."""
 
     @abc.abstractmethod
-    async def extend_lease(self, job_ids: Iterable[int], lease_s: float) -> list[int]:
-        """Extend the lease of those jobs that are still running; returns their ids (a job missing from the
-        result was cancelled or reaped: stop working on it)."""
-
-    @abc.abstractmethod
-    async def complete(self, job_id: int, result: dict[str, Any], final_cost: int | None = None) -> bool:
-        """Done + settle. ``final_cost`` below the reserved cost refunds the difference. False (and nothing
-        changes) if the job was already done, failed or cancelled."""
+    async def complete(
+        self,
+        job_id: int,
+        result: dict[str, Any],
+        final_cost: int | None = None,
+        *,
+        images: Iterable[dict[str, Any]] = (),
+        worker_id: str | None = None,
+    ) -> bool:
+        """Done + settle, and the job's ``images`` recorded (``Image`` fields: key, width, height, seed, params,
+        batch_index) — all in one transaction, so a job cancelled or refunded meanwhile leaves no image in
+        anyone's history. ``final_cost`` below the reserved cost refunds the difference. With ``worker_id``, only
+        if that worker still holds the job. False (and nothing changes) otherwise, or if the job was already
+        done, failed or cancelled."""
 
     @abc.abstractmethod
     async def fail(self, job_id: int, error: str) -> bool:
@@ -118,10 +130,33 @@ class JobQueue(abc.ABC):
     async def is_cancelled(self, job_id: int) -> bool: ...
 
     @abc.abstractmethod
-    async def requeue_expired(self, max_attempts: int = 3) -> tuple[list[Job], list[Job]]:
-        """Reaper: running jobs whose lease expired go back to queued, or — after ``max_attempts`` claims —
-        fail with a refund. Returns ``(requeued, failed)`` jobs in their new state (tell the failed ones'
-        owners)."""
+    async def requeue_expired(
+        self, max_attempts: int = 3, dead: Iterable[str] = ()
+    ) -> tuple[list[Job], list[Job]]:
+        """Reaper: running jobs whose lease expired, or whose worker is dead (its registry row expired, or it is
+        named in ``dead`` — a worker known to be gone, such as a process missing from its host), go back to
+        queued, or — after ``max_attempts`` claims — fail with a refund; dead workers leave the registry.
+        Returns ``(requeued, failed)`` jobs in their new state."""
+
+    # the worker registry -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    async def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int, lease_s: float) -> None:
+        """Add (or renew) a live worker: ``kind`` "embedded" (in a bot) or "remote", the ``host`` and ``pid`` of
+        its process; it is live for ``lease_s`` unless it beats again."""
+
+    @abc.abstractmethod
+    async def heartbeat(self, worker_id: str, lease_s: float) -> builtins.list[int] | None:
+        """The worker is alive: renew its row and the leases of its running jobs for ``lease_s``, in one
+        transaction. Returns the ids of the jobs it still holds (a job missing was cancelled or reaped: stop
+        it), or None if the worker is not registered (it was taken for dead: register again)."""
+
+    @abc.abstractmethod
+    async def deregister_worker(self, worker_id: str) -> None:
+        """A worker stops (after releasing its jobs)."""
+
+    @abc.abstractmethod
+    async def workers(self) -> builtins.list[WorkerRecord]:
+        """The registered workers, live or not yet reaped."""
 
     @abc.abstractmethod
     async def release(self, job_ids: Iterable[int]) -> int:
@@ -129,11 +164,30 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     async def mark_posted(self, job_id: int, message_id: int) -> bool:
-        """Record the result message; True only for the first call (later calls keep the first id)."""
+        """Record the result message (the job is answered); True only for the first call (later calls keep the
+        first id)."""
+
+    # announcements: every done or failed job gets exactly one final answer --------------------------------
+    @abc.abstractmethod
+    async def mark_answered(self, job_id: int) -> bool:
+        """The job's final answer (a failure notice, a DM, or nothing where nothing can be said) is
+        delivered; True only for the first call."""
 
     @abc.abstractmethod
-    async def unposted(self, max_age_s: float = 86_400, limit: int = 100) -> builtins.list[Job]:
-        """Done jobs finished within ``max_age_s`` whose result was never posted (re-post after a restart)."""
+    async def due_announcements(self, worker_id: str, limit: int = 20) -> builtins.list[Job]:
+        """Done or failed jobs still unanswered whose next try is due and that are this worker's or belonged to
+        a worker no longer alive (they become this worker's) — for any age: a result found after a long outage
+        is still announced."""
+
+    @abc.abstractmethod
+    async def postpone_announcement(self, job_id: int, delay_s: float) -> int:
+        """An announcement failed: try again after ``delay_s``; returns the number of failed tries so far."""
+
+    @abc.abstractmethod
+    async def refund_unposted(self, job_id: int, reason: str) -> bool:
+        """A done job whose result could not be posted: failed, its charge refunded and its images taken out of
+        the history, in one transaction (its ``result`` stays: a failed job with a result is one that could not
+        be posted). False if the job is not done-and-unanswered."""
 
     @abc.abstractmethod
     async def by_message(self, message_id: int) -> Job | None:
@@ -235,22 +289,36 @@ _FINISH = (
         result=bindparam("p_result", type_=jobs.c.result.type),
         error=bindparam("p_error"),
         cancelled_by=bindparam("p_cancelled_by"),
+        answered_at=bindparam("p_answered_at", type_=jobs.c.answered_at.type),
     )
     .returning(jobs.c.account_id, jobs.c.cost)
 )
 _STATUS = select(jobs.c.status).where(jobs.c.id == bindparam("p_job_id"))
-_EXTEND = (
-    update(jobs)
-    .where(jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.status == RUNNING)
-    .values(lease_expires_at=bindparam("p_lease"), updated_at=bindparam("p_now"))
-    .returning(jobs.c.id)
-)
 _MARK_POSTED = (
     update(jobs)
     .where(jobs.c.id == bindparam("p_job_id"), jobs.c.posted_message_id.is_(None))
-    .values(posted_message_id=bindparam("p_message_id"), updated_at=bindparam("p_now"))
+    .values(posted_message_id=bindparam("p_message_id"), answered_at=bindparam("p_now"), updated_at=bindparam("p_now"))
     .returning(jobs.c.id)
 )
+_MARK_ANSWERED = (
+    update(jobs)
+    .where(jobs.c.id == bindparam("p_job_id"), jobs.c.answered_at.is_(None))
+    .values(answered_at=bindparam("p_now"), updated_at=bindparam("p_now"))
+    .returning(jobs.c.id)
+)
+_HEARTBEAT = (
+    update(workers)
+    .where(workers.c.id == bindparam("p_worker_id"))
+    .values(heartbeat_at=bindparam("p_now"), expires_at=bindparam("p_lease"))
+    .returning(workers.c.id)
+)
+_RENEW_LEASES = (
+    update(jobs)
+    .where(jobs.c.worker_id == bindparam("p_worker_id"), jobs.c.status == RUNNING)
+    .values(lease_expires_at=bindparam("p_lease"))
+    .returning(jobs.c.id)
+)
+_INSERT_IMAGE = images_table.insert()
 _fair_share_upserts: dict[str, Any] = {}
 
 
@@ -418,13 +486,37 @@ class SqlJobQueue(JobQueue):
             lambda s: _finish(s, job_id, JobStatus.FAILED, now, {"error": error[:4000]}, reason="failed")
         )
 
-    async def complete(self, job_id: int, result: dict[str, Any], final_cost: int | None = None) -> bool:
+    async def complete(
+        self,
+        job_id: int,
+        result: dict[str, Any],
+        final_cost: int | None = None,
+        *,
+        images: Iterable[dict[str, Any]] = (),
+        worker_id: str | None = None,
+    ) -> bool:
         now = self.db.now()
-        return await self.db.run_write(
-            lambda s: _finish(
-                s, job_id, JobStatus.DONE, now, {"result": result}, final_cost=final_cost, reason="completed"
-            )
-        )
+        rows = builtins.list(images)
+
+        def unit(s: Session) -> bool:
+            if worker_id is not None:
+                holder = s.execute(select(jobs.c.worker_id, jobs.c.status).where(jobs.c.id == job_id)).first()
+                if holder is None or holder.status != RUNNING or holder.worker_id != worker_id:
+                    return False
+            done = _finish(s, job_id, JobStatus.DONE, now, {"result": result}, final_cost=final_cost, reason="completed")
+            if done and rows:
+                job = s.execute(select(jobs.c.guild_id, jobs.c.user_id).where(jobs.c.id == job_id)).one()
+                s.execute(
+                    _INSERT_IMAGE,
+                    [
+                        {"job_id": job_id, "owner_id": job.user_id, "guild_id": job.guild_id, "created_at": now,
+                         "batch_index": 0, **row}
+                        for row in rows
+                    ],
+                )  # fmt: skip
+            return done
+
+        return await self.db.run_write(unit)
 
     async def is_cancelled(self, job_id: int) -> bool:
         status = await self.db.run_read(lambda s: s.scalar(_STATUS, {"p_job_id": job_id}))
@@ -460,23 +552,28 @@ class SqlJobQueue(JobQueue):
 
         return await self.db.run_write(unit)
 
-    async def extend_lease(self, job_ids: Iterable[int], lease_s: float) -> list[int]:
-        ids = builtins.list(job_ids)
-        if not ids:
-            return []
+    async def requeue_expired(
+        self, max_attempts: int = 3, dead: Iterable[str] = ()
+    ) -> tuple[list[Job], list[Job]]:
         now = self.db.now()
-        params = {"p_ids": ids, "p_lease": now + timedelta(seconds=lease_s), "p_now": now}
-        return await self.db.run_write(lambda s: builtins.list(s.scalars(_EXTEND, params).all()))
-
-    async def requeue_expired(self, max_attempts: int = 3) -> tuple[list[Job], list[Job]]:
-        now = self.db.now()
+        named = builtins.list(dead)
 
         def unit(s: Session) -> tuple[list[Job], list[Job]]:
             requeued: list[int] = []
             failed: list[int] = []
+            gone = builtins.list(
+                s.scalars(
+                    delete(workers)
+                    .where(or_(workers.c.expires_at < now, workers.c.id.in_(named)))
+                    .returning(workers.c.id)
+                ).all()
+            )
             expired = s.execute(
                 select(jobs.c.id, jobs.c.attempts)
-                .where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < now)
+                .where(
+                    jobs.c.status == RUNNING,
+                    or_(jobs.c.lease_expires_at < now, jobs.c.worker_id.in_(sorted(set(gone) | set(named)))),
+                )
                 .order_by(jobs.c.id)
                 .with_for_update(skip_locked=True)
             ).all()
@@ -531,16 +628,102 @@ class SqlJobQueue(JobQueue):
         hit = await self.db.run_write(lambda s: s.scalar(_MARK_POSTED, params))
         return hit is not None
 
-    async def unposted(self, max_age_s: float = 86_400, limit: int = 100) -> builtins.list[Job]:
-        since = self.db.now() - timedelta(seconds=max_age_s)
+    async def mark_answered(self, job_id: int) -> bool:
+        params = {"p_job_id": job_id, "p_now": self.db.now()}
+        return await self.db.run_write(lambda s: s.scalar(_MARK_ANSWERED, params)) is not None
+
+    async def due_announcements(self, worker_id: str, limit: int = 20) -> builtins.list[Job]:
+        now = self.db.now()
+        live = select(workers.c.id).where(workers.c.expires_at >= now, workers.c.id != worker_id)
+
+        def unit(s: Session) -> builtins.list[Job]:
+            ids = s.scalars(
+                select(jobs.c.id)
+                .where(
+                    jobs.c.status.in_((DONE, FAILED)),
+                    jobs.c.answered_at.is_(None),
+                    or_(jobs.c.next_announce_at.is_(None), jobs.c.next_announce_at <= now),
+                    or_(jobs.c.worker_id.is_(None), jobs.c.worker_id.not_in(live)),
+                )
+                .order_by(jobs.c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            ).all()
+            if not ids:
+                return []
+            s.execute(update(jobs).where(jobs.c.id.in_(ids)).values(worker_id=worker_id))
+            return builtins.list(s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)).all())
+
+        return await self.db.run_write(unit)
+
+    async def postpone_announcement(self, job_id: int, delay_s: float) -> int:
+        params = {"p_id": job_id, "p_at": self.db.now() + timedelta(seconds=delay_s)}
         stmt = (
-            select(Job)
-            .where(
-                Job.posted_message_id.is_(None), Job.status == JobStatus.DONE.value, Job.finished_at >= since
-            )
-            .order_by(Job.id)
-            .limit(limit)
+            update(jobs)
+            .where(jobs.c.id == bindparam("p_id"))
+            .values(announce_attempts=jobs.c.announce_attempts + 1, next_announce_at=bindparam("p_at"))
+            .returning(jobs.c.announce_attempts)
         )
+        return int(await self.db.run_write(lambda s: s.scalar(stmt, params)) or 0)
+
+    async def refund_unposted(self, job_id: int, reason: str) -> bool:
+        now = self.db.now()
+
+        def unit(s: Session) -> bool:
+            row = s.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status == DONE, jobs.c.answered_at.is_(None))
+                .values(status=FAILED, error=reason[:4000], announce_attempts=0, next_announce_at=None, updated_at=now)
+                .returning(jobs.c.account_id)
+            ).first()
+            if row is None:
+                return False
+            charged = s.scalar(
+                select(_sql.ledger.c.delta).where(_sql.ledger.c.idempotency_key == f"reserve:{job_id}")
+            )
+            settled = s.scalar(
+                select(_sql.ledger.c.delta).where(_sql.ledger.c.idempotency_key == f"settle:{job_id}")
+            )
+            refund = -int(charged or 0) - int(settled or 0)
+            _sql.post_entry(
+                s, row.account_id, refund, LedgerKind.REFUND, f"refund:{job_id}", now=now, job_id=job_id,
+                reason="result could not be posted",
+            )  # fmt: skip
+            s.execute(delete(images_table).where(images_table.c.job_id == job_id))
+            return True
+
+        return await self.db.run_write(unit)
+
+    # the worker registry ---------------------------------------------------------------------------------
+    async def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int, lease_s: float) -> None:
+        now = self.db.now()
+        values = {"kind": kind, "host": host, "pid": pid, "heartbeat_at": now, "expires_at": now + timedelta(seconds=lease_s)}
+
+        def unit(s: Session) -> None:
+            s.execute(
+                _sql.upsert(s, workers)
+                .values(id=worker_id, started_at=now, **values)
+                .on_conflict_do_update(index_elements=[workers.c.id], set_=values)
+            )
+
+        await self.db.run_write(unit)
+
+    async def heartbeat(self, worker_id: str, lease_s: float) -> builtins.list[int] | None:
+        now = self.db.now()
+        params = {"p_worker_id": worker_id, "p_now": now, "p_lease": now + timedelta(seconds=lease_s)}
+
+        def unit(s: Session) -> builtins.list[int] | None:
+            if s.scalar(_HEARTBEAT, params) is None:
+                return None
+            return builtins.list(s.scalars(_RENEW_LEASES, params).all())
+
+        return await self.db.run_write(unit)
+
+    async def deregister_worker(self, worker_id: str) -> None:
+        await self.db.run_write(lambda s: s.execute(delete(workers).where(workers.c.id == worker_id)))
+
+    async def workers(self) -> builtins.list[WorkerRecord]:
+        stmt = select(WorkerRecord).order_by(WorkerRecord.started_at, WorkerRecord.id)
         return await self.db.run_read(lambda s: builtins.list(s.scalars(stmt).all()))
 
     async def by_message(self, message_id: int) -> Job | None:
@@ -673,6 +856,7 @@ def _finish(
     False, with nothing written, if the job is not active any more."""
     params = {"p_job_id": job_id, "p_status": status.value, "p_now": now, "p_result": None, "p_error": None}
     params["p_cancelled_by"] = None
+    params["p_answered_at"] = now if status == JobStatus.CANCELLED else None  # the cancel's reply answers it
     params.update({f"p_{k}": v for k, v in values.items()})
     row = s.execute(_FINISH, params).first()
     if row is None:

@@ -79,6 +79,11 @@ async def set_guild_policy(
     return merged
 
 
+def policy_of(guild_settings: dict[str, Any], base: CostPolicy) -> CostPolicy:
+    """``base`` with the overrides in a guild's settings blob: what the ledger and the queue charge."""
+    return _sql.policy_from_settings(base, guild_settings)
+
+
 async def guild_policy(db: Database, guild_id: int, base: CostPolicy | None = None) -> CostPolicy:
     """``base`` (default ``CostPolicy()``) with the guild's overrides applied."""
     return await db.run_read(lambda s: _sql.load_policy(s, guild_id, base or CostPolicy()))

@@ -10,7 +10,8 @@ from PIL import Image, ImageStat
 
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
-from services.rules import blurred, split_terms, validate_banned_entry, word_pattern
+from services.rules import blurred, validate_banned_entry, word_pattern
+from services.settings import split_terms
 from storage import CostPolicy, QueueFull, moderation, settings
 from tests.test_storage_support import BACKENDS, environment, spec
 

@@ -78,7 +78,7 @@ async def test_imagine_end_to_end(bot_env: BotEnv):
     assert second["seed"] == 1235
     assert "seed 1234, 1235" in result.content
     labels = {b.label for b in result.buttons}
-    assert {"V1", "V2", "U1", "U2"} <= labels
+    assert {"V1 Subtle", "V1 Strong", "Remix 1", "U1", "V2 Subtle", "V2 Strong", "Remix 2", "U2"} <= labels
     await emu.wait_for_edit(result, lambda m: any(u.bot for u in m.reaction_users("🔄")), timeout=5)
     job = await posted_job(bot_env, result)
     assert await bot_env.balance(guild, alice) == before - job.cost
@@ -120,10 +120,10 @@ async def test_variation_and_upscale(bot_env: BotEnv):
     await imagine(bot_env, alice, channel)
     first = await emu.wait_for_message(channel, is_result, timeout=30)
     size = first.attachments[0].width, first.attachments[0].height
-    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "V1"))
+    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "Vary (Strong)"))
     variation = await emu.wait_for_message(channel, is_result, timeout=30)
     assert (variation.attachments[0].width, variation.attachments[0].height) == size
-    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "U1"))
+    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "Upscale"))
     upscaled = await emu.wait_for_message(channel, is_result, timeout=30)
     assert (upscaled.attachments[0].width, upscaled.attachments[0].height) == (size[0] * 2, size[1] * 2)
     params = parse_parameters(read_png_parameters(await emu.read_attachment(upscaled.attachments[0])))
@@ -217,9 +217,12 @@ async def test_crash_before_posting_is_recovered_exactly_once(make_emulator, tmp
         job = await posted_job(env, result)
         assert job.status == "done" and job.posted_message_id == result.id
         assert await env.balance(guild, alice) == before - job.cost
-        # Killed between posting and recording the post: the restart finds the message instead of reposting.
+        # Killed between posting and recording the post: the restart finds the message instead of reposting,
+        # however much was said in the channel since (its history is read from the job's finish on).
+        for i in range(120):
+            await emu.send_message(alice, channel, f"chatter {i}")
         async with env.services.db.write() as session:
-            await session.execute(update(Job).where(Job.id == job.id).values(posted_message_id=None))
+            await session.execute(update(Job).where(Job.id == job.id).values(posted_message_id=None, answered_at=None))
         await env.restart()
         await asyncio.sleep(1.0)
         assert len([m for m in emu.channel_messages(channel) if is_result(m)]) == 1

@@ -102,7 +102,7 @@ async def test_inpaint_with_mask_and_from_alpha(bot_env: BotEnv):
     keep[30 - blur : 70 + blur, 30 - blur : 80 + blur] = False
     assert (out[keep] == np.asarray(src)[keep]).all()
     assert not (out[40:60, 40:70] == np.asarray(src)[40:60, 40:70]).all()
-    assert {"V1"} <= {b.label for b in result.buttons}
+    assert {"Vary (Subtle)", "Vary (Strong)"} <= {b.label for b in result.buttons}
 
     rgba = src.convert("RGBA")
     alpha = Image.new("L", src.size, 255)

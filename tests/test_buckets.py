@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -220,6 +221,23 @@ def test_fit_to_bucket_crops_instead_of_stretching():
     assert px[829, 224][0] < 200
     assert px[416, 2][1] > 200  # top and bottom were not cropped (the image covers the height)
     assert px[416, 445][1] > 200
+
+
+def test_fit_to_bucket_pads_to_keep_the_whole_picture():
+    # 2:1 into 832x448 padded: scaled by 832/1000 to 832x416, 16 px bars of the picture's mean colour.
+    img, side = _marked_image((1000, 500))
+    out = fit_to_bucket(img, fit="pad")
+    assert out.size == (832, 448) and out.mode == img.mode
+    bw, bh = _blue_extent(out)
+    assert abs(bw - bh) <= 2 and abs(bh - side * 832 / 1000) <= 2  # not stretched, scaled to fit the width
+    px = out.load()
+    assert px[2, 224][0] > 200 and px[829, 224][0] > 200  # the red bands left and right are kept
+    assert px[416, 18][1] > 200 and px[416, 429][1] > 200  # the green bands top and bottom too
+    mean = tuple(round(c) for c in np.asarray(img.resize((832, 416)), np.float32).reshape(-1, 3).mean(0))
+    for y in (0, 7, 440, 447):  # the bars: one colour, the picture's mean
+        assert all(max(abs(a - b) for a, b in zip(px[x, y], mean, strict=True)) <= 2 for x in (0, 400, 831))
+    with pytest.raises(ValueError, match="fit"):
+        fit_to_bucket(img, fit="stretch")
 
 
 def test_fit_to_bucket_tall_image_crops_top_and_bottom():

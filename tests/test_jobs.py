@@ -31,6 +31,7 @@ EXAMPLES = [
     ImagineParams(**BASE),
     ImagineParams(**BASE, mode=ImagineMode.UPSCALE, init_image="ab/x.png", strength=0.35, source_job=1, source_index=0,
                   hypernets=(HypernetUse("style", "/m/s.safetensors", 0.8),)),
+    ImagineParams(**BASE, mode=ImagineMode.IMG2IMG, init_image="ab/u.png", strength=0.7, noise=0.2, fit="pad"),
     EditParams(**BASE, init_image="ab/e.png", eta=0.7, preset="fast", embed_steps=50, tune_steps=100, work_steps=225),
     EditRemixParams(**BASE, source_job=3, eta=0.9),
     OutpaintParams(**BASE, init_image="ab/o.png", box=(0, 0, 256, 768), direction="left", pixels=256, strength=1.0,
@@ -75,17 +76,26 @@ def test_batch_groups():
     img = dataclasses.replace(txt, init_image="ab/x.png", strength=0.6, mode=ImagineMode.VARIATION)
     assert img.batch_group() != txt.batch_group()
     assert img.batch_group() != dataclasses.replace(img, strength=0.35).batch_group()
-    edit = EXAMPLES[2]
+    assert img.batch_group() == dataclasses.replace(img, noise=0.3, init_image="cd/y.png").batch_group()  # noise is per image
+    edit = EXAMPLES[3]
     assert edit.batch_group() != edit.batch_group()  # an optimisation always runs alone
-    remix = EXAMPLES[3]
+    remix = EXAMPLES[4]
     assert remix.batch_group() == dataclasses.replace(remix, eta=0.5, seed=1).batch_group()
     assert remix.batch_group() != dataclasses.replace(remix, source_job=4).batch_group()
     assert len({p.batch_group().split(":")[0] for p in EXAMPLES}) == len(JobKind)
 
 
 def test_price_inputs():
-    imagine, upscale, edit, remix, outpaint, inpaint, mix, train = EXAMPLES
+    imagine, upscale, upload, edit, remix, outpaint, inpaint, mix, train = EXAMPLES
     assert (imagine.optimisation_steps, imagine.unet_passes, imagine.denoised_strength) == (0, 2, None)
+    assert (imagine.denoised_steps, upload.denoised_strength, upload.denoised_steps) == (28, 0.7, 19)  # int(19.6)
     assert upscale.denoised_strength == 0.35 and outpaint.denoised_strength == 1.0 and inpaint.denoised_strength == 0.75
     assert edit.optimisation_steps == 225 and remix.optimisation_steps == 0 and train.optimisation_steps == 12
     assert mix.unet_passes == 9
+
+
+def test_rows_stored_before_img2img_uploads_read_the_same():
+    """`noise` and `fit` came with defaults, so rows written before them decode unchanged: no migration."""
+    stored = encode(EXAMPLES[1])
+    del stored["noise"], stored["fit"]
+    assert decode(JobKind.IMAGINE, stored, PARAMS_VERSION) == EXAMPLES[1]

@@ -168,7 +168,7 @@ async def test_imagine_with_options_shows_progress_then_the_image_and_buttons_an
     await shot(page, tmp_path, "enlarged")
     await page.keyboard.press("Escape")
 
-    await first.locator("button.btn", has_text="V1").click()
+    await first.locator("button.btn", has_text="V1 Strong").click()
     await expect(results(page)).to_have_count(2, timeout=30_000)
     variation = await site.job(await results(page).nth(1).locator(".content").inner_text())
     assert variation.params.get("mode") == "variation", variation.params
@@ -266,3 +266,37 @@ async def test_the_page_fits_from_1280_down_to_400_pixels_wide(site: Site, page:
         await expect(page.locator("#command-send")).to_be_in_viewport()
         await expect(page.locator(".msg").last).to_be_in_viewport()  # the list stays at the newest message
         await shot(page, tmp_path, f"width-{width}")
+
+
+async def test_remix_opens_a_form_prefilled_with_the_prompt_and_submits_the_new_text(site: Site, page: Page, tmp_path):
+    await open_channel(page, "art")
+    await run_command(page, "imagine", prompt="a red circle", negative="blurry")
+    first = results(page).last
+    await expect(first.locator(RESULT)).to_have_count(1, timeout=30_000)
+    job = await site.job(await first.locator(".content").inner_text())
+    count = await results(page).count()
+
+    await first.locator("button.btn", has_text="Remix").click()
+    form = page.locator("#modal-form")
+    await expect(form).to_be_visible()
+    await expect(page.locator("#modal-title")).to_have_text("Remix")
+    await expect(page.locator("#modal-prompt")).to_have_value("a red circle")
+    await expect(page.locator("#modal-negative")).to_have_value(job.params["negative"])
+    await shot(page, tmp_path, "remix-form")
+
+    interactions = len(site.emu.interactions)
+    await page.fill("#modal-prompt", "  ")  # the prompt is required: the client refuses, like Discord's
+    await page.click("#modal-submit")
+    await expect(form.locator('[data-input="prompt"] .field-error')).to_have_text("This field is required.")
+    assert len(site.emu.interactions) == interactions
+
+    await page.fill("#modal-prompt", "a blue circle")
+    await page.fill("#modal-negative", "ugly")
+    await page.click("#modal-submit")
+    await expect(form).to_be_hidden()
+    await expect(results(page)).to_have_count(count + 1, timeout=30_000)
+    remix = await site.job(await results(page).last.locator(".content").inner_text())
+    assert remix.params["user_prompt"] == "a blue circle" and remix.params["negative"].startswith("ugly")
+    assert remix.params["mode"] == "variation" and remix.params["init_image"] == job.result["images"][0]["key"]
+    await expect(results(page).last).to_contain_text("strength 0.7")
+    await shot(page, tmp_path, "remixed")

@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text
 
-from storage import CostPolicy, JobKind, LedgerKind, compute_cost, settings
+from storage import CostPolicy, JobKind, LedgerKind, compute_cost, denoised_steps, settings
 from tests.test_storage_support import BACKENDS, environment, spec
 
 
@@ -162,6 +162,16 @@ def test_cost_img2img_scales_with_strength():
     half = compute_cost("edit", 768, 768, 50, strength=0.5)
     low = compute_cost("edit", 768, 768, 50, strength=0.1)
     assert full > half > low >= 1
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10, 28, 50, 100, 150])
+def test_cost_counts_the_steps_the_engine_denoises(steps):
+    from gen_core.engine import effective_img2img_steps  # the engine's own rule (this test may import torch)
+
+    for strength in [i / 100 for i in range(101)]:
+        assert denoised_steps(steps, strength) == effective_img2img_steps(steps, strength), (steps, strength)
+        work = compute_cost("imagine", 512, 512, steps, strength=strength, policy=CostPolicy(base=1000.0))
+        assert work == compute_cost("imagine", 512, 512, effective_img2img_steps(steps, strength), policy=CostPolicy(base=1000.0))
 
 
 def test_cost_is_at_least_one_and_monotonic():

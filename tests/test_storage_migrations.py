@@ -19,7 +19,7 @@ from worker.jobs import EditRemixParams, HypernetUse, ImagineMode, params_of
 
 TABLES = {
     "users", "guilds", "guild_settings", "channel_settings", "accounts", "ledger_entries", "jobs", "fair_share",
-    "queue_clock", "images", "favourites", "hypernetwork_modules", "audit_log", "bans", "banned_words",
+    "queue_clock", "images", "favourites", "hypernetwork_modules", "audit_log", "bans", "banned_words", "workers",
 }  # fmt: skip
 
 
@@ -37,7 +37,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
     try:
         assert await db.current_revision() is None
         await db.upgrade()
-        assert await db.current_revision() == head_revision() == "0003"
+        assert await db.current_revision() == head_revision() == "0004"
         assert TABLES <= await table_names(db)
         await db.upgrade()  # idempotent
         job, _ = await JobQueue(db).enqueue(spec(1))
@@ -45,7 +45,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
         assert await db.current_revision() is None
         assert await table_names(db) <= {"alembic_version"}
         await db.upgrade("head")
-        assert await db.current_revision() == "0003"
+        assert await db.current_revision() == "0004"
         # a fresh schema works: the clock row is back, the queue and ledger run
         job, created = await JobQueue(db).enqueue(spec(1))
         assert created and job.start_tag == 0
@@ -73,7 +73,7 @@ def test_command_line(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "None"
     assert storage_cli(["upgrade", url]) == 0
     assert storage_cli(["current", url]) == 0
-    assert capsys.readouterr().out.strip() == "0003"
+    assert capsys.readouterr().out.strip() == "0004"
     assert storage_cli(["check", url]) == 0
     assert storage_cli(["downgrade", url, "base"]) == 0
     assert storage_cli(["current", url]) == 0

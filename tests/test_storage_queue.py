@@ -199,14 +199,15 @@ async def test_lease_expiring_max_attempts_times_fails_and_refunds(backend, tmp_
         assert await env.ledger.balance(100, 1) == 100
 
 
-async def test_extend_lease_keeps_a_slow_job_alive(backend, tmp_path):
+async def test_heartbeat_keeps_a_slow_job_alive_and_drops_a_cancelled_one(backend, tmp_path):
     async with environment(backend, tmp_path) as env:
         a, _ = await env.queue.enqueue(spec(1))
         b, _ = await env.queue.enqueue(spec(1))
+        await env.queue.register_worker("w", kind="embedded", host="h", pid=1, lease_s=10)
         await env.queue.claim("w", max_batch=2, lease_s=10)
         env.clock.advance(8)
         assert await env.queue.cancel(b.id, actor_id=1)
-        assert sorted(await env.queue.extend_lease([a.id, b.id], 10)) == [a.id]  # b was cancelled: stop it
+        assert await env.queue.heartbeat("w", 10) == [a.id]  # b was cancelled: stop it
         env.clock.advance(8)
         assert await env.queue.requeue_expired() == ([], [])
         assert await env.queue.complete(a.id, {})
@@ -383,6 +384,19 @@ async def test_guild_policy_override_applies_to_new_accounts_and_queue_cap(backe
         await settings.set_guild_policy(env.db, 300, actor_id=1, start_balance=3, max_queued_per_user=1)
         assert await env.ledger.balance(300, 1) == 3
         assert await env.ledger.balance(100, 1) == DEFAULT_POLICY.start_balance
+        await env.queue.enqueue(spec(1, guild_id=300))
+        with pytest.raises(QueueFull):
+            await env.queue.enqueue(spec(1, guild_id=300))
+
+
+async def test_guild_queue_cap_never_exceeds_the_bots(backend, tmp_path):
+    """The bot's ``max_queued_per_user`` is a hard limit: a guild's larger override (stored before the bot's was
+    lowered) counts as the bot's."""
+    from storage import settings
+
+    async with environment(backend, tmp_path, CostPolicy(start_balance=100, topup_floor=0, max_queued_per_user=1)) as env:
+        await settings.set_guild_policy(env.db, 300, actor_id=1, max_queued_per_user=5)
+        assert (await env.ledger.policy_for(300)).max_queued_per_user == 1
         await env.queue.enqueue(spec(1, guild_id=300))
         with pytest.raises(QueueFull):
             await env.queue.enqueue(spec(1, guild_id=300))

@@ -86,7 +86,7 @@ def emphasis_effect(engine, seeds: Sequence[int]) -> tuple[float, float]:
 
 def long_prompt(scene: Scene) -> str:
     """A three-chunk prompt whose only attribute words sit in the third chunk."""
-    filler = ", ".join(["a simple drawing"] * 20)
+    filler = ", ".join(["a simple drawing"] * 15)  # 60 tokens: one chunk each
     return f"{filler} BREAK {filler} BREAK {simple_prompt(scene)}"
 
 

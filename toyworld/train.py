@@ -67,6 +67,7 @@ class TrainConfig:
     unet_batch: int = 64
     unet_lr: float = 6e-4
     caption_dropout: float = 0.1
+    offset_noise: float = 0.3
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
     threads: int = 1
@@ -367,7 +368,11 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
         ]
         clip_skip = rng.choice((1, 2))
         x0 = bucket.latents[idx]
-        noise = torch.randn_like(x0)
+        # Offset noise: a per-channel constant in the noise.  Flat backgrounds fill most of a 16x16
+        # latent, so even at the last timestep their colour shows through the mean of the noisy
+        # latent; without the offset the UNet reads the background from there and ignores the words
+        # (at sampling time the noise carries no colour, so backgrounds came out at random).
+        noise = torch.randn_like(x0) + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         t = torch.randint(0, 1000, (len(idx),))
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
@@ -440,7 +445,18 @@ def train(out: Path, cfg: TrainConfig, work: Path | None = None) -> dict:
             f"{gate['accuracy']} >= {cfg.gate_accuracy}); train it longer (--vae-steps)"
         )
     t_vae = time.monotonic() - t0
-    buckets, scale = encode_dataset(vae, unet, cfg)
+    cached = work / "dataset.pt"
+    if cached.exists():  # encoding takes minutes: a resumed run reads what the first one encoded
+        saved = torch.load(cached, weights_only=True)
+        buckets = [Bucket(tuple(b["size"]), b["weight"], [Scene(*s) for s in b["scenes"]], b["latents"])
+                   for b in saved["buckets"]]
+        scale = saved["scale"]
+    else:
+        buckets, scale = encode_dataset(vae, unet, cfg)
+        torch.save({"scale": scale, "buckets": [
+            {"size": list(b.size), "weight": b.weight, "latents": b.latents,
+             "scenes": [[s.colour, s.shape, s.background, s.size, s.position, s.style] for s in b.scenes]}
+            for b in buckets]}, cached)
     vae.register_to_config(scaling_factor=scale)
     for b in buckets:
         b.latents *= scale

@@ -36,6 +36,7 @@ def sampling_request(
     if hypernets:
         extra["Hypernet"] = hypernets
     strength = getattr(params, "strength", None)
+    noise = getattr(params, "noise", None)
     return GenerationRequest(
         prompt=params.prompt,
         negative=params.negative,
@@ -49,6 +50,7 @@ def sampling_request(
         clip_skip=params.clip_skip,
         init_image=init_image,
         strength=0.7 if strength is None else strength,
+        noise=noise or 0.0,
         extra=extra,
     )
 

@@ -22,13 +22,15 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from storage.models import JobKind
+from storage.policy import denoised_steps
 
 PARAMS_VERSION = 1  # the layout of the JSON written by `encode`; migration 0002 converts older rows
 
 
 class ImagineMode(enum.StrEnum):
     TEXT = "txt2img"
-    VARIATION = "variation"  # img2img of one result image at the variation strength
+    IMG2IMG = "img2img"  # img2img of an uploaded picture, fitted to a bucket
+    VARIATION = "variation"  # img2img of one result image at a Vary (Subtle/Strong) or Remix strength
     UPSCALE = "upscale"  # img2img of one result image at twice its size
 
 
@@ -78,6 +80,11 @@ class JobParams:
         """The img2img strength when the job starts from an image (fewer steps are denoised)."""
         return None
 
+    @property
+    def denoised_steps(self) -> int:
+        """The sampling steps the job denoises (fewer than ``steps`` from an image: see ``denoised_strength``)."""
+        return denoised_steps(self.steps, self.denoised_strength)
+
     # -- batching ---------------------------------------------------------------------------------------
     def batch_group(self) -> str:
         """Jobs with equal groups are claimed together and run in one pipeline call."""
@@ -102,15 +109,17 @@ class ImagineParams(JobParams):
     kind: ClassVar[JobKind] = JobKind.IMAGINE
 
     mode: ImagineMode = ImagineMode.TEXT
-    init_image: str | None = None  # image-store key of the image a variation or upscale starts from
-    strength: float | None = None
+    init_image: str | None = None  # image-store key of the image an img2img, variation or upscale starts from
+    strength: float | None = None  # img2img denoising strength (None for txt2img)
+    noise: float | None = None  # NovelAI's extra noise on the encoded picture, 0-1 (None for txt2img)
+    fit: str | None = None  # how an upload was fitted to its bucket: "crop" or "pad"
     source_job: int | None = None
     source_index: int | None = None
     hypernets: tuple[HypernetUse, ...] = ()
 
     @property
     def denoised_strength(self) -> float | None:
-        return self.strength if self.init_image else None
+        return None if self.mode == ImagineMode.TEXT else self.strength
 
     def batch_group(self) -> str:
         if self.init_image:
@@ -156,8 +165,22 @@ class EditRemixParams(JobParams):
         return f"{self.kind}:{self.source_job}:{self.sampling_key()}"
 
 
+class _Repaint:
+    """Outpaint and inpaint repaint part of an image at ``strength``: fewer steps are denoised, and jobs of
+    one strength batch together."""
+
+    strength: float
+
+    @property
+    def denoised_strength(self) -> float | None:
+        return self.strength
+
+    def batch_group(self) -> str:
+        return f"{super().batch_group()}:{self.strength}"  # type: ignore[misc]
+
+
 @dataclass(frozen=True, kw_only=True)
-class OutpaintParams(JobParams):
+class OutpaintParams(_Repaint, JobParams):
     """The input placed at ``box`` on a ``width`` × ``height`` canvas; the rest is painted."""
 
     kind: ClassVar[JobKind] = JobKind.OUTPAINT
@@ -171,16 +194,9 @@ class OutpaintParams(JobParams):
     source_job: int | None = None  # a chained outpaint: the job and candidate it continues
     source_index: int | None = None
 
-    @property
-    def denoised_strength(self) -> float | None:
-        return self.strength
-
-    def batch_group(self) -> str:
-        return f"{super().batch_group()}:{self.strength}"
-
 
 @dataclass(frozen=True, kw_only=True)
-class InpaintParams(JobParams):
+class InpaintParams(_Repaint, JobParams):
     """The white area of ``mask`` repainted in ``init_image`` (a variation repaints a result again)."""
 
     kind: ClassVar[JobKind] = JobKind.INPAINT
@@ -192,13 +208,6 @@ class InpaintParams(JobParams):
     mask_blur: int
     source_job: int | None = None
     source_index: int | None = None
-
-    @property
-    def denoised_strength(self) -> float | None:
-        return self.strength
-
-    def batch_group(self) -> str:
-        return f"{super().batch_group()}:{self.strength}"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -262,8 +262,11 @@ function buttonNode(c, m) {
     onclick: async (event) => {
       const button = event.currentTarget;
       button.disabled = true;
-      try { await api("/api/click", { user: state.me, message: m.id, custom_id: c.custom_id }); notice(""); }
-      catch (error) { notice(error.message); }
+      try {
+        const answer = await api("/api/click", { user: state.me, message: m.id, custom_id: c.custom_id });
+        notice("");
+        if (answer.modal) openModal(answer.interaction, answer.modal);
+      } catch (error) { notice(error.message); }
       finally { button.disabled = Boolean(c.disabled); }
     },
   }, text);
@@ -341,6 +344,65 @@ function pickEmoji(emoji) {
   if (!emoji || !message) return;
   const mine = message.reactions.find((r) => r.emoji === emoji && r.me);
   if (!mine) react(message, emoji, true);
+}
+
+// -- a modal form the bot opened (interaction response type 9): text inputs, as Discord's client shows them
+
+const TEXT_INPUT = 4, LABEL = 18, PARAGRAPH = 2;
+let modalFor = null;  // the interaction that opened the form on screen
+
+function textInputs(components, label) {  // [{input, label}] in action rows (type 1) or labels (type 18)
+  return components.flatMap((c) => c.type === TEXT_INPUT ? [{ input: c, label: label || c.label }]
+    : c.type === LABEL ? textInputs([c.component], c.label)
+    : textInputs(c.components || [], label));
+}
+
+function openModal(interaction, modal) {
+  modalFor = interaction;
+  $("modal-title").textContent = modal.title;
+  $("modal-fields").replaceChildren(...textInputs(modal.components).map(({ input, label }) => {
+    const props = {
+      id: `modal-${input.custom_id}`, name: input.custom_id, placeholder: input.placeholder,
+      maxlength: input.max_length, minlength: input.min_length, required: input.required !== false,
+    };
+    const control = input.style === PARAGRAPH ? el("textarea", { ...props, rows: 4 }) : el("input", { ...props, type: "text" });
+    control.value = input.value || "";
+    return el("div", { class: "field", dataset: { input: input.custom_id } },
+      el("label", { class: "field-label", for: props.id }, el("b", {}, label), input.required !== false ? "*" : ""), control);
+  }));
+  $("modal").hidden = false;
+  $("modal-fields").querySelector("input, textarea")?.focus();
+}
+
+function closeModal() {
+  $("modal").hidden = true;
+  modalFor = null;
+}
+
+async function submitModal(event) {
+  event.preventDefault();
+  const values = {};
+  let valid = true;
+  for (const field of $("modal-fields").querySelectorAll(".field")) {
+    const control = field.querySelector("input, textarea");
+    field.querySelector(".field-error")?.remove();
+    const missing = control.required && !control.value.trim();
+    field.classList.toggle("invalid", missing);
+    if (missing) { field.append(el("div", { class: "field-error" }, "This field is required.")); valid = false; }
+    values[control.name] = control.value;
+  }
+  if (!valid) return;
+  const interaction = modalFor;
+  closeModal();
+  try { await api("/api/modal", { user: state.me, interaction, values }); notice(""); }
+  catch (error) { notice(error.message); }
+}
+
+function setupModal() {
+  $("modal-form").addEventListener("submit", submitModal);
+  $("modal-close").addEventListener("click", closeModal);
+  $("modal-cancel").addEventListener("click", closeModal);
+  document.addEventListener("keydown", (event) => { if (event.key === "Escape" && !$("modal").hidden) closeModal(); });
 }
 
 // -- the command box -------------------------------------------------------------------------------
@@ -599,6 +661,7 @@ function setupComposer() {
 }
 
 setupOverlays();
+setupModal();
 setupScrolling();
 setupComposer();
 connect();
