@@ -21,9 +21,11 @@ import discord
 from discord.ext import commands
 
 import cogs
+from gen_core.safety import SafetyCheckerError
 from services.app import Services
 from services.config import Config, ConfigError, load_config
 from services.ui import CommandTree
+from storage import masked_url
 
 log = logging.getLogger("bot")
 
@@ -99,7 +101,7 @@ async def migrate(config: Config) -> None:
     Path(config.data_dir).mkdir(parents=True, exist_ok=True)
     db = Database(config.database_url)
     await db.upgrade()
-    log.info("database at %s is at revision %s", config.database_url, await db.current_revision())
+    log.info("database at %s is at revision %s", masked_url(config.database_url), await db.current_revision())
     await db.close()
 
 
@@ -122,18 +124,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "migrate":
         asyncio.run(migrate(config))
         return 0
-    if args.sandbox:
-        import sandbox
-
-        if args.terminal:
-            asyncio.run(sandbox.run_terminal(config))
-        else:
-            asyncio.run(sandbox.run_page(config, port=args.port, open_browser=not args.no_browser))
-        return 0
-    if not config.discord.token:
+    if not args.sandbox and not config.discord.token:
         print(NO_TOKEN, file=sys.stderr)
         return 2
-    asyncio.run(run_bot(config))
+    try:
+        if args.sandbox:
+            import sandbox
+
+            if args.terminal:
+                asyncio.run(sandbox.run_terminal(config))
+            else:
+                asyncio.run(sandbox.run_page(config, port=args.port, open_browser=not args.no_browser))
+        else:
+            asyncio.run(run_bot(config))
+    except SafetyCheckerError as exc:
+        print(f"image check error: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,7 +21,7 @@ install() {
         # open-clip-torch only ships CLIP's BPE vocabulary for the tiny offline model; its
         # dependencies (torchvision) are not needed, so install it without them.
         pip install -q --no-deps "open-clip-torch>=2.20"
-        pip install -q -e ".[test]"
+        pip install -q -e ".[test,nudenet]"
         touch .venv/.installed
     fi
 }

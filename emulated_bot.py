@@ -38,6 +38,8 @@ def bot_config_data(emu: Emulator, data_dir: Path, model_dir: Path, **sections: 
         "storage": {"data_dir": str(data_dir)},
         "worker": {"progress_interval_s": 0.05, "poll_interval_s": 0.05, "preview_every": 1},
         "generation": {"default_steps": 3, "default_aspect": "256x256", "max_area": 256 * 384},
+        # plumbing runs screen nothing; tests/test_bot_safety.py runs the real checker and a stand-in
+        "moderation": {"image_check": "false"},
     }
     for name, values in sections.items():
         data.setdefault(name, {}).update(values)

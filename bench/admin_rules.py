@@ -25,6 +25,7 @@ from gen_core.geometry import SD1
 from services.config import Config
 from services.jobs import JobService
 from services.rules import ServerRules
+from services.settings import ServerSettings
 from storage import CostPolicy, Database, JobQueue, Ledger, moderation, settings
 from worker.jobs import ImagineParams
 
@@ -40,7 +41,8 @@ async def _setup(db_path: Path, n_words: int) -> tuple[Database, Any, JobService
     config = Config()
     config.generation.fit_to_model(SD1)
     queue, ledger = JobQueue(db, policy), Ledger(db, policy)
-    services = SimpleNamespace(db=db, config=config, ledger=ledger, queue=queue, bot=SimpleNamespace(get_channel=lambda _id: None))
+    services = SimpleNamespace(db=db, config=config, ledger=ledger, queue=queue, settings=ServerSettings(db, config, policy),
+                               bot=SimpleNamespace(get_channel=lambda _id: None))
     rules = ServerRules(services)
     for i in range(n_words):
         await moderation.add_banned_word(db, GUILD, f"re:forbidden{i}\\d+" if i % 5 == 0 else f"forbidden word {i}", 0)

@@ -3,7 +3,7 @@
     python -m bench [--only NAME ...] [--quick] [--threads N] [--output PATH]
 
 Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet, semantics,
-crash_recovery (each also runs
+crash_recovery, img2img (each also runs
 alone as ``python -m bench.NAME``).  They run one after another in this process on one tiny model
 built once; a benchmark that fails is reported as such and the others still run.  The results file
 has one row per measurement with its target and pass/miss, the machine and the versions, and
@@ -34,7 +34,7 @@ from typing import Any
 
 BENCHMARKS = (
     "engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet", "semantics",
-    "crash_recovery",
+    "crash_recovery", "img2img",
 )  # fmt: skip
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
@@ -72,6 +72,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "semantics": {
         "normal": {"prompts": 50, "seeds": 2, "steps": 20},
         "quick": {"prompts": 12, "seeds": 1, "steps": 20},
+    },
+    "img2img": {
+        "normal": {"size": 256, "steps": 20, "runs": 5},
+        "quick": {"size": 128, "steps": 20, "runs": 3},
     },
     "crash_recovery": {
         "normal": {"rounds": 3, "jobs": 3, "n_jobs": 200, "n_members": 20, "kills": 5, "beats": 200},
@@ -286,6 +290,14 @@ def rows_crash_recovery(r: dict[str, Any]) -> list[Row]:
     ]  # fmt: skip
 
 
+def rows_img2img(r: dict[str, Any]) -> list[Row]:
+    return [
+        Row("img2img", f"img2img at strength {s} / txt2img", f"{ratio:.3f}×", f"≈ {s}",
+            note=f"{r['size']}, {r['steps']} steps, medians of {r['runs']} interleaved runs")
+        for s, ratio in r["ratio_to_txt2img"].items()
+    ]
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine_overhead": rows_engine_overhead,
     "prompt_encoding": rows_prompt_encoding,
@@ -297,6 +309,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "hypernet": rows_hypernet,
     "semantics": rows_semantics,
     "crash_recovery": rows_crash_recovery,
+    "img2img": rows_img2img,
 }
 
 
@@ -309,7 +322,7 @@ def run_one(name: str, settings: dict[str, Any], model_dir: Path, threads: int |
     module = importlib.import_module(f"bench.{name}")
     kwargs = dict(settings)
     if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic", "hypernet", "semantics",
-                "crash_recovery"):
+                "crash_recovery", "img2img"):
         kwargs["model_dir"] = model_dir
     if name in ("batching", "bot_e2e", "mix") and threads:
         kwargs["threads"] = threads

@@ -16,7 +16,7 @@ from discord.ext import commands
 
 from services import ui
 from services.jobs import UserError
-from services.rules import REGEX_PREFIX, validate_banned_entry
+from services.text_filter import REGEX_PREFIX
 from services.ui import manages_server
 from worker.jobs import JobKind
 
@@ -231,10 +231,10 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         changed = await self.services.admin.set_nsfw(interaction.guild_id, interaction.user.id,
                                                      terms=terms, negative=negative, image_check=image_check)
         rules = (await self.services.settings.guild(interaction.guild_id)).nsfw
-        installed = "installed" if self.services.rules.safety_check else "not installed in this bot"
+        installed = self.services.rules.describe_check()
         text = (
             "NSFW prompts work only in age-restricted channels.\n"
-            f"**NSFW terms:** {', '.join(rules.terms) or 'none'}\n"
+            f"**NSFW terms:** {', '.join(rules.terms.names) or 'none'}\n"
             f"**Enforced negative elsewhere:** {rules.negative or 'none'}\n"
             f"**Image safety check elsewhere:** {'on' if rules.image_check else 'off'} ({installed})"
         )
@@ -242,9 +242,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
 
     @words.command(name="add", description="Ban a word or phrase (whole words), or a regex as re:<pattern>")
     async def words_add(self, interaction: discord.Interaction, word: str) -> None:
-        entry = validate_banned_entry(word)
-        if not await self.services.admin.add_word(interaction.guild_id, interaction.user.id, entry):
-            raise UserError(f"`{entry}` is already banned.")
+        entry = await self.services.admin.add_word(interaction.guild_id, interaction.user.id, word)
         await self.reply(interaction, f"🚫 `{entry}` is banned in prompts.")
 
     @words.command(name="remove", description="Allow a banned word again")
@@ -255,9 +253,11 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
 
     @words.command(name="list", description="The banned words and regexes")
     async def words_list(self, interaction: discord.Interaction) -> None:
-        words = await self.services.admin.words(interaction.guild_id)
-        text = "\n".join(f"`{w}`" + (" (regex)" if w.startswith(REGEX_PREFIX) else "") for w in words)
-        await self.reply(interaction, text or "No banned words.", title=f"Banned words ({len(words)})")
+        banned = (await self.services.settings.guild(interaction.guild_id)).banned
+        listed = [(w, "") for w in banned.names]
+        listed += [(w, f" — **disabled**: {why}. Remove it and add an RE2 pattern.") for w, why in banned.disabled]
+        text = "\n".join(f"`{w}`" + (" (regex)" if w.startswith(REGEX_PREFIX) else "") + note for w, note in listed)
+        await self.reply(interaction, text or "No banned words.", title=f"Banned words ({len(listed)})")
 
     @app_commands.command(name="negative", description="Show or set the negative prompt added to every request here")
     @app_commands.describe(prompt="The server-wide negative prompt", clear="Remove it")

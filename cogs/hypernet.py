@@ -12,8 +12,7 @@ from discord.ext import commands
 
 from gen_core import hypernetwork
 from services import ui
-from services.hypernet import check_name, read_training_zip
-from services.jobs import UserError
+from services.hypernet import check_name
 from services.settings import STRENGTH_RANGE
 from worker.jobs import JobKind
 
@@ -81,22 +80,13 @@ class Hypernet(commands.Cog):
             return
         loop = asyncio.get_running_loop()
         hn = await loop.run_in_executor(None, hypernetwork.load_file, Path(m.path))
-        s, meta = hn.structure, hn.meta
+        s = hn.structure
         lines = [
             f"**{m.name}** by <@{m.owner_id}>" + (f" · shared ({m.status})" if m.shared else " · private"),
             f"Layers {' → '.join(f'{x:g}' for x in s.layers)} · activation {s.activation}"
             f" · layer norm {'on' if s.layer_norm else 'off'} · widths {', '.join(map(str, hn.widths))}",
         ]
-        if meta.get("base_model"):
-            lines.append(f"Base model: {meta['base_model']}")
-        if training := meta.get("training"):
-            lines.append(
-                f"Trained on {training['images']} images for {training['steps']} steps"
-                f" (buckets {', '.join(f'{k}×{v}' for k, v in training['buckets'].items())}; final loss {training['final_loss']:.4f})"
-            )
-        elif meta.get("step"):
-            lines.append(f"Imported from A1111 (step {meta['step']})")
-        await self._reply(interaction, "\n".join(lines))
+        await self._reply(interaction, "\n".join([*lines, *hypernetwork.describe_origin(hn.meta)]))
 
     # -- choosing ------------------------------------------------------------------------------------------
     @group.command(name="use", description="Apply a module to your /imagine jobs (several chain in order)")
@@ -157,30 +147,9 @@ class Hypernet(commands.Cog):
         steps: app_commands.Range[int, 1, 100_000] | None = None,
     ) -> None:
         name = check_name(name)
-        pairs = await self._training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
-        params = await self.hypernets.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
-        await self.hypernets.submit_training(interaction, params)
-
-    async def _training_set(self, first: discord.Attachment, more: list[discord.Attachment], captions: str | None):
-        limits = self.services.config.limits
-        if first.filename.lower().endswith(".zip"):
-            if more:
-                raise UserError("Give either a zip or images, not both.")
-            if first.size > limits.max_attachment_bytes:
-                raise UserError(f"`{first.filename}` is {first.size / 1e6:.1f} MB; the limit is {limits.max_attachment_bytes / 1e6:.0f} MB.")
-            pairs = read_training_zip(await first.read(), limits.max_train_images, limits.max_input_pixels, limits.max_attachment_bytes)
-        else:
-            pairs = [(await self.services.read_attachment(a), None) for a in (first, *more)]
-        given = [c.strip() for c in (captions or "").split("|")] if captions and captions.strip() else []
-        if len(given) not in (0, 1, len(pairs)):
-            raise UserError(f"Give one caption for all images or one per image ({len(pairs)}), separated by `|`.")
-        out = []
-        for i, (image, caption) in enumerate(pairs):
-            text = caption or (given[i] if len(given) == len(pairs) else given[0] if given else None)
-            if not text:
-                raise UserError("Every image needs a caption: use `captions:` or .txt files beside the images in the zip.")
-            out.append((image, text))
-        return out
+        pairs = await self.hypernets.training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
+        params, pngs = await self.hypernets.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
+        await self.hypernets.submit_training(interaction, params, pngs)
 
 
 async def setup(bot: commands.Bot) -> None:

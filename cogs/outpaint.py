@@ -54,8 +54,8 @@ class OutpaintButton(ui.CheckedItem, discord.ui.DynamicItem[discord.ui.Button], 
             await interaction.response.defer()
 
     async def run(self, interaction: discord.Interaction) -> None:
-        job = await interaction.client.services.queue.get(self.job_id)
-        if job is None or job.kind != JobKind.OUTPAINT or not job.result:
+        job = await interaction.client.services.actions.job(self.job_id, interaction.guild_id)
+        if job.kind != JobKind.OUTPAINT or not job.result:
             raise UserError(f"Outpaint job #{self.job_id} no longer exists.")
         if self.action == "pick":
             await pick(interaction, job, self.index)

@@ -377,8 +377,8 @@ class Engine:
                 self._model_hash = short_hash(self._hash_file)
             return self._model_hash
 
-    def count_tokens(self, text: str) -> int:
-        return prompts.count_tokens(text, self.tokenizer)
+    def count_tokens(self, text: str, limit: int | None = None) -> int:
+        return prompts.count_tokens(text, self.tokenizer, limit)
 
     # ------------------------------------------------------------------ requests
 

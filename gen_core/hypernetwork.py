@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save
 
+from gen_core.archives import ArchiveError, ArchiveLimits, check_torch_archive
 from gen_core.buckets import nearest_bucket
 from gen_core.training import denoising_loss, image_latents, noise_schedule, training_session
 from gen_core.types import Cancelled, Progress, is_cancelled
@@ -62,6 +63,8 @@ MAX_LAYERS = 8
 MAX_MULTIPLIER = 8.0
 STAGE_TRAIN = "training"
 _OLD_NOVELAI_KEYS = {"linear1.": "linear.0.", "linear2.": "linear.1."}
+#: A ``.pt`` zip stores its tensors uncompressed: what it declares unpacked is about its own size.
+PT_LIMITS = ArchiveLimits(max_members=4096, max_member_bytes=512 * 2**20, max_total_bytes=512 * 2**20, max_ratio=1.5)
 
 
 class HypernetworkError(ValueError):
@@ -231,10 +234,9 @@ def _build(name: str, structure: Structure, weights: dict[int, tuple[dict, dict]
             raise HypernetworkError(f"context width {width} is not plausible")
         pair = (HypernetMLP(width, structure), HypernetMLP(width, structure))
         for mlp, state, label in zip(pair, (k_state, v_state), "kv", strict=True):
-            state = {_new_key(k): v for k, v in state.items()}
             try:
-                mlp.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
+                mlp.load_state_dict({_new_key(str(k)): v for k, v in state.items()}, strict=True)
+            except (RuntimeError, TypeError, AttributeError, ValueError) as exc:
                 first = str(exc).splitlines()[0][:200]
                 raise HypernetworkError(
                     f"the {label} layers for width {width} do not match the layer structure {list(structure.layers)} "
@@ -266,8 +268,30 @@ def _a1111_dropout(layers: Sequence[float], use_dropout: bool, last_layer_dropou
     return (0.0, *hidden, 0.0)
 
 
+def _plain(raw: dict, key: str) -> Any:
+    """A setting from a ``.pt`` file as a plain value (a one-element tensor becomes its number);
+    anything else that is not a number, a string or a list of them is refused."""
+    value = raw.get(key)
+    if isinstance(value, torch.Tensor):
+        if value.numel() != 1:
+            raise HypernetworkError(f"the file's `{key}` setting holds {value.numel()} values where one is expected")
+        value = value.item()
+    if isinstance(value, list | tuple):
+        if not all(isinstance(v, int | float | str) and not isinstance(v, bool) for v in value):
+            raise HypernetworkError(f"the file's `{key}` setting is not a list of numbers")
+        return list(value)
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise HypernetworkError(f"the file's `{key}` setting is a {type(value).__name__}, not a plain value")
+
+
 def load_a1111(data: bytes, name: str) -> Hypernetwork:
-    """An AUTOMATIC1111 / NovelAI ``.pt`` hypernetwork, unpickled with ``weights_only=True`` only."""
+    """An AUTOMATIC1111 / NovelAI ``.pt`` hypernetwork: the zip checked (:data:`PT_LIMITS`), then
+    unpickled with ``weights_only=True`` only."""
+    try:
+        check_torch_archive(data, PT_LIMITS)
+    except ArchiveError as exc:
+        raise HypernetworkError(str(exc)) from None
     try:
         raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -285,24 +309,24 @@ def load_a1111(data: bytes, name: str) -> Hypernetwork:
             if not (isinstance(value, list | tuple) and len(value) == 2 and all(isinstance(v, dict) for v in value)):
                 raise HypernetworkError(f"layers for width {key} must be a (key, value) pair of state dicts")
             weights[key] = (value[0], value[1])
-    layers = tuple(raw.get("layer_structure") or (1, 2, 1))
-    dropout = raw.get("dropout_structure") or _a1111_dropout(
-        layers, bool(raw.get("use_dropout", False)), bool(raw.get("last_layer_dropout", False))
+    layers = tuple(_plain(raw, "layer_structure") or (1, 2, 1))
+    dropout = _plain(raw, "dropout_structure") or _a1111_dropout(
+        layers, bool(_plain(raw, "use_dropout")), bool(_plain(raw, "last_layer_dropout"))
     )
     structure = _structure(
         layers=layers,
-        activation=str(raw.get("activation_func") or "linear").lower(),
-        layer_norm=bool(raw.get("is_layer_norm", False)),
-        activate_output=bool(raw.get("activate_output", False)),
+        activation=str(_plain(raw, "activation_func") or "linear").lower(),
+        layer_norm=bool(_plain(raw, "is_layer_norm")),
+        activate_output=bool(_plain(raw, "activate_output")),
         dropout=tuple(dropout),
     )
     meta = {
         "source": "a1111",
-        "step": raw.get("step"),
-        "base_model": raw.get("sd_checkpoint_name") or raw.get("sd_checkpoint"),
-        "info": raw.get("optional_info"),
+        "step": _plain(raw, "step"),
+        "base_model": _plain(raw, "sd_checkpoint_name") or _plain(raw, "sd_checkpoint"),
+        "info": _plain(raw, "optional_info"),
     }
-    return _build(str(raw.get("name") or name), structure, weights, {k: v for k, v in meta.items() if v is not None})
+    return _build(str(_plain(raw, "name") or name), structure, weights, {k: v for k, v in meta.items() if v is not None})
 
 
 def load_safetensors(data: bytes, name: str) -> Hypernetwork:
@@ -325,6 +349,27 @@ def load_safetensors(data: bytes, name: str) -> Hypernetwork:
         width, kv, rest = _split_key(key)
         weights.setdefault(width, ({}, {}))["kv".index(kv)][rest] = value
     return _build(header.get("name") or name, structure, weights, meta if isinstance(meta, dict) else {})
+
+
+def describe_origin(meta: dict[str, Any]) -> list[str]:
+    """Lines saying where a module comes from (base model, training or import), from its header;
+    fields a hand-made file left out or filled with something else are skipped."""
+    lines = []
+    if isinstance(meta.get("base_model"), str | int | float):
+        lines.append(f"Base model: {meta['base_model']}")
+    training = meta.get("training")
+    if isinstance(training, dict):
+        buckets = training.get("buckets")
+        buckets = ", ".join(f"{k}×{v}" for k, v in buckets.items()) if isinstance(buckets, dict) else "?"
+        loss = training.get("final_loss")
+        loss = f"{loss:.4f}" if isinstance(loss, int | float) else "?"
+        lines.append(
+            f"Trained on {training.get('images', '?')} images for {training.get('steps', '?')} steps"
+            f" (buckets {buckets}; final loss {loss})"
+        )
+    elif meta.get("step"):
+        lines.append(f"Imported from A1111 (step {meta['step']})")
+    return lines
 
 
 def _split_key(key: str) -> tuple[int, str, str]:
@@ -507,6 +552,20 @@ class TrainResult:
     buckets: dict[str, int]
 
 
+def training_size(size: tuple[int, int], buckets: Sequence[tuple[int, int]]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """An image's nearest bucket and the size (multiples of 8) it is scaled to so that it covers it."""
+    width, height = size
+    bw, bh = nearest_bucket(width, height, buckets)
+    scale = max(bw / width, bh / height)
+    return (bw, bh), (max(bw, math.ceil(width * scale / 8) * 8), max(bh, math.ceil(height * scale / 8) * 8))
+
+
+def fit_for_training(image: Image.Image, buckets: Sequence[tuple[int, int]]) -> Image.Image:
+    """``image`` at the size training uses (what is stored for a training job: no larger)."""
+    _, size = training_size(image.size, buckets)
+    return image if image.size == size else image.resize(size, Image.Resampling.LANCZOS)
+
+
 def prepare_examples(engine: Any, images: Sequence[Image.Image], captions: Sequence[str], buckets: Sequence[tuple[int, int]]) -> list[Example]:
     """Each image to its nearest bucket, scaled (Lanczos) to cover it, VAE-encoded once."""
     from gen_core.images import to_rgb
@@ -514,10 +573,8 @@ def prepare_examples(engine: Any, images: Sequence[Image.Image], captions: Seque
     examples = []
     for image, caption in zip(images, captions, strict=True):
         image = to_rgb(image) if image.mode != "RGB" else image
-        bw, bh = nearest_bucket(*image.size, buckets)
-        scale = max(bw / image.width, bh / image.height)
-        size = (max(bw, math.ceil(image.width * scale / 8) * 8), max(bh, math.ceil(image.height * scale / 8) * 8))
-        examples.append(Example((bw, bh), image_latents(engine, image.resize(size, Image.Resampling.LANCZOS)), caption))
+        bucket, _ = training_size(image.size, buckets)
+        examples.append(Example(bucket, image_latents(engine, fit_for_training(image, buckets)), caption))
     return examples
 
 

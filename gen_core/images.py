@@ -14,7 +14,8 @@ import struct
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+OPEN_FORMATS = ("PNG", "JPEG", "WEBP", "GIF")
+ALLOWED_FORMATS = (*OPEN_FORMATS, "MPO")  # MPO: phone JPEGs with several pictures (the JPEG plugin opens them)
 DEFAULT_MAX_BYTES = 10 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 4096 * 4096
 WHITE = (255, 255, 255)
@@ -58,7 +59,7 @@ def open_image(
     if size > max_bytes:
         raise ImageInputError(f"Image file is {_mb(size)} MB; the limit is {_mb(max_bytes)} MB")
     try:
-        image = Image.open(io.BytesIO(bytes(data)), formats=ALLOWED_FORMATS)
+        image = Image.open(io.BytesIO(bytes(data)), formats=OPEN_FORMATS)
     except Image.DecompressionBombError as exc:
         found = re.search(r"\((\d+) pixels\)", str(exc))
         raise _too_many_pixels(int(found.group(1)) if found else max_pixels + 1, max_pixels) from None
@@ -138,3 +139,10 @@ def load_image_rgba(
 ) -> Image.Image:
     """Like :func:`load_image` but keeps transparency (RGBA), e.g. for masks."""
     return to_rgba(_decode(data, max_bytes, max_pixels))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """``image`` encoded as PNG."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()

@@ -14,6 +14,7 @@ import discord
 from gen_core.geometry import Geometry
 from gen_core.metadata import format_parameters
 from services import ui
+from services.disclosure import shareable_parameters
 from services.edit import remix_params
 from services.hypernet import sample_params
 from services.jobs import AccessDenied, UserError, new_seed
@@ -26,7 +27,6 @@ from worker.jobs import (
     ImagineParams,
     InpaintParams,
     JobParams,
-    encode,
     params_of,
 )
 
@@ -81,17 +81,22 @@ class Actions:
         # so the same reaction can arrive twice across a resume; only removing and adding it again rerolls again
         self._rerolled: dict[tuple[int, int], None] = {}  # insertion-ordered; the oldest go beyond REROLLS_KEPT
 
-    async def job(self, job_id: int) -> Any:
+    async def job(self, job_id: int, guild_id: int | None) -> Any:
+        """A job of this server: ids from buttons and messages are never trusted across servers."""
         job = await self.services.queue.get(job_id)
-        if job is None:
+        if job is None or job.guild_id != guild_id:
             raise UserError(f"Job #{job_id} no longer exists.")
         return job
 
-    def derive(self, job: Any, action: str, index: int | None) -> JobParams:
-        """`derive_params` of ``job`` with the server's strengths, refused when the result would be too large."""
+    async def derive(self, job: Any, action: str, index: int | None) -> JobParams:
+        """`derive_params` of ``job`` with the server's strengths, refused when the result would be too large or its
+        picture is no longer stored."""
         source = params_of(job)
         params = derive_params(job, source, action, index, self.services.config.generation, self.services.geometry)
         if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
+            key = getattr(params, "init_image", None)
+            if key and not await self.services.store.exists(key):
+                raise UserError("That image is no longer stored on this server, so it can't be varied or upscaled. 🔄 still rerolls it.")
             area_limit = self.services.config.generation.max_area * (4 if action == "up" else 1)
             if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")
@@ -102,7 +107,7 @@ class Actions:
         remix: tuple[str, str] | None = None,
     ) -> list[Any]:
         """Submit the derived job; a ``remix`` (prompt, negative) replaces the texts (one job per `{a, b}` variant)."""
-        params = self.derive(job, action, index)
+        params = await self.derive(job, action, index)
         params_list = self.services.jobs.remixed(params, *remix) if remix is not None else [params]
         return await self.services.jobs.submit(
             params_list=params_list, guild_id=guild_id, channel_id=channel_id, user_id=user_id, request_key=request_key
@@ -110,14 +115,14 @@ class Actions:
 
     # -- buttons (acknowledged, admitted and owner-checked by ui.JobButton) ---------------------------------
     async def on_button(self, interaction: discord.Interaction, job_id: int, action: str, index: int | None) -> None:
-        job = await self.job(job_id)
+        job = await self.job(job_id, interaction.guild_id)
         if action in ui.GENERATING_ACTIONS:
             jobs = await self.derive_and_submit(
                 job, action, index, interaction.user.id, interaction.guild_id, interaction.channel_id, str(interaction.id)
             )
             await self.services.announce_queued(jobs, interaction=interaction)
         elif action == "remix":  # the form, pre-filled; its submission is `on_remix`
-            params = self.derive(job, action, index)
+            params = await self.derive(job, action, index)
             await interaction.response.send_modal(ui.remix_modal(job.id, index, params.user_prompt, params.negative))
         elif action == "delete":
             await interaction.message.delete()
@@ -134,7 +139,7 @@ class Actions:
         ``index`` of job ``job_id`` with the form's texts."""
         values = ui.modal_values(interaction)
         jobs = await self.derive_and_submit(
-            await self.job(job_id), "remix", index, interaction.user.id, interaction.guild_id, interaction.channel_id,
+            await self.job(job_id, interaction.guild_id), "remix", index, interaction.user.id, interaction.guild_id, interaction.channel_id,
             str(interaction.id), remix=(values.get("prompt", ""), values.get("negative", "")),
         )  # fmt: skip
         await self.services.announce_queued(jobs, interaction=interaction)
@@ -146,7 +151,7 @@ class Actions:
 
     async def on_reaction(self, payload: discord.RawReactionActionEvent) -> None:
         """A reaction on a result: the same access rules as a command or button (`Services.check_access`);
-        a refused member is ignored, any other refusal is told in the channel for a moment."""
+        a refused member is ignored, any other refusal is told by DM, never in the channel."""
         bot = self.services.bot
         if payload.user_id == bot.user.id or payload.guild_id is None:
             return
@@ -165,21 +170,34 @@ class Actions:
             await self._react(payload, emoji, channel)
         except AccessDenied:
             return
-        except UserError as exc:
-            await channel.send(f"<@{payload.user_id}> {exc}", delete_after=30)
+        except UserError as exc:  # answered privately: a refused reaction never posts in the channel
+            await self._tell(payload, str(exc))
         except discord.HTTPException as exc:
             log.info("reaction %s on %s failed: %s", emoji, payload.message_id, exc)
 
+    async def _tell(self, payload: discord.RawReactionActionEvent, text: str) -> None:
+        """A direct message to the member who reacted; nothing if their DMs are closed."""
+        try:
+            user = payload.member or await self.services.bot.fetch_user(payload.user_id)
+            await user.send(ui.clip(text, 2000))
+        except discord.HTTPException as exc:
+            log.info("could not DM %s: %s", payload.user_id, exc)
+
     async def _react(self, payload: discord.RawReactionActionEvent, emoji: str, channel: Any) -> None:
+        bot = self.services.bot
         job = await self.services.queue.by_message(payload.message_id)
         if job is None:  # posted a moment ago and not yet recorded, or not a result: ask the message
             try:
-                job_id = ui.job_id_from_message(await channel.fetch_message(payload.message_id))
+                message = await channel.fetch_message(payload.message_id)
             except discord.HTTPException:
                 return
+            # buttons are read only from the bot's own messages: another bot's or a webhook's could name any job
+            job_id = ui.job_id_from_message(message) if message.author.id == bot.user.id else None
             job = await self.services.queue.get(job_id) if job_id else None
             if job is None or job.status != "done":
                 return
+        if job.guild_id != payload.guild_id:
+            return
         member = payload.member
         if emoji == ui.REROLL:
             if not _can_post_images(channel):  # refused before anything is charged, privately
@@ -202,10 +220,12 @@ class Actions:
             for img in (job.result or {}).get("images", []):
                 await self.services.images.favourite(payload.guild_id, payload.user_id, img["key"])
         elif emoji == ui.DM:
-            user = member or await self.services.bot.fetch_user(payload.user_id)
+            user = member or await bot.fetch_user(payload.user_id)
+            visible = {m.name for m in await self.services.hypernets.visible(payload.guild_id, payload.user_id)}
+            params = params_of(job)
             lines = [f"**Job #{job.id}** ({job.kind})"]
             for img in (job.result or {}).get("images", []):
-                lines.append("```\n" + format_parameters({**encode(params_of(job)), "seed": img["seed"]}) + "\n```")
+                lines.append("```\n" + format_parameters(shareable_parameters(params, img["seed"], visible)) + "\n```")
             await user.send(ui.clip("\n".join(lines), 2000))
 
 

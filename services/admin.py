@@ -61,20 +61,17 @@ class ServerAdmin:
             await self.audit(guild_id, actor_id, "nsfw", details=patch)
         return bool(patch)
 
-    async def add_word(self, guild_id: int, actor_id: int, entry: str) -> bool:
-        if not await moderation.add_banned_word(self.db, guild_id, entry, actor_id):
-            return False
+    async def add_word(self, guild_id: int, actor_id: int, entry: str) -> str:
+        """Ban ``entry`` (checked by `ServerSettings.add_banned_word`); the entry as stored."""
+        entry = await self.services.settings.add_banned_word(guild_id, actor_id, entry)
         await self.audit(guild_id, actor_id, "words.add", details={"word": entry})
-        return True
+        return entry
 
     async def remove_word(self, guild_id: int, actor_id: int, word: str) -> bool:
-        if not await moderation.remove_banned_word(self.db, guild_id, word):
+        if not await self.services.settings.remove_banned_word(guild_id, word):
             return False
         await self.audit(guild_id, actor_id, "words.remove", details={"word": word.strip().casefold()})
         return True
-
-    async def words(self, guild_id: int) -> list[str]:
-        return await moderation.banned_words(self.db, guild_id)
 
     async def set_negative(self, guild_id: int, actor_id: int, value: str | None) -> None:
         value = await self.services.settings.set_negative(guild_id, actor_id, value)

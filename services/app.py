@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +13,9 @@ import discord
 from gen_core.buckets import fit_to_bucket
 from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
-from gen_core.images import ImageInputError, load_image, load_image_rgba
+from gen_core.images import ImageInputError, load_image, load_image_rgba, png_bytes
 from gen_core.imagic import TunedCache
+from gen_core.safety import load_checker
 from services import ui
 from services.actions import Actions
 from services.admin import ServerAdmin
@@ -24,7 +25,7 @@ from services.jobs import AccessDenied, JobService, Upload, UserError
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from services.settings import ServerSettings
-from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger
+from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
 from worker import Worker
 from worker.handlers import handlers
 from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, OutpaintParams
@@ -110,7 +111,15 @@ class Services:
         self.admin = ServerAdmin(self)
 
     async def start(self) -> None:
+        mode = self.config.moderation.image_check
+        loop = asyncio.get_running_loop()
+        self.rules.safety_check = await loop.run_in_executor(None, load_checker, mode, self.config.model_path)
+        if self.rules.safety_check is None and mode != "false":
+            log.warning("image_check = %r: %s; install the nudenet extra to screen results", mode, self.rules.describe_check())
+        else:
+            log.info("image safety check: %s", self.rules.describe_check())
         await self.db.upgrade()
+        await gc.collect(self.db, self.store)  # what requests that never got queued left behind
         await self.worker.start()
         self.jobs.count_tokens = self.worker.engine.count_tokens
 
@@ -139,31 +148,40 @@ class Services:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return Inputs(image=image)
 
-    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False) -> Any:
-        """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
-        oversized or non-image files clearly."""
+    async def download(self, attachment: discord.Attachment) -> bytes:
+        """An uploaded file's bytes, refused above the attachment size limit before downloading."""
         limit = self.config.limits.max_attachment_bytes
         if attachment.size > limit:
             raise UserError(f"`{attachment.filename}` is {attachment.size / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        data = await attachment.read()
+        if len(data) > limit:
+            raise UserError(f"`{attachment.filename}` is {len(data) / 1e6:.1f} MB; the limit is {limit / 1e6:.0f} MB.")
+        return data
+
+    async def read_attachment(self, attachment: discord.Attachment, rgba: bool = False, then: Callable[[Any], Any] | None = None) -> Any:
+        """Download and decode an uploaded image (RGB, or RGBA keeping transparency), refusing
+        oversized or non-image files clearly; decoding (and ``then``, e.g. a resize) runs off the event loop."""
+        data = await self.download(attachment)
+        decode = load_image_rgba if rgba else load_image
+        limits = self.config.limits
+
+        def work() -> Any:
+            image = decode(data, max_bytes=limits.max_attachment_bytes, max_pixels=limits.max_input_pixels)
+            return then(image) if then is not None else image
+
         try:
-            decode = load_image_rgba if rgba else load_image
-            return decode(await attachment.read(), max_bytes=limit, max_pixels=self.config.limits.max_input_pixels)
+            return await asyncio.get_running_loop().run_in_executor(None, work)
         except ImageInputError as exc:
             raise UserError(str(exc)) from None
 
     async def fitted_upload(self, attachment: discord.Attachment, bucket: tuple[int, int] | None = None, fit: str = "crop") -> Upload:
         """An uploaded picture (capped and decoded as `read_attachment`) fitted to ``bucket`` (else the
-        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG."""
-        picture = await self.read_attachment(attachment)
-
-        def fitted_png() -> tuple[bytes, tuple[int, int]]:  # resampling a large upload: off the event loop
-            image = fit_to_bucket(picture, [bucket] if bucket else self.jobs.buckets, fit=fit)
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            return buf.getvalue(), image.size
-
-        data, (width, height) = await asyncio.to_thread(fitted_png)
-        return Upload(key=await self.store.put(data), width=width, height=height, fit=fit)
+        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG; resampling and
+        encoding run off the event loop."""
+        buckets = [bucket] if bucket else self.jobs.buckets
+        picture = await self.read_attachment(attachment, then=lambda image: fit_to_bucket(image, buckets, fit=fit))
+        key = await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, picture))
+        return Upload(key=key, width=picture.width, height=picture.height, fit=fit)
 
     # -- the ban and channel rules: every command, button and reaction passes here --------------
     async def check_access(

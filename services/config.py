@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 from gen_core.geometry import Geometry
 from gen_core.hypernetwork import TrainConfig
 from gen_core.imagic import PRESETS
+from gen_core.safety import MODES as SAFETY_MODES
 from toyworld import MODEL_DIR as TOYWORLD_MODEL
 
 
@@ -106,15 +107,17 @@ class LimitsConfig:
     max_attachment_bytes: int = 10 * 1024 * 1024
     max_input_pixels: int = 4096 * 4096
     max_train_images: int = 64
+    max_train_pixels: int = 64 * 2**20  # decoded pixels of one training request, all images together
     max_train_steps: int = 2000
     max_mix_prompts: int = 4
+    max_job_gpu_s: float = 1800.0  # estimated GPU seconds one job may take (0 = no cap), whatever credits pay for
 
 
 @dataclass
 class ModerationConfig:
     nsfw_terms: str = "nsfw, nude, nudity, naked, explicit, porn, hentai, sex, topless, genitals"
     sfw_negative: str = "nsfw, nude, nudity, naked, explicit, sexual"
-    image_check: bool = True
+    image_check: str = "auto"  # auto | nudenet | diffusers | false (gen_core.safety)
 
 
 @dataclass
@@ -189,7 +192,10 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
 _CHOICES = {
     ("model", "device"): {"auto", "cuda", "mps", "cpu"},
     ("model", "dtype"): {"auto", "fp16", "bf16", "fp32"},
+    ("moderation", "image_check"): set(SAFETY_MODES),
 }
+#: Settings that were booleans once: ``true`` / ``false`` in an older file still mean what they did.
+_FORMER_BOOLS = {("moderation", "image_check"): ("auto", "false")}
 
 
 def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
@@ -238,6 +244,8 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
             if key not in hints:
                 errors.append(f"unknown key {section_name}.{key} (known: {', '.join(hints)})")
                 continue
+            if isinstance(value, bool) and (section_name, key) in _FORMER_BOOLS:
+                value = _FORMER_BOOLS[section_name, key][0 if value else 1]
             coerced = _coerce(value, hints[key], f"{section_name}.{key}", errors)
             if coerced is not None:
                 setattr(section, key, coerced)

@@ -10,7 +10,6 @@ import dataclasses
 import itertools
 import math
 import random
-import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,27 +33,46 @@ class AccessDenied(UserError):
 
 
 UNDESIRED_PRESETS = ("heavy", "light", "none")
-_PERMUTATION = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+def _permutation_spans(prompt: str) -> list[tuple[int, int]]:
+    """``(start, end)`` of every ``{…}`` group without braces inside and with a comma, left to right
+    (one linear scan: a regex for this backtracks quadratically on ``{,,,,…`` without a closing brace)."""
+    spans, opened = [], None
+    for i, ch in enumerate(prompt):
+        if ch == "{":
+            opened = i
+        elif ch == "}":
+            if opened is not None and "," in prompt[opened + 1 : i]:
+                spans.append((opened, i + 1))
+            opened = None
+    return spans
 
 
 def expand_permutations(prompt: str, limit: int) -> list[str]:
     """Midjourney-style `{a, b}` groups (containing a comma) → one prompt per combination."""
-    groups = [[part.strip() for part in m.group(1).split(",")] for m in _PERMUTATION.finditer(prompt)]
-    if not groups:
+    spans = _permutation_spans(prompt)
+    if not spans:
         return [prompt]
+    groups = [[part.strip() for part in prompt[start + 1 : end - 1].split(",")] for start, end in spans]
     total = 1
     for g in groups:
         total *= len(g)
     if total > limit:
         raise UserError(f"That prompt expands to {total} prompts; the limit is {limit}. Use fewer `{{a, b}}` options.")
-    pieces = _PERMUTATION.split(prompt)  # text, group, text, group, ..., text
+    ends = [0, *(end for _, end in spans)]
+    texts = [prompt[a:start] for a, (start, _) in zip(ends, spans, strict=False)] + [prompt[spans[-1][1]:]]
     prompts = []
     for combo in itertools.product(*groups):
-        out = pieces[0]
-        for choice, tail in zip(combo, pieces[2::2], strict=True):
+        out = texts[0]
+        for choice, tail in zip(combo, texts[1:], strict=True):
             out += choice + tail
         prompts.append(out)
     return prompts
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 120 else f"{seconds:.0f} s"
 
 
 def new_seed() -> int:
@@ -218,9 +236,9 @@ class JobService:
         if self.count_tokens is None or not text:
             return
         limit = 75 * self.config.model.max_chunks
-        n = self.count_tokens(text)
+        n = self.count_tokens(text, limit)
         if n > limit:
-            raise UserError(f"That prompt is {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
+            raise UserError(f"That prompt is at least {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
 
     def cost(self, params: JobParams, policy: CostPolicy | None = None) -> int:
         """The price under `policy` (the guild's, from `Ledger.policy_for`; default: the built-in one)."""
@@ -245,17 +263,7 @@ class JobService:
         `request_key` identifies the Discord request (interaction id, or reaction + message):
         a retry of the same request returns the same jobs and charges nothing more.
         """
-        if self.hypernets is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
-            params_list = await self.hypernets.apply(guild_id, user_id, params_list)
-        if self.rules is not None:  # the server's limits, banned words, negatives and NSFW rules
-            params_list = await self.rules.apply(guild_id, channel_id, params_list)
-            for params in params_list:
-                self.check_tokens(params.negative)
-        policy = await self.ledger.policy_for(guild_id)
-        total = sum(self.cost(p, policy) for p in params_list)
-        balance = await self.ledger.balance(guild_id, user_id)
-        if total > balance:
-            raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
+        params_list, policy, total = await self.check(params_list, guild_id, channel_id, user_id)
         jobs = []
         try:
             for i, params in enumerate(params_list):
@@ -283,6 +291,40 @@ class JobService:
         if self.worker:
             self.worker.wake()
         return jobs
+
+    async def check(
+        self, params_list: list[JobParams], guild_id: int, channel_id: int, user_id: int
+    ) -> tuple[list[JobParams], CostPolicy, int]:
+        """Everything `submit` checks before it writes: modules, the server's rules and the member's
+        credits.  Returns the parameters as they will be queued, the guild's cost policy and the total
+        price; raises `UserError`.  Commands that must store uploads call it first, so a refused
+        request leaves nothing behind."""
+        if self.hypernets is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
+            params_list = await self.hypernets.apply(guild_id, user_id, params_list)
+        if self.rules is not None:  # the server's limits, banned words, negatives and NSFW rules
+            params_list = await self.rules.apply(guild_id, channel_id, params_list)
+            for params in params_list:
+                self.check_tokens(params.negative)
+        self._check_gpu_time(params_list)
+        policy = await self.ledger.policy_for(guild_id)
+        total = sum(self.cost(p, policy) for p in params_list)
+        balance = await self.ledger.balance(guild_id, user_id)
+        if total > balance:
+            raise UserError(f"This costs {total} credits and you have {balance}. Use `/credits` to see when you get more.")
+        return params_list, policy, total
+
+    def _check_gpu_time(self, params_list: list[JobParams]) -> None:
+        """Refuse a job whose estimated GPU time is over ``limits.max_job_gpu_s``: its compute (the
+        price without any server's multipliers) times the worker's measured seconds per unit."""
+        cap = self.config.limits.max_job_gpu_s
+        if not cap or self.worker is None:
+            return
+        seconds = max(self.cost(p) for p in params_list) * self.worker.stats.seconds_per_cost
+        if seconds > cap:
+            raise UserError(
+                f"That job would take about {_duration(seconds)} of GPU time; this bot allows {_duration(cap)} per job. "
+                "Use fewer steps, a smaller size or fewer images (nothing was charged)."
+            )
 
     async def _cancel_all(self, jobs: list[Any], actor_id: int) -> None:
         for job in jobs:

@@ -8,13 +8,12 @@ restart, a reroll or a chained outpaint finds them again.
 from __future__ import annotations
 
 import dataclasses
-import io
 import math
 from typing import Any
 
 from PIL import Image
 
-from gen_core.images import load_image, to_rgb
+from gen_core.images import load_image, png_bytes, to_rgb
 from gen_core.outpaint import FILLS, MaskError, OutpaintPlan, inpaint_mask, plan_outpaint, work_size
 from services.jobs import ImagineOptions, UserError, new_seed
 from worker.jobs import InpaintParams, OutpaintParams, params_of, sampling_fields
@@ -22,12 +21,6 @@ from worker.jobs import InpaintParams, OutpaintParams, params_of, sampling_field
 CANDIDATES = 4
 # Button action → outpaint direction (the picked image's directional buttons).
 DIRECTION_ACTIONS = {"left": "left", "right": "right", "up": "up", "down": "down", "zoom": "zoom1.5"}
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
 
 
 class OutpaintService:

@@ -135,6 +135,8 @@ class DiscordPublisher:
             f" · seed {seeds}" + (f" · η {eta}" if eta is not None else "") + ui.img2img_note(*(job.params.get(k) for k in ("strength", "noise", "fit"))) + "\n"
             f"Cost {job.cost} credits · balance {balance} · job #{job.id}"
         )
+        if blurred := sum(1 for img in images if img.get("blurred")):
+            content += f"\n🔞 {blurred} of {len(images)} blurred by the image safety check: this is not an age-restricted channel."
         channel = await self._channel(job.channel_id)
         message = await channel.send(
             content=content,

@@ -4,15 +4,16 @@ banned words and regexes, the server negative prompt, NSFW gating and the option
 Two hooks carry them to every command, button and reaction: `Services.check_access` asks `refusal()`
 (bans, channels) once the interaction is acknowledged, and `JobService.submit` passes every parameter set through `apply()` (limits, words,
 negatives, NSFW) before pricing it.  The settings they read (limits, negatives, NSFW rules, channels, banned
-words) come typed from `services.settings.ServerSettings`.  Hypernetwork training jobs are checked against
-``max_train_images`` / ``max_train_steps``.
+words) come typed from `services.settings.ServerSettings`; banned words and NSFW terms arrive as RE2
+filters (``services.text_filter``) that match the text the model will see.  Hypernetwork training jobs are
+checked against ``max_train_images`` / ``max_train_steps``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import re
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,13 +23,15 @@ from PIL import Image, ImageFilter
 from gen_core.types import GeneratedImage
 from services.jobs import UserError
 from services.settings import Limits, NsfwRules
+from services.text_filter import WordFilter, shown
 from storage import moderation
 from worker.jobs import HypernetTrainParams, ImagineMode, ImagineParams, JobParams
+
+log = logging.getLogger(__name__)
 
 SafetyCheck = Callable[[Image.Image], bool]
 """An image safety check: True means the image must not be shown in a non-NSFW channel."""
 
-REGEX_PREFIX = "re:"
 
 
 @dataclass(frozen=True)
@@ -36,37 +39,12 @@ class Rules:
     """Everything that applies to one request in one channel."""
 
     limits: Limits
-    banned: tuple[str, ...]
+    banned: WordFilter
     negative: str
     nsfw: NsfwRules
     nsfw_channel: bool
 
 
-def word_pattern(entry: str) -> re.Pattern[str]:
-    """A banned entry as a case-insensitive pattern: ``re:<regex>`` as is, a word or phrase as a whole word."""
-    if entry.startswith(REGEX_PREFIX):
-        return re.compile(entry[len(REGEX_PREFIX):], re.IGNORECASE)
-    return re.compile(rf"(?<!\w){re.escape(entry)}(?!\w)", re.IGNORECASE)
-
-
-def validate_banned_entry(entry: str) -> str:
-    """The entry as it will be stored, or `UserError` saying what is wrong with it."""
-    entry = entry.strip()
-    if not entry:
-        raise UserError("Give a word, a phrase, or a regex written as `re:<pattern>`.")
-    if entry.startswith(REGEX_PREFIX):
-        if entry != entry.casefold():
-            raise UserError("Regexes are matched ignoring case and stored in lower case: write it in lower case "
-                            "(for `\\W`, `\\S`, `\\D` use `[^\\w]`, `[^\\s]`, `[^\\d]`).")
-        try:
-            word_pattern(entry)
-        except re.error as exc:
-            raise UserError(f"`{entry[len(REGEX_PREFIX):]}` is not a valid regex: {exc}.") from None
-    return entry.casefold()
-
-
-def _first_match(text: str, entries: tuple[str, ...]) -> str | None:
-    return next((e for e in entries if word_pattern(e).search(text)), None)
 
 
 def _join(*parts: str) -> str:
@@ -91,11 +69,20 @@ def blurred(image: GeneratedImage) -> GeneratedImage:
 class ServerRules:
     def __init__(self, services: Any) -> None:
         self.services = services
-        self.safety_check: SafetyCheck | None = None  # installed in code: services.rules.safety_check = fn
+        self.safety_check: SafetyCheck | None = None  # set at start from moderation.image_check (gen_core.safety)
+        self._reported: set[tuple[int, str]] = set()  # disabled regexes already written to the audit log
 
     @property
     def db(self) -> Any:
         return self.services.db
+
+    def describe_check(self) -> str:
+        """Which image check is active, in words (start-up log, `/admin nsfw`)."""
+        check = self.safety_check
+        if check is None:
+            return "no image check is active: flagged results cannot be blurred (see moderation.image_check)"
+        name = getattr(check, "name", None) or getattr(check, "__name__", type(check).__name__)
+        return f"{name} is active"
 
     # -- reading the rules -----------------------------------------------------------------------
     def is_nsfw_channel(self, channel_id: int | None) -> bool:
@@ -106,11 +93,22 @@ class ServerRules:
         guild, channel = await self.services.settings.in_channel(guild_id, channel_id)
         return Rules(
             limits=guild.limits_in(channel),
-            banned=guild.banned,
+            banned=await self._report_disabled(guild_id, guild.banned),
             negative=guild.negative,
             nsfw=guild.nsfw,
             nsfw_channel=self.is_nsfw_channel(channel_id),
         )
+
+    async def _report_disabled(self, guild_id: int, banned: WordFilter) -> WordFilter:
+        """``banned``, whose stored regexes RE2 cannot run (written before it was the engine) are left out:
+        each is logged and recorded once per run in the audit log (actor 0: the bot); `/admin words list`
+        shows them."""
+        for entry, reason in banned.disabled:
+            if (guild_id, entry) not in self._reported:
+                self._reported.add((guild_id, entry))
+                log.warning("guild %s: banned regex %r disabled: %s", guild_id, entry, reason)
+                await moderation.audit(self.db, guild_id, 0, "words.disabled", details={"word": entry, "reason": reason})
+        return banned
 
     # -- the checks ------------------------------------------------------------------------------
     async def refusal(self, guild_id: int, user_id: int, channel_id: int | None, *, channel_rules: bool = True) -> str | None:
@@ -153,12 +151,11 @@ class ServerRules:
                 raise UserError(f"This server allows at most {lim.max_train_images} training images (you gave {len(p.train_images)}).")
             if p.train_steps > lim.max_train_steps:
                 raise UserError(f"This server allows at most {lim.max_train_steps} training steps (you asked for {p.train_steps}).")
-        if (hit := _first_match(p.prompt, rules.banned)) is not None:
-            shown = hit[len(REGEX_PREFIX):] if hit.startswith(REGEX_PREFIX) else hit
-            raise UserError(f"Your prompt contains `{shown}`, which is banned on this server. Rephrase it (nothing was queued).")
+        if (hit := rules.banned.first_match(p.prompt)) is not None:
+            raise UserError(f"Your prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
         extra = [rules.negative]
         if not rules.nsfw_channel:
-            if (hit := _first_match(p.prompt, rules.nsfw.terms)) is not None:
+            if (hit := rules.nsfw.terms.first_match(p.prompt)) is not None:
                 raise UserError(
                     f"`{hit}` is NSFW content, which this server allows only in age-restricted channels. "
                     "Use an age-restricted (NSFW) channel, or rephrase."

@@ -20,7 +20,9 @@ The schema, as stored (the layout of migration 0001; ``storage.settings`` keeps 
 
 Defaults are config.toml's (``[limits]``, ``[moderation]``, ``[credits]``); the bot's limits are also every
 override's ceiling: a write above one is refused and a stored value above one (config.toml lowered since)
-reads as the ceiling.  Banned words are rows of their own (``storage.moderation``) and read here too.
+reads as the ceiling.  Banned words are rows of their own (``storage.moderation``), read and written here
+too.  Banned entries and NSFW terms read as compiled `WordFilter`s (``services.text_filter``, RE2): an
+entry is checked when it is added, and a stored regex RE2 cannot run reads as disabled.
 """
 
 from __future__ import annotations
@@ -33,6 +35,15 @@ from typing import Any
 
 from services.config import Config
 from services.jobs import UserError
+from services.text_filter import (
+    REGEX_PREFIX,
+    PatternError,
+    WordFilter,
+    compile_entries,
+    compile_entry,
+    fold,
+    shown,
+)
 from storage import CostPolicy, JobKind, moderation, settings
 
 LIMIT_NAMES = ("max_steps", "max_area", "max_count", "max_train_images", "max_train_steps")
@@ -54,6 +65,25 @@ def check_strength(strength: float) -> float:
 
 def split_terms(text: str) -> tuple[str, ...]:
     return tuple(t.strip().casefold() for t in text.split(",") if t.strip())
+
+
+def validate_banned_entry(entry: str) -> str:
+    """A banned entry or NSFW term as it will be stored, or `UserError` saying what is wrong with it (a
+    regex must compile under RE2, the linear-time engine every filter runs on)."""
+    entry = entry.strip()
+    if not entry:
+        raise UserError("Give a word, a phrase, or a regex written as `re:<pattern>`.")
+    if entry.startswith(REGEX_PREFIX):
+        if entry != entry.casefold():
+            raise UserError("Regexes are matched ignoring case and stored in lower case: write it in lower case "
+                            "(for `\\W`, `\\S`, `\\D` use `[^\\w]`, `[^\\s]`, `[^\\d]`).")
+    elif not fold(entry).split():
+        raise UserError("Give a word or phrase with letters or digits in it.")
+    try:
+        compile_entry(entry.casefold())
+    except PatternError as exc:
+        raise UserError(f"`{shown(entry)}` is not a valid regex: {exc}.") from None
+    return entry.casefold()
 
 
 @dataclass(frozen=True)
@@ -79,7 +109,7 @@ class Limits:
 
 @dataclass(frozen=True)
 class NsfwRules:
-    terms: tuple[str, ...]
+    terms: WordFilter
     negative: str
     image_check: bool
 
@@ -109,7 +139,7 @@ class GuildSettings:
     negative: str
     nsfw: NsfwRules
     policy: CostPolicy
-    banned: tuple[str, ...]
+    banned: WordFilter  # ``disabled``: stored regexes RE2 cannot run (written before it was the engine)
     hypernets: Mapping[int, tuple[ActiveHypernet, ...]]  # per member id
 
     def limits_in(self, channel: ChannelSettings | None = None) -> Limits:
@@ -150,12 +180,12 @@ class ServerSettings:
             limit_overrides=dict(blob.get("limits") or {}),
             negative=blob.get("negative") or "",
             nsfw=NsfwRules(
-                terms=split_terms(nsfw.get("terms", conf.nsfw_terms)),
+                terms=compile_entries(split_terms(nsfw.get("terms", conf.nsfw_terms))),
                 negative=nsfw.get("negative", conf.sfw_negative),
-                image_check=nsfw.get("image_check", conf.image_check),
+                image_check=nsfw.get("image_check", conf.image_check != "false"),
             ),
             policy=settings.policy_of(blob, self.base_policy),
-            banned=tuple(words),
+            banned=compile_entries(tuple(words)),
             hypernets=hypernets,
         )
 
@@ -243,7 +273,7 @@ class ServerSettings:
         """Change the guild's NSFW rules (None: unchanged); returns what changed."""
         patch: dict[str, Any] = {}
         if terms is not None:
-            patch["terms"] = ", ".join(split_terms(terms))
+            patch["terms"] = ", ".join(validate_banned_entry(term) for term in split_terms(terms))
         if negative is not None:
             patch["negative"] = negative.strip()
         if image_check is not None:
@@ -252,6 +282,17 @@ class ServerSettings:
             current = (await settings.get_guild_settings(self.db, guild_id)).get("nsfw") or {}
             await settings.update_guild_settings(self.db, guild_id, {"nsfw": {**current, **patch}}, actor_id)
         return patch
+
+    async def add_banned_word(self, guild_id: int, actor_id: int, entry: str) -> str:
+        """Ban a word, a phrase or a ``re:`` regex (checked by `validate_banned_entry`); the entry as stored."""
+        entry = validate_banned_entry(entry)
+        if not await moderation.add_banned_word(self.db, guild_id, entry, actor_id):
+            raise UserError(f"`{entry}` is already banned.")
+        return entry
+
+    async def remove_banned_word(self, guild_id: int, entry: str) -> bool:
+        """Allow a banned entry again; False if it was not banned."""
+        return await moderation.remove_banned_word(self.db, guild_id, entry)
 
     async def set_negative(self, guild_id: int, actor_id: int, value: str | None) -> str | None:
         """Set (None or blank: remove) the negative prompt added to every request; returns what is stored."""

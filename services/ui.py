@@ -146,7 +146,7 @@ class JobButton(CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template
         """Only the job's owner or a moderator deletes a result or cancels a job."""
         if self.action not in ("delete", "cancel") or is_moderator(interaction.user):
             return
-        job = await interaction.client.services.actions.job(self.job_id)
+        job = await interaction.client.services.actions.job(self.job_id, interaction.guild_id)
         if interaction.user.id != job.user_id:
             what = "made this image" if self.action == "delete" else "asked for this job"
             raise UserError(f"Only the person who {what} or a moderator can {self.action} it.")

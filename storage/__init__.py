@@ -113,15 +113,17 @@ Images
 Other repositories (module functions taking ``db``)
 ---------------------------------------------------
 * ``storage.settings``: touch_user, touch_guild, get_guild_settings, update_guild_settings, set_guild_policy,
-  policy_of, guild_policy, get_channel_settings, update_channel_settings, guild_channel_settings.
+  policy_of, guild_policy, get_channel_settings, update_channel_settings (``WrongGuild`` for another server's
+  channel), guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
 * ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
+* ``storage.gc``: collect (image-store blobs no image row and no job refers to; run at start).
 """
 
-from storage import hypernetworks, images, moderation, settings
-from storage.db import Database, utcnow
-from storage.errors import InsufficientCredits, QueueFull, StorageError
+from storage import gc, hypernetworks, images, moderation, settings
+from storage.db import Database, masked_url, utcnow
+from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
 from storage.images import ImageRepo
 from storage.ledger import Ledger
@@ -179,9 +181,12 @@ __all__ = [
     "StorageError",
     "User",
     "WorkerRecord",
+    "WrongGuild",
     "compute_cost",
     "denoised_steps",
+    "gc",
     "images",
+    "masked_url",
     "moderation",
     "hypernetworks",
     "settings",

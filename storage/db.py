@@ -43,6 +43,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def masked_url(url: str | URL) -> str:
+    """A database URL fit for logs: the password replaced by ``***``."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def install_sqlite_hooks(engine: Engine, *, busy_timeout_ms: int, foreign_keys: bool = True) -> None:
     """Take transaction control away from the sqlite3 driver and set the connection pragmas (``engine`` is a
     sync ``Engine``; for an ``AsyncEngine`` pass its ``sync_engine``).
@@ -238,4 +243,4 @@ class Database:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"Database({self.url.render_as_string(hide_password=True)!r})"
+        return f"Database({masked_url(self.url)!r})"

@@ -10,6 +10,10 @@ class StorageError(Exception):
     """Base class of all storage errors."""
 
 
+class WrongGuild(StorageError):
+    """A row of another server was named (ids from members are not trusted across servers)."""
+
+
 class InsufficientCredits(StorageError):
     """The account cannot pay ``cost``; nothing was written."""
 

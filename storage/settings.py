@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from storage import _sql
 from storage.db import Database
+from storage.errors import WrongGuild
 from storage.models import ChannelSettings, GuildSettings
 from storage.policy import CostPolicy
 
@@ -108,6 +109,8 @@ async def update_channel_settings(
     def unit(s: Session) -> ChannelSettings:
         _sql.ensure_guild(s, guild_id, now)
         row = s.get(ChannelSettings, channel_id, with_for_update=True)
+        if row is not None and row.guild_id != guild_id:
+            raise WrongGuild(f"channel {channel_id} belongs to another server")
         if row is None:
             row = ChannelSettings(
                 channel_id=channel_id,

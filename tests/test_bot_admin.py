@@ -260,6 +260,7 @@ async def test_nsfw_only_in_age_restricted_channels_with_negative_and_image_chec
         return True
 
     bot_env.services.rules.safety_check = flag_everything
+    await admin(bot_env, emu.user("mod"), general, "nsfw", image_check=True)  # the test config turns checks off
     before = await bot_env.balance(guild, alice)
     text = await refusal(await imagine(bot_env, alice, general, prompt="a NUDE statue"))
     assert "`nude` is NSFW content" in text and "age-restricted" in text
@@ -283,7 +284,7 @@ async def test_nsfw_only_in_age_restricted_channels_with_negative_and_image_chec
 
     mod = emu.user("mod")
     text = await admin(bot_env, mod, general, "nsfw", terms="gore, blood", image_check=False)
-    assert "gore, blood" in text and "off (installed)" in text
+    assert "gore, blood" in text and "off (flag_everything is active)" in text
     assert "`blood` is NSFW" in await refusal(await imagine(bot_env, alice, general, prompt="blood moon"))
 
 

@@ -199,7 +199,7 @@ async def test_invalid_options_refused_ephemerally_without_charge(bot_env: BotEn
     before = await bot_env.balance(guild, alice)
 
     text = await refusal(await imagine(bot_env, alice, channel, prompt=" ".join(["cat"] * 300)))
-    n, limit = map(int, re.search(r"That prompt is (\d+) tokens; the limit is (\d+)", text).groups())
+    n, limit = map(int, re.search(r"That prompt is at least (\d+) tokens; the limit is (\d+)", text).groups())
     assert limit == 75 * bot_env.config.model.max_chunks and n > limit
 
     text = await refusal(await imagine(bot_env, alice, channel, steps=limits.max_steps + 1))

@@ -139,3 +139,13 @@ def test_open_image_is_lazy_and_damaged_files_are_reported():
 def test_equal_looking_limits_get_more_digits():
     with pytest.raises(ImageInputError, match=r"^Image is 4100×4100 = 16\.81 MP; the limit is 16\.777 MP$"):
         load_image(png_header_only(4100, 4100))
+
+
+def test_multi_picture_jpegs_give_their_first_picture():
+    """Phones write MPO files (a JPEG with more pictures appended): the first picture is used."""
+    first, second = Image.new("RGB", (40, 30), (200, 10, 10)), Image.new("RGB", (40, 30), (10, 10, 200))
+    buf = io.BytesIO()
+    first.save(buf, "MPO", save_all=True, append_images=[second])
+    assert Image.open(io.BytesIO(buf.getvalue())).format == "MPO"
+    image = load_image(buf.getvalue())
+    assert image.size == (40, 30) and image.getpixel((20, 15))[0] > 150

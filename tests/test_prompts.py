@@ -412,3 +412,18 @@ def test_module_doctests():
 
     result = doctest.testmod(gen_core.prompts)
     assert result.attempted >= 8 and result.failed == 0
+
+
+def test_count_tokens_with_a_limit_skips_tokenizing_prompts_that_cannot_fit(tokenizer):
+    """3,000 bracketed words are 3,000 runs, each at least a token: refused without tokenizing each."""
+    text = "(a" * 3000
+    assert count_tokens(text, tokenizer, limit=225) == 3000 == count_tokens(text, tokenizer)
+    assert count_tokens("a (b) c", tokenizer, limit=2) == 3
+    assert count_tokens("(a) BREAK b", tokenizer, limit=225) == count_tokens("(a) BREAK b", tokenizer) == 2
+
+
+def test_deep_brackets_parse_the_same_way_with_bounded_work():
+    runs = parse_prompt_attention("[a" * 3000)
+    assert runs[0] == ("a", 1 / 1.1) and runs[1][1] == pytest.approx(1 / 1.1**2)
+    assert runs[-1][1] == 0.0  # below 1e-100: nothing left of the word
+    assert parse_prompt_attention("((a:1.5) b)") == [("a", 1.5 * 1.1), (" b", 1.1)]

@@ -38,9 +38,9 @@ async def test_defaults_are_the_bots_own(backend, tmp_path):
         assert guild.limits_in() == s.ceilings and await s.limits(GUILD, CHANNEL) == s.ceilings
         assert s.ceilings.max_steps == s.config.limits.max_steps and s.ceilings.max_area == 512 * 768
         conf = s.config.moderation
-        assert guild.nsfw.terms[:2] == ("nsfw", "nude") and guild.nsfw.negative == conf.sfw_negative
-        assert guild.nsfw.image_check is conf.image_check
-        assert guild.negative == "" and guild.banned == () and guild.hypernets == {}
+        assert guild.nsfw.terms.names[:2] == ("nsfw", "nude") and guild.nsfw.negative == conf.sfw_negative
+        assert guild.nsfw.image_check is (conf.image_check != "false")
+        assert guild.negative == "" and guild.banned.names == () and guild.hypernets == {}
         assert guild.policy == s.base_policy == await s.policy(GUILD)
         assert await s.channels(GUILD) == []
 
@@ -56,7 +56,10 @@ async def test_writes_keep_the_stored_layout_and_read_back_typed(backend, tmp_pa
         await s.set_policy(GUILD, ADMIN, {"multipliers": {"edit": 3.0}})  # merged with the guild's
         await s.set_hypernets(GUILD, MEMBER, [ActiveHypernet(3, 0.5), ActiveHypernet(4, -1.0)])
         await s.set_channel_access(GUILD, ADMIN, CHANNEL, "allow")
-        await moderation.add_banned_word(db, GUILD, "badword")
+        assert await s.add_banned_word(GUILD, ADMIN, " BadWord ") == "badword"
+        with pytest.raises(UserError, match="already banned"):
+            await s.add_banned_word(GUILD, ADMIN, "badword")
+        await moderation.add_banned_word(db, GUILD, "re:(a)\\1")  # stored before RE2: it cannot run
 
         assert await settings.get_guild_settings(db, GUILD) == {
             "limits": {"max_steps": 20, "max_count": 3},
@@ -75,8 +78,9 @@ async def test_writes_keep_the_stored_layout_and_read_back_typed(backend, tmp_pa
         guild, channel = await s.in_channel(GUILD, CHANNEL)
         assert (guild.limits_in().max_steps, guild.limits_in().max_count, guild.limits_in().max_queued) == (20, 3, 2)
         assert (guild.limits_in(channel).max_steps, guild.limits_in(channel).max_count) == (30, 1)  # over the guild's
-        assert guild.negative == "ugly hands" and guild.banned == ("badword",)
-        assert guild.nsfw.terms == ("gore", "blood") and guild.nsfw.image_check is False
+        assert guild.negative == "ugly hands" and guild.banned.names == ("badword",)
+        assert [entry for entry, _ in guild.banned.disabled] == ["re:(a)\\1"]
+        assert guild.nsfw.terms.names == ("gore", "blood") and guild.nsfw.image_check is False
         assert guild.nsfw.negative == s.config.moderation.sfw_negative
         assert guild.policy.start_balance == 42 and guild.policy.multipliers["mix"] == 2.0
         assert guild.hypernets == {MEMBER: (ActiveHypernet(3, 0.5), ActiveHypernet(4, -1.0))}
@@ -125,6 +129,8 @@ async def test_stored_values_above_the_bots_limits_read_as_its_limits(backend, t
         (lambda s: s.set_hypernets(GUILD, MEMBER, [ActiveHypernet(1, 2.5)]), "Strength must be between -2 and 2"),
         (lambda s: s.set_hypernets(GUILD, MEMBER, [ActiveHypernet(i, 1.0) for i in range(5)]), "At most 4 modules"),
         (lambda s: s.set_channel_access(GUILD, ADMIN, CHANNEL, "maybe"), "`maybe` is not a channel setting"),
+        (lambda s: s.add_banned_word(GUILD, ADMIN, "re:(a)\\1"), "not a valid regex"),
+        (lambda s: s.set_nsfw(GUILD, ADMIN, terms="gore, \u200b"), "letters or digits"),
     ],
 )
 async def test_invalid_writes_are_refused_and_store_nothing(write, why, tmp_path):
@@ -133,3 +139,4 @@ async def test_invalid_writes_are_refused_and_store_nothing(write, why, tmp_path
             await write(s)
         assert await settings.get_guild_settings(db, GUILD) == {}
         assert await settings.get_channel_settings(db, CHANNEL) is None
+        assert await moderation.banned_words(db, GUILD) == []

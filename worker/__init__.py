@@ -259,7 +259,8 @@ class Worker:
             key = await self.store.put(data)
             size = {"width": gen.image.width, "height": gen.image.height}
             records.append({"key": key, "seed": gen.seed, "params": metadata, "batch_index": index, **size})
-            stored.append({"key": key, "seed": gen.seed, **size})
+            stored.append({"key": key, "seed": gen.seed, **size,
+                           **({"blurred": True} if metadata.get("Safety check") == "blurred" else {})})  # fmt: skip
         # the images enter the history with the completion, or not at all (cancelled or reaped meanwhile)
         if await self.queue.complete(job.id, {"images": stored}, images=records, worker_id=self.worker_id):
             await self.announce(job, fresh=True)

@@ -1,0 +1,39 @@
+"""Filters end to end: what the model would read is what is checked; admin regexes cannot stall the bot."""
+
+from __future__ import annotations
+
+from storage import moderation
+from tests.bot_fixtures import BotEnv
+from tests.test_bot_admin import admin, assert_nothing_queued, audit_actions, imagine, jobs_of, refusal
+
+
+async def test_bracket_and_unicode_evasions_are_refused(bot_env: BotEnv):
+    emu = bot_env.emu
+    guild, alice, mod = emu.guild(), emu.user("alice"), emu.user("mod")
+    general = guild.channel("general")
+    await admin(bot_env, mod, general, "words add", word="spaceship")
+    before = await bot_env.balance(guild, alice)
+    for prompt in ("nu()de woman", "a nu[]de", "(nu()de:1.5)", "ｎｕｄｅ", "nu\u200bde", "nudes"):
+        assert "`nude` is NSFW content" in await refusal(await imagine(bot_env, alice, general, prompt=prompt))
+    for prompt in ("(space()ships:1.2)", "SPACE\u200bSHIP BREAK cat"):
+        assert "`spaceship`, which is banned" in await refusal(await imagine(bot_env, alice, general, prompt=prompt))
+    await assert_nothing_queued(bot_env, guild, alice, before)
+    await imagine(bot_env, alice, general, prompt="a therapist in Scunthorpe with a cocktail")
+    assert len(await jobs_of(bot_env, guild, alice, 1)) == 1
+
+
+async def test_catastrophic_regexes_run_in_linear_time_and_old_ones_are_disabled(bot_env: BotEnv):
+    emu = bot_env.emu
+    guild, alice, mod = emu.guild(), emu.user("alice"), emu.user("mod")
+    general = guild.channel("general")
+    await admin(bot_env, mod, general, "words add", word="re:(a+)+$")
+    text = await refusal(await emu.invoke(mod, general, "admin words add", {"word": "re:(a)\\1"}))
+    assert "not a valid regex" in text and "backreferences" in text
+    # stored before RE2 was the engine: it cannot run, so it is disabled, audited and listed
+    await moderation.add_banned_word(bot_env.services.db, guild.id, "re:(?<=x)y", mod.id)
+    await imagine(bot_env, alice, general, prompt="a" * 40 + "!")  # Python's re: minutes; RE2: microseconds
+    assert len(await jobs_of(bot_env, guild, alice, 1)) == 1
+    assert "`(a+)+$`" in await refusal(await imagine(bot_env, alice, general, prompt="a cat, aaa"))
+    assert "words.disabled" in await audit_actions(bot_env, guild)
+    listed = await admin(bot_env, mod, general, "words list")
+    assert "`re:(?<=x)y` (regex) — **disabled**" in listed and "`re:(a+)+$` (regex)\n" in listed + "\n"
