@@ -38,10 +38,10 @@ async def test_imagine_variation_upscale_on_sdxl(sdxl_env: BotEnv):
     params = await params_of(sdxl_env, first.attachments[0])
     assert params["seed"] == 3 and params["model"] == sdxl_env.services.worker.engine.model_name
 
-    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "V1"))
+    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "Vary (Strong)"))
     variation = await emu.wait_for_message(channel, another(first), timeout=60)
     assert (variation.attachments[0].width, variation.attachments[0].height) == (208, 304)
-    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "U1"))
+    await emu.click(alice, first, next(b.custom_id for b in first.buttons if b.label == "Upscale"))
     upscaled = await emu.wait_for_message(channel, lambda m: another(first)(m) and m.id != variation.id, timeout=60)
     assert (upscaled.attachments[0].width, upscaled.attachments[0].height) == (416, 608)
     assert emu.failures == []
