@@ -2,7 +2,7 @@
 
 Reads `config.toml` (+ environment overrides), builds the bot, upgrades the database, loads
 every cog in `cogs/`, starts the GPU worker and syncs the slash commands.  `--sandbox` runs the
-same bot against the local Discord emulator with the tiny model and no Discord account, shown in a
+same bot against the local Discord emulator with the toy-world model and no Discord account, shown in a
 local web page (see the `sandbox` package).
 """
 
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Self-hosted Stable Diffusion bot for Discord.")
     parser.add_argument("command", nargs="?", choices=["run", "migrate"], default="run")
     parser.add_argument("--config", default="config.toml", help="path to the TOML configuration (default: config.toml)")
-    parser.add_argument("--sandbox", action="store_true", help="run against a local Discord emulator with the tiny model, in a web page")
+    parser.add_argument("--sandbox", action="store_true", help="run against a local Discord emulator with the toy-world model, in a web page")
     parser.add_argument("--port", type=int, default=0, help="sandbox: the page's port on 127.0.0.1 (default 0: any free one)")
     parser.add_argument("--no-browser", action="store_true", help="sandbox: only print the page's URL, never open a browser")
     parser.add_argument("--terminal", action="store_true", help="sandbox: read commands from stdin instead of serving a page")

@@ -268,9 +268,9 @@ def rows_semantics(r: dict[str, Any]) -> list[Row]:
     low, high = toy["red_share_emphasis_0.6_1.4"]
     rows.append(Row("semantics", "red's share at (red:0.6) / (red:1.4)", f"{low:.3f} / {high:.3f}", "higher at 1.4",
                     _check(high > low)))
-    shares = list(toy["mix_red_share_by_weight"].values())
-    rows.append(Row("semantics", "blend red:w | blue:1-w, red's share at w = 0…1", " / ".join(f"{v:.3f}" for v in shares),
-                    "monotonic", _check(all(a <= b for a, b in zip(shares, shares[1:], strict=False)))))
+    redness = list(toy["mix_redness_by_weight"].values())
+    rows.append(Row("semantics", "blend red:w | blue:1-w, object's red − blue at w = 0…1", " / ".join(f"{v:.0f}" for v in redness),
+                    "monotonic", _check(all(a <= b for a, b in zip(redness, redness[1:], strict=False)))))
     return rows
 def rows_crash_recovery(r: dict[str, Any]) -> list[Row]:
     rec, soak, beat = r["recovery"], r["soak"], r["heartbeat"]

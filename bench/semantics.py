@@ -34,7 +34,7 @@ def measure(engine, prompts: int, seeds: tuple[int, ...], steps: int, ceilings: 
     many = tuple(range(100, 100 + 4 * len(seeds)))
     out["red_share_without_with_negative"] = sem.negative_effect(engine, many)
     out["red_share_emphasis_0.6_1.4"] = sem.emphasis_effect(engine, many)
-    out["mix_red_share_by_weight"] = dict(zip(("0", "0.25", "0.5", "0.75", "1"), sem.mix_red_shares(engine, many), strict=True))
+    out["mix_redness_by_weight"] = dict(zip(("0", "0.25", "0.5", "0.75", "1"), sem.mix_redness(engine, many), strict=True))
     if ceilings:
         truth, round_trip = sem.vae_ceiling(engine, prompts * len(seeds))
         out["judge_on_ground_truth"], out["judge_on_vae_round_trip"] = truth, round_trip

@@ -1,7 +1,7 @@
 """`python bot.py --sandbox`: the real bot against the local Discord emulator, shown in a web page.
 
 No Discord account and no download: the emulator plays Discord (a server with channels, members
-with and without Manage Server, DMs), the tiny model is built on first use, SQLite lives in
+with and without Manage Server, DMs), the shipped toy-world model draws, SQLite lives in
 data/sandbox.  The page (``web``) shows it like Discord's client and acts for the member you pick;
 ``--terminal`` drives it from stdin instead (``terminal``), for scripting.
 """

@@ -14,7 +14,7 @@ from services.config import Config
 # The members a person can act as: plain members, one with Manage Server, one with Administrator.
 MEMBERS = ("alice", "bob", "mod", "admin")
 NO_FILES = "no-files"
-START_TIMEOUT_S = 300.0  # the first start builds the tiny model
+START_TIMEOUT_S = 300.0  # a first start on a slow disk loads torch and the model
 
 
 @dataclass

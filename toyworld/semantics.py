@@ -113,19 +113,27 @@ def vae_ceiling(engine, n: int, seed: int = 0) -> tuple[dict[str, float], dict[s
             accuracy(scenes, [judge(p) for p in round_trip], attributes))
 
 
-def mix_red_shares(engine, seeds: Sequence[int], weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> list[float]:
-    """Red's share of blends "a red circle…:w | a blue circle…:1-w" (NovelAI-style embedding mix)."""
+def redness(images) -> float:
+    """Mean red-minus-blue of the pictures' non-white pixels (the object on a white background): from
+    about -170 for a blue object through purple (near 0) to about +170 for a red one."""
+    arr = np.stack([np.asarray(im, dtype=np.float32)[..., :3] for im in images])
+    body = np.abs(arr - 245).sum(-1) > 120
+    return float(((arr[..., 0] - arr[..., 2]) * body).sum() / max(1, body.sum()))
+
+
+def mix_redness(engine, seeds: Sequence[int], weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> list[float]:
+    """The object's :func:`redness` in blends "a red circle…:w | a blue circle…:1-w" (NovelAI-style mix)."""
     from gen_core.mix import BLEND, MixPart, MixRequest, generate_mix
 
     side = engine.geometry.native
-    parts = [MixPart("a red circle on a white background", 1.0), MixPart("a blue circle on a white background", 1.0)]
-    shares = []
+    red, blue = "a red circle on a white background", "a blue circle on a white background"
+    values = []
     for w in weights:
         reqs = [MixRequest(GenerationRequest(prompt="", width=side, height=side, steps=STEPS, seed=s),
-                           [MixPart(parts[0].text, w), MixPart(parts[1].text, 1 - w)], BLEND, normalize=False)
+                           [MixPart(red, w), MixPart(blue, 1 - w)], BLEND, normalize=False)
                 for s in seeds]
-        shares.append(mean_share([r.images[0].image for r in generate_mix(engine, reqs)], "red"))
-    return shares
+        values.append(redness([r.images[0].image for r in generate_mix(engine, reqs)]))
+    return values
 
 
 @dataclass(frozen=True)

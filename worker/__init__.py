@@ -134,7 +134,7 @@ class Worker:
                 await self.queue.release(list(self.running_jobs))
                 self._task.cancel()
         await self._stop_beating()
-        if not self._killed:
+        if self._task is not None and not self._killed:  # a worker that never started never registered
             await self.registration.leave()  # its unanswered jobs go to a live worker at once
         self.gpu.shutdown(wait=False, cancel_futures=True)
 
