@@ -23,24 +23,26 @@ def set_threads(threads: int | None) -> None:
 
 
 @contextmanager
-def tiny_model_dir(model_dir: str | Path | None = None, prefix: str = "bench-") -> Iterator[Path]:
-    """The tiny offline model's directory: ``model_dir`` (created there if missing), else one built in a
-    temporary directory that is removed on exit."""
+def tiny_model_dir(
+    model_dir: str | Path | None = None, prefix: str = "bench-", family: str = "sd1"
+) -> Iterator[Path]:
+    """The tiny offline model's directory (of ``family``): ``model_dir`` (created there if missing), else
+    one built in a temporary directory that is removed on exit."""
     from gen_core.tiny import ensure_tiny_model
 
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        yield ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny")
+        yield ensure_tiny_model(Path(model_dir) if model_dir else Path(tmp) / "tiny", family=family)
 
 
 def tiny_engine(
-    model_dir: str | Path | None = None, threads: int | None = None, prefix: str = "bench-"
+    model_dir: str | Path | None = None, threads: int | None = None, prefix: str = "bench-", family: str = "sd1"
 ) -> Engine:
     """An ``Engine`` loaded from the tiny offline model (see ``tiny_model_dir``), after ``set_threads``."""
     from gen_core.engine import Engine
     from gen_core.types import EngineConfig
 
     set_threads(threads)
-    with tiny_model_dir(model_dir, prefix) as path:
+    with tiny_model_dir(model_dir, prefix, family) as path:
         return Engine.load(EngineConfig(model_path=str(path)))
 
 

@@ -6,7 +6,10 @@ validation, scheduler set-up, generator set-up and result wrapping are all count
 A third variant adds a progress callback with previews every 5 steps.  Runs are interleaved
 (the order alternates each round) and medians reported; the target is a ratio <= 1.05.
 
-    python -m bench.engine_overhead [--size 512] [--steps 20] [--runs 7] [--model-dir DIR]
+``--family sdxl`` runs the same comparison on the tiny SDXL model (both text encoders, pooled
+embeddings and size conditioning passed to the bare SDXL pipeline call too).
+
+    python -m bench.engine_overhead [--size 512] [--steps 20] [--runs 7] [--model-dir DIR] [--family sdxl]
 
 ``run(...)`` returns a dict for a bench runner.
 """
@@ -35,11 +38,12 @@ def run(
     sampler: str = "Euler a",
     seed: int = 1234,
     model_dir: str | Path | None = None,
+    family: str = "sd1",
 ) -> dict[str, Any]:
     from gen_core.samplers import make_scheduler
     from gen_core.types import GenerationRequest
 
-    engine = tiny_engine(model_dir, prefix="bench-engine-")
+    engine = tiny_engine(model_dir, prefix="bench-engine-", family=family)
 
     request = GenerationRequest(
         PROMPT, negative=NEGATIVE, width=size, height=size, steps=steps, cfg=7.0, sampler=sampler, seed=seed
@@ -47,6 +51,7 @@ def run(
     pipe = engine.txt2img
     with torch.inference_mode():
         cond, uncond = engine.encoder.encode_pair(PROMPT, NEGATIVE, clip_skip=request.clip_skip)
+        added = engine.added_call_kwargs(engine.pooled_all([request]), [1], size, size)
     bare_scheduler = make_scheduler(sampler, pipe.scheduler.config)
 
     def bare():
@@ -59,6 +64,7 @@ def run(
             num_inference_steps=steps,
             guidance_scale=7.0,
             generator=torch.Generator("cpu").manual_seed(seed),
+            **added,
         ).images[0]
 
     def ours():
@@ -74,6 +80,7 @@ def run(
     return {
         "bench": "engine_overhead",
         **tiny_engine_fields(engine),
+        "family": engine.family,
         "size": f"{size}x{size}",
         "steps": steps,
         "sampler": sampler,
@@ -95,9 +102,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=7)
     parser.add_argument("--sampler", default="Euler a")
     parser.add_argument("--model-dir", default=None, help="existing/created tiny model directory")
+    parser.add_argument("--family", choices=("sd1", "sdxl"), default="sd1", help="tiny model layout")
     args = parser.parse_args(argv)
     result = run(
-        size=args.size, steps=args.steps, runs=args.runs, sampler=args.sampler, model_dir=args.model_dir
+        size=args.size,
+        steps=args.steps,
+        runs=args.runs,
+        sampler=args.sampler,
+        model_dir=args.model_dir,
+        family=args.family,
     )
     print(json.dumps(result, indent=2))
     print(

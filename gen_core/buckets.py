@@ -27,6 +27,7 @@ __all__ = [
     "nearest_bucket",
     "parse_aspect",
     "scale_buckets",
+    "sdxl_buckets",
 ]
 
 DEFAULT_MAX_AREA = 512 * 768
@@ -117,6 +118,33 @@ def scale_buckets(max_area: int, step: int = 64) -> list[Size]:
         step=step,
         square=_floor_to(_DEFAULT_SQUARE * factor, step),
     )
+
+
+#: SDXL's ~1 MP training resolutions as people use them (Stability's recommended list), at 1024 px.
+SDXL_BUCKETS: tuple[Size, ...] = (
+    (1024, 1024),
+    (1152, 896),
+    (896, 1152),
+    (1216, 832),
+    (832, 1216),
+    (1344, 768),
+    (768, 1344),
+    (1536, 640),
+    (640, 1536),
+)
+SDXL_AREA = 1024 * 1024
+
+
+def sdxl_buckets(max_area: int = SDXL_AREA, step: int = 64) -> list[Size]:
+    """SDXL's bucket list scaled to a pixel budget (sides rounded down to ``step``), sorted.
+
+    ``sdxl_buckets()`` is the list itself (1024², 832×1216, …, 1536×640); a model trained at 512 px
+    in SDXL's layout gets the same shapes at a quarter of the area.
+    """
+    if max_area <= 0:
+        raise ValueError("max_area must be positive")
+    factor = math.sqrt(max_area / SDXL_AREA)
+    return sorted({(_floor_to(w * factor, step), _floor_to(h * factor, step)) for w, h in SDXL_BUCKETS})
 
 
 def _buckets(buckets) -> list[Size]:

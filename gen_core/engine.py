@@ -13,6 +13,7 @@ every device; pixels are identical for the same seed, settings, device and dtype
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import importlib
@@ -22,16 +23,26 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import StableDiffusionImg2ImgPipeline, StableDiffusionPipeline
+from diffusers import (
+    AutoencoderKL,
+    StableDiffusionImg2ImgPipeline,
+    StableDiffusionInpaintPipeline,
+    StableDiffusionPipeline,
+    StableDiffusionXLImg2ImgPipeline,
+    StableDiffusionXLInpaintPipeline,
+    StableDiffusionXLPipeline,
+)
 from PIL import Image
 
 from gen_core import prompts
+from gen_core.family import resolve_family
 from gen_core.geometry import Geometry
+from gen_core.lora import LoraAdapters
 from gen_core.preview import latents_to_images, side_by_side
 from gen_core.samplers import canonical_sampler, make_scheduler
 from gen_core.types import (
@@ -62,6 +73,23 @@ _UNET_WEIGHT_FILES = (
     "diffusion_pytorch_model.safetensors.index.json",
 )
 _DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
+
+
+
+@dataclasses.dataclass(frozen=True)
+class Pipelines:
+    """The diffusers pipeline classes of a model family."""
+
+    txt2img: type
+    img2img: type
+    inpaint: type
+
+
+PIPELINES = {
+    "sd1": Pipelines(StableDiffusionPipeline, StableDiffusionImg2ImgPipeline, StableDiffusionInpaintPipeline),
+    "sdxl": Pipelines(StableDiffusionXLPipeline, StableDiffusionXLImg2ImgPipeline, StableDiffusionXLInpaintPipeline),
+}
+PIPELINES["sd2"] = PIPELINES["sd1"]
 # diffusers renamed the loading keyword torch_dtype -> dtype (the old one warns); older releases
 # only know torch_dtype.
 DTYPE_KW = (
@@ -156,6 +184,29 @@ def derive_pipeline(cls, pipe, dtype: torch.dtype):
         target.removeFilter(quiet)
 
 
+def family_of_pipeline(pipe) -> str:
+    """``sdxl`` for a pipeline with two text encoders; ``sd2`` / ``sd1`` by the text encoder's width."""
+    if getattr(pipe, "text_encoder_2", None) is not None:
+        return "sdxl"
+    return "sd2" if pipe.text_encoder.config.hidden_size == 1024 else "sd1"
+
+
+def _load_vae(path: str, like: AutoencoderKL, dtype: torch.dtype) -> AutoencoderKL:
+    """A replacement VAE: a diffusers folder (``vae/`` inside a model folder works too) or a single
+    file, read with the loaded VAE's architecture (no hub access)."""
+    import tempfile
+
+    source = Path(path).expanduser()
+    if source.is_dir():
+        sub = "vae" if (source / "vae" / "config.json").is_file() else None
+        return AutoencoderKL.from_pretrained(str(source), subfolder=sub, **{DTYPE_KW: dtype})
+    if not source.is_file():
+        raise FileNotFoundError(f"[model] vae not found: {path}")
+    with tempfile.TemporaryDirectory() as tmp:
+        like.save_config(tmp)
+        return AutoencoderKL.from_single_file(str(source), config=tmp, **{DTYPE_KW: dtype})
+
+
 def _megapixels(pixels: int) -> str:
     return f"{pixels / 1e6:.2f}".rstrip("0").rstrip(".")
 
@@ -174,26 +225,38 @@ class Engine:
 
     def __init__(
         self,
-        pipe: StableDiffusionPipeline,
+        pipe: StableDiffusionPipeline | StableDiffusionXLPipeline,
         config: EngineConfig,
         *,
         model_name: str,
         hash_file: Path | None = None,
     ) -> None:
         self.config = config
+        self.family = family_of_pipeline(pipe)
+        self.pipelines = PIPELINES[self.family]
         self.txt2img = pipe
         self.device = pipe.unet.device
         self.dtype = pipe.unet.dtype
-        self.img2img = derive_pipeline(StableDiffusionImg2ImgPipeline, pipe, self.dtype)
+        self.img2img = derive_pipeline(self.pipelines.img2img, pipe, self.dtype)
         for p in (self.txt2img, self.img2img):
             p.set_progress_bar_config(disable=True)
-        self.encoder = prompts.PromptEncoder(
-            pipe.tokenizer, pipe.text_encoder, clip_skip=config.clip_skip, max_chunks=config.max_chunks
-        )
+        self.encoder: prompts.PromptEncoder | prompts.SDXLPromptEncoder
+        if self.is_sdxl:
+            self.encoder = prompts.SDXLPromptEncoder(
+                (pipe.tokenizer, pipe.tokenizer_2),
+                (pipe.text_encoder, pipe.text_encoder_2),
+                clip_skip=config.clip_skip,
+                max_chunks=config.max_chunks,
+            )
+        else:
+            self.encoder = prompts.PromptEncoder(
+                pipe.tokenizer, pipe.text_encoder, clip_skip=config.clip_skip, max_chunks=config.max_chunks
+            )
         self.model_name = model_name
         self.scheduler_config = dict(pipe.scheduler.config)
         self.geometry = Geometry.of_pipeline(pipe)
         self.lock = threading.RLock()
+        self.loras = LoraAdapters(self, config.lora_cache_mb << 20)
         self._hash_file = hash_file
         self._model_hash: str | None = None
         self._hash_lock = threading.Lock()
@@ -211,31 +274,41 @@ class Engine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> Engine:
-        """Load the model once: a diffusers folder, a single ``.safetensors``/``.ckpt`` file or a hub id."""
+        """Load the model once: a diffusers folder, a single ``.safetensors``/``.ckpt`` file or a hub id.
+
+        The family (SD 1.x/2.x or SDXL) is detected from the checkpoint (``config.family`` decides
+        where that cannot tell); ``config.vae`` replaces the checkpoint's VAE.
+        """
         started = time.perf_counter()
+        family = resolve_family(config.model_path, config.family)
+        pipeline_cls = PIPELINES[family].txt2img
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         if dtype == torch.float16 and device.type == "cpu":
             log.warning("fp16 on the CPU is slow and partly unsupported; consider dtype='fp32'")
-        kwargs: dict[str, Any] = {DTYPE_KW: dtype, "safety_checker": None, "requires_safety_checker": False}
+        kwargs: dict[str, Any] = {DTYPE_KW: dtype}
+        if family != "sdxl":
+            kwargs |= {"safety_checker": None, "requires_safety_checker": False}
         path = Path(config.model_path).expanduser()
         hash_file: Path | None
         if path.is_dir():
-            pipe = StableDiffusionPipeline.from_pretrained(str(path), **kwargs)
+            pipe = pipeline_cls.from_pretrained(str(path), **kwargs)
             hash_file, name = _find_unet_weights(path), path.name
         elif path.is_file():
             if path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
                 raise ValueError(f"{path}: expected a diffusers folder or a .safetensors/.ckpt checkpoint")
             if config.single_file_config:
                 kwargs["config"] = config.single_file_config
-            pipe = StableDiffusionPipeline.from_single_file(str(path), **kwargs)
+            pipe = pipeline_cls.from_single_file(str(path), **kwargs)
             hash_file, name = path, path.stem
         elif _HUB_ID.match(str(config.model_path)) and path.suffix.lower() not in SINGLE_FILE_SUFFIXES:
-            pipe = StableDiffusionPipeline.from_pretrained(str(config.model_path), **kwargs)  # hub id
+            pipe = pipeline_cls.from_pretrained(str(config.model_path), **kwargs)  # hub id
             hash_file, name = None, str(config.model_path).split("/")[-1]
         else:
             raise FileNotFoundError(f"Model not found: {config.model_path}")
 
+        if config.vae:
+            pipe.register_modules(vae=_load_vae(config.vae, pipe.vae, dtype))
         pipe.to(device)
         cls.configure_modules(pipe, config, device)
         engine = cls(pipe, config, model_name=name, hash_file=hash_file)
@@ -249,7 +322,7 @@ class Engine:
         return engine
 
     @staticmethod
-    def configure_modules(pipe: StableDiffusionPipeline, config: EngineConfig, device: torch.device) -> None:
+    def configure_modules(pipe: Any, config: EngineConfig, device: torch.device) -> None:
         from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
         if config.attention == "sdpa":
@@ -273,6 +346,10 @@ class Engine:
             pipe.unet.compile()  # in place: the same module object stays shared by all pipelines
 
     # ------------------------------------------------------------------ properties
+
+    @property
+    def is_sdxl(self) -> bool:
+        return self.family == "sdxl"
 
     @property
     def unet(self):
@@ -323,6 +400,7 @@ class Engine:
             float(req.cfg),
             req.clip_skip,
             denoise,
+            tuple(req.loras),
         )
 
     def validate(self, req: GenerationRequest) -> None:
@@ -349,7 +427,7 @@ class Engine:
         if not isinstance(req.cfg, int | float) or not math.isfinite(req.cfg) or not 0 <= req.cfg <= 30:
             raise ValueError(f"CFG scale must be between 0 and 30 (got {req.cfg!r})")
         canonical_sampler(req.sampler)
-        layers = self.text_encoder.config.num_hidden_layers
+        layers = self.encoder.max_clip_skip
         if not isinstance(req.clip_skip, int) or not 1 <= req.clip_skip <= layers:
             raise ValueError(f"Clip skip must be between 1 and {layers} (got {req.clip_skip!r})")
         if req.seed is not None and (
@@ -413,15 +491,29 @@ class Engine:
         with self.lock, torch.inference_mode():
             if is_cancelled(cancel):
                 raise Cancelled()
-            embeds = self.encode_all(resolved)
-            results: list[GenerationResult | None] = [None] * len(resolved)
+            sets = list(dict.fromkeys(tuple(r.loras) for r in resolved))
+            if len(sets) > 1:  # prompts are encoded per LoRA set: refuse a bad one before any denoising
+                for text in (t for r in resolved if r.prompt_embeds is None for t in (r.prompt, r.negative)):
+                    self.encoder.tokenize(text)
+            n = len(resolved)
+            embeds: list = [None] * n
+            pooled: list = [None] * n if self.is_sdxl else []
+            results: list[GenerationResult | None] = [None] * n
             try:
-                for group in self.plan(resolved, embeds):
-                    if is_cancelled(cancel):
-                        raise Cancelled()
-                    images = self._run_group(group, resolved, embeds, progress, cancel, preview_every)
-                    for index in group:
-                        results[index] = GenerationResult(images=images[index], request=resolved[index])
+                for lora_set in sets:
+                    members = [i for i in range(n) if tuple(resolved[i].loras) == lora_set]
+                    with self.loras.active(lora_set):
+                        part = [resolved[i] for i in members]
+                        for i, e in zip(members, self.encode_all(part), strict=True):
+                            embeds[i] = e
+                        for i, p in zip(members, self.pooled_all(part), strict=False):
+                            pooled[i] = p
+                        for group in self.plan(resolved, embeds, members):
+                            if is_cancelled(cancel):
+                                raise Cancelled()
+                            images = self._run_group(group, resolved, embeds, pooled, progress, cancel, preview_every)
+                            for index in group:
+                                results[index] = GenerationResult(images=images[index], request=resolved[index])
             except torch.cuda.OutOfMemoryError:
                 # Give the cached blocks back so the next (smaller) job can run; the caller decides.
                 torch.cuda.empty_cache()
@@ -446,10 +538,83 @@ class Engine:
             out.append(cache[key])
         return out
 
-    def plan(self, reqs: list[GenerationRequest], embeds) -> list[list[int]]:
-        """Indices grouped into UNet batches, in order of first appearance."""
+    def pooled_all(self, reqs: list[GenerationRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """SDXL: each request's ``(pooled, negative pooled)`` text embedding, ``[1, dim]`` each (from
+        the texts, also for requests with ``prompt_embeds``); an empty list on other families."""
+        if not self.is_sdxl:
+            return []
+        cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        for r in reqs:
+            if (r.prompt, r.negative) not in cache:
+                both = self.encoder.pooled_many([r.prompt, r.negative]).to(self.device, self.dtype)
+                cache[(r.prompt, r.negative)] = (both[0:1], both[1:2])
+        return [cache[(r.prompt, r.negative)] for r in reqs]
+
+    def added_call_kwargs(
+        self, pooled: list[tuple[torch.Tensor, torch.Tensor]], counts: Sequence[int], width: int, height: int
+    ) -> dict[str, Any]:
+        """The extra arguments of an SDXL pipeline call: the pooled embeddings of a UNet batch (one
+        per image) and the size conditioning of the bucket (``add_time_ids``: original and target
+        size = the bucket, no crop); nothing on other families."""
+        if not self.is_sdxl:
+            return {}
+        return {
+            "pooled_prompt_embeds": torch.cat([p.expand(n, -1) for (p, _), n in zip(pooled, counts, strict=True)]),
+            "negative_pooled_prompt_embeds": torch.cat(
+                [q.expand(n, -1) for (_, q), n in zip(pooled, counts, strict=True)]
+            ),
+            "original_size": (height, width),
+            "target_size": (height, width),
+            "crops_coords_top_left": (0, 0),
+        }
+
+    def unet_added_kwargs(self, pooled: torch.Tensor | None, width: int, height: int) -> dict[str, Any]:
+        """Keyword arguments of a direct UNet call: SDXL's ``added_cond_kwargs`` for a batch with
+        ``pooled`` (``[B, dim]``) text embeddings at ``width`` x ``height``; nothing elsewhere."""
+        if pooled is None:
+            return {}
+        ids = torch.tensor([[height, width, 0, 0, height, width]], device=pooled.device, dtype=pooled.dtype)
+        return {"added_cond_kwargs": {"text_embeds": pooled, "time_ids": ids.expand(pooled.shape[0], -1)}}
+
+    def pooled(self, texts: list[str]) -> torch.Tensor | None:
+        """SDXL: the pooled embeddings ``[len(texts), dim]`` of prompts; ``None`` on other families."""
+        if not self.is_sdxl:
+            return None
+        return self.encoder.pooled_many(texts).to(self.device, self.dtype)
+
+    @contextlib.contextmanager
+    def _vae_precision(self) -> Iterator[torch.dtype]:
+        """The dtype to run the VAE in: fp32 for the duration when it is an fp16 VAE flagged
+        ``force_upcast`` (SDXL's overflows in fp16), as diffusers' SDXL pipelines decode; a fixed
+        VAE (``[model] vae``) without the flag stays in fp16."""
+        vae = self.vae
+        if vae.dtype == torch.float16 and vae.config.get("force_upcast", False):
+            vae.to(torch.float32)
+            try:
+                yield torch.float32
+            finally:
+                vae.to(torch.float16)
+        else:
+            yield vae.dtype
+
+    def vae_encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixels in ``[-1, 1]`` to scaled latents (the distribution's mode: deterministic), in the
+        engine's dtype."""
+        with self._vae_precision() as dtype:
+            latents = self.vae.encode(pixels.to(self.device, dtype)).latent_dist.mode()
+        return (latents * self.vae.config.scaling_factor).to(self.dtype)
+
+    def vae_decode(self, latents: torch.Tensor, generator=None) -> torch.Tensor:
+        """Scaled latents to pixels in ``[-1, 1]`` (the VAE's decoder output)."""
+        with self._vae_precision() as dtype:
+            scaled = (latents / self.vae.config.scaling_factor).to(dtype)
+            return self.vae.decode(scaled, return_dict=False, generator=generator)[0]
+
+    def plan(self, reqs: list[GenerationRequest], embeds, indices: Sequence[int] | None = None) -> list[list[int]]:
+        """Indices (of ``indices``, default all) grouped into UNet batches, in order of first appearance."""
         groups: dict[tuple, list[int]] = {}
-        for i, r in enumerate(reqs):
+        for i in range(len(reqs)) if indices is None else indices:
+            r = reqs[i]
             key = self.pipeline_key(r)
             if not self.config.pad_prompts_in_batch:
                 key += (embeds[i][0].shape[1],)
@@ -485,15 +650,14 @@ class Engine:
             image = to_rgb(image)
         if image.size != (req.width, req.height):
             image = image.resize((req.width, req.height), Image.Resampling.LANCZOS)
-        pixels = self.img2img.image_processor.preprocess(image).to(self.device, self.vae.dtype)
-        latents = self.vae.encode(pixels).latent_dist.mode()
-        return latents * self.vae.config.scaling_factor
+        return self.vae_encode(self.img2img.image_processor.preprocess(image).to(self.device))
 
     def _run_group(
         self,
         group: list[int],
         reqs: list[GenerationRequest],
         embeds,
+        pooled: list[tuple[torch.Tensor, torch.Tensor]],
         progress: ProgressFn | None,
         cancel: CancelLike,
         preview_every: int,
@@ -518,6 +682,7 @@ class Engine:
             "generator": generators,
             "output_type": "pil",
         }
+        call |= self.added_call_kwargs([pooled[i] for i in group] if pooled else [], counts, first.width, first.height)
         if first.init_image is None:
             pipe = self.txt2img
         else:

@@ -674,6 +674,10 @@ def train(
     """
     if not images:
         raise HypernetworkError("training needs at least one image")
+    if engine.is_sdxl:
+        raise HypernetworkError(
+            "Hypernetwork training is for SD 1.x/2.x models; this server runs an SDXL model. Use a LoRA instead."
+        )
     examples = prepare_examples(engine, images, captions, buckets)
     conds = encode_captions(engine, captions, config.clip_skip)
     rng = random.Random(config.seed)

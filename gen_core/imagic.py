@@ -292,9 +292,10 @@ def encode_image(engine: Engine, image: Image.Image, width: int, height: int) ->
 class _Denoising:
     """The training loss: predict the noise (or v) added to the image latents at a random timestep."""
 
-    def __init__(self, engine: Engine, latents: torch.Tensor, seed: int) -> None:
+    def __init__(self, engine: Engine, latents: torch.Tensor, seed: int, pooled: torch.Tensor | None) -> None:
         self.engine = engine
         self.latents = latents
+        self.pooled = pooled  # SDXL: the target text's pooled embedding, fixed (only ``e`` is optimised)
         self.scheduler = noise_schedule(engine)
         self.generator = torch.Generator("cpu").manual_seed(seed)
         self.steps = int(self.scheduler.config.num_train_timesteps)
@@ -307,14 +308,22 @@ class _Denoising:
 
     def loss(self, embedding: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         latents = self.latents.expand(len(t), -1, -1, -1)
-        return denoising_loss(self.engine, self.scheduler, latents, embedding.expand(len(t), -1, -1), noise, t)
+        return denoising_loss(
+            self.engine, self.scheduler, latents, embedding.expand(len(t), -1, -1), noise, t, self.pooled
+        )
 
 
 def reconstruction_loss(
-    engine: Engine, latents: torch.Tensor, embedding: torch.Tensor, *, samples: int = 16, seed: int = 0
+    engine: Engine,
+    latents: torch.Tensor,
+    embedding: torch.Tensor,
+    *,
+    samples: int = 16,
+    seed: int = 0,
+    pooled: torch.Tensor | None = None,
 ) -> float:
     """The denoising loss averaged over a fixed set of timesteps and noises (a comparable score)."""
-    task = _Denoising(engine, latents, seed)
+    task = _Denoising(engine, latents, seed, pooled)
     with torch.no_grad():
         t, noise = task.sample(samples)
         return float(task.loss(embedding.to(engine.device), t, noise))
@@ -366,9 +375,10 @@ def optimise_embedding(
     seed: int = 0,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
+    pooled: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, list[float]]:
     """Stage 1: ``e_opt`` (CPU, fp32) and the loss of every step; the model stays frozen."""
-    task = _Denoising(engine, latents.to(engine.device), seed)
+    task = _Denoising(engine, latents.to(engine.device), seed, pooled)
     e_opt = torch.nn.Parameter(e_tgt.detach().to(engine.device, torch.float32).clone())
     with training_session(engine):
         _maybe_checkpoint(engine, preset)
@@ -388,10 +398,11 @@ def tune_model(
     seed: int = 0,
     progress: ProgressFn | None = None,
     cancel: CancelLike = None,
+    pooled: torch.Tensor | None = None,
 ) -> tuple[dict[str, torch.Tensor], list[float]]:
     """Stage 2: LoRA weights (CPU, fp32) fitted so that ``e_opt`` reconstructs the image, and the
     loss of every step.  The adapters are removed from the UNet before this returns."""
-    task = _Denoising(engine, latents.to(engine.device), seed + 1)
+    task = _Denoising(engine, latents.to(engine.device), seed + 1, pooled)
     embedding = e_opt.to(engine.device, torch.float32)
     with training_session(engine) as unet:
         params = _attach_adapter(unet, preset.lora_rank)
@@ -455,8 +466,10 @@ def tune(
     e_tgt = cond.float().cpu()
     latents = encode_image(engine, image, request.width, request.height)
     seed = request.seed or 0
-    e_opt, embed_losses = optimise_embedding(engine, latents, e_tgt, preset, seed=seed, progress=progress, cancel=cancel)
-    adapter, tune_losses = tune_model(engine, latents, e_opt, preset, seed=seed, progress=progress, cancel=cancel)
+    # SDXL: the target text's pooled embedding conditions every stage (remix takes it from the text too).
+    stage = {"seed": seed, "progress": progress, "cancel": cancel, "pooled": engine.pooled([request.prompt])}
+    e_opt, embed_losses = optimise_embedding(engine, latents, e_tgt, preset, **stage)
+    adapter, tune_losses = tune_model(engine, latents, e_opt, preset, **stage)
     state = TunedState(
         e_tgt=e_tgt,
         e_opt=e_opt,

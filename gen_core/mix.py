@@ -261,7 +261,8 @@ def generate_mix(
             for index, (req, base, weights, seeds) in enumerate(resolved):
                 if is_cancelled(cancel):
                     raise Cancelled()
-                images = _render(engine, req, base, weights, seeds, index, progress, cancel, preview_every)
+                with engine.loras.active(base.loras):
+                    images = _render(engine, req, base, weights, seeds, index, progress, cancel, preview_every)
                 package = _package(engine, req, base, weights, seeds, images)
                 results.append(GenerationResult(images=package, request=base))
         except torch.cuda.OutOfMemoryError:
@@ -271,23 +272,31 @@ def generate_mix(
 
 
 def _render(engine, req: MixRequest, base: GenerationRequest, weights, seeds, index, progress, cancel, preview_every):
-    embeds = engine.encoder.encode_many([p.text for p in req.parts] + [base.negative], clip_skip=base.clip_skip)
-    embeds = embeds.to(engine.device)
-    conds, uncond = embeds[:-1], embeds[-1:]
+    texts = [p.text for p in req.parts] + [base.negative]
+    embeds = engine.encoder.encode_many(texts, clip_skip=base.clip_skip).to(engine.device)
+    # SDXL: the pooled embeddings are mixed exactly as the hidden states ([K + 1, 1, dim]).
+    pooled = engine.pooled(texts)
+    pooled = None if pooled is None else pooled[:, None]
     w = torch.tensor(weights, dtype=torch.float32, device=engine.device)  # [B, K]
+    conds = [embeds[:-1]] + ([] if pooled is None else [pooled[:-1]])
     if req.mode == BLEND:
-        conds, w = _combine(conds, w)[:, None], torch.ones(len(weights), 1, device=engine.device)
+        conds, w = [_combine(c, w)[:, None] for c in conds], torch.ones(len(weights), 1, device=engine.device)
     else:
-        conds = conds[None].expand(len(weights), -1, -1, -1)
+        conds = [c[None].expand(len(weights), -1, -1, -1) for c in conds]
+    uncond = (embeds[-1:], None if pooled is None else pooled[-1])
     return _denoise(engine, conds, w, uncond, base, seeds, (index,), progress, cancel, preview_every)
 
 
 def _denoise(engine, conds, guidance, uncond, base: GenerationRequest, seeds, indices, progress, cancel, preview_every):
     """The txt2img loop with guidance ``u + cfg·Σₖ gₖ·(eₖ − u)`` per image.
 
-    ``conds`` is ``[B, K, L, D]`` (K conditionings per image), ``guidance`` ``[B, K]``.  With K = 1
-    and g = 1 this is exactly diffusers' StableDiffusionPipeline loop (same UNet batch layout).
+    ``conds`` is ``[hidden]`` or, on SDXL, ``[hidden, pooled]``: ``[B, K, L, D]`` and ``[B, K, 1, P]``
+    (K conditionings per image); ``uncond`` is ``(hidden [1, L, D], pooled [1, P] or None)``;
+    ``guidance`` is ``[B, K]``.  With K = 1 and g = 1 this is exactly diffusers' txt2img loop (same
+    UNet batch layout).
     """
+    conds, pooled = conds[0], (conds[1] if len(conds) > 1 else None)
+    uncond, uncond_pooled = uncond
     pipe = engine.txt2img
     batch, k = guidance.shape
     length, dim = conds.shape[-2:]
@@ -301,6 +310,9 @@ def _denoise(engine, conds, guidance, uncond, base: GenerationRequest, seeds, in
     extra = pipe.prepare_extra_step_kwargs(generators, 0.0)
     # Block j of the UNet batch holds every image's j-th input: the uncond first, then conditioning k.
     hidden = torch.cat([uncond.expand(batch, -1, -1), conds.transpose(0, 1).reshape(k * batch, length, dim)])
+    pooled_rows = None
+    if pooled is not None:
+        pooled_rows = torch.cat([uncond_pooled.expand(batch, -1), pooled.transpose(0, 1).reshape(k * batch, -1)])
     state = types.SimpleNamespace(num_timesteps=len(timesteps), scheduler=scheduler)
     on_step = engine.step_callback(indices, [batch], progress, cancel, preview_every)
     chunk = 2 * engine.config.max_count  # UNet rows per call: bounds memory for many parts
@@ -308,7 +320,15 @@ def _denoise(engine, conds, guidance, uncond, base: GenerationRequest, seeds, in
     for i, t in enumerate(timesteps):
         model_in = scheduler.scale_model_input(torch.cat([latents] * (k + 1)), t)
         outs = [
-            pipe.unet(model_in[a : a + chunk], t, encoder_hidden_states=hidden[a : a + chunk], return_dict=False)[0]
+            pipe.unet(
+                model_in[a : a + chunk],
+                t,
+                encoder_hidden_states=hidden[a : a + chunk],
+                return_dict=False,
+                **engine.unet_added_kwargs(
+                    None if pooled_rows is None else pooled_rows[a : a + chunk], base.width, base.height
+                ),
+            )[0]
             for a in range(0, model_in.shape[0], chunk)
         ]
         noise = outs[0] if len(outs) == 1 else torch.cat(outs)
@@ -317,7 +337,7 @@ def _denoise(engine, conds, guidance, uncond, base: GenerationRequest, seeds, in
         latents = scheduler.step(guided, t, latents, **extra, return_dict=False)[0]
         if progress is not None or cancel is not None:
             on_step(state, i, t, {"latents": latents})
-    decoded = pipe.vae.decode(latents / pipe.vae.config.scaling_factor, return_dict=False, generator=generators)[0]
+    decoded = engine.vae_decode(latents, generator=generators)
     return pipe.image_processor.postprocess(decoded, output_type="pil")
 
 

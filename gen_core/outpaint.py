@@ -9,7 +9,8 @@ Both are one operation: an image, a mask (white = regenerate) and a prompt.
 * Inpaint: :func:`inpaint_mask` reads the mask (a second image, or the image's transparency),
   :func:`fill_masked` prepares the masked area (``original``, ``noise`` or ``blur``).
 * :func:`inpaint_batch` runs several such requests as one batched diffusers
-  ``StableDiffusionInpaintPipeline`` call with per-image seeds.  With the ordinary 4-channel UNet
+  inpainting pipeline call (``StableDiffusionInpaintPipeline``, or the SDXL one on SDXL with the
+  pooled embeddings and size conditioning of the engine) with per-image seeds.  With the ordinary 4-channel UNet
   that pipeline blends latents at every step (the known latents re-noised to the current timestep
   are kept outside the mask); when ``EngineConfig.inpaint_path`` names a dedicated inpainting
   checkpoint its 9-channel UNet is used instead, sharing the VAE and text encoder.  The pipeline's
@@ -262,43 +263,33 @@ def _soft_mask_processor(pipe: Any) -> Any:
     )
 
 
-def _load_inpaint_unet(path: str, dtype: torch.dtype) -> Any:
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+def _load_inpaint_unet(path: str, dtype: torch.dtype, pipeline_cls: type) -> Any:
+    from diffusers import UNet2DConditionModel
 
     from gen_core.engine import DTYPE_KW
 
     source = Path(path).expanduser()
     if source.is_file():
-        return StableDiffusionInpaintPipeline.from_single_file(str(source), **{DTYPE_KW: dtype}).unet
+        return pipeline_cls.from_single_file(str(source), **{DTYPE_KW: dtype}).unet
     return UNet2DConditionModel.from_pretrained(str(source), subfolder="unet", **{DTYPE_KW: dtype})
 
 
 def inpaint_pipeline(engine: Any) -> Any:
     """The engine's inpainting pipeline: its own components, or the 9-channel UNet of
-    ``engine.config.inpaint_path`` with the engine's VAE, text encoder and tokenizer."""
-    from diffusers import StableDiffusionInpaintPipeline
-
+    ``engine.config.inpaint_path`` with the engine's VAE, text encoders and tokenizers."""
     from gen_core.engine import Engine, derive_pipeline
 
     holder = _PIPELINES.setdefault(engine, _Pipelines())
     with holder.lock:
         if holder.pipe is None:
-            pipe = derive_pipeline(StableDiffusionInpaintPipeline, engine.txt2img, engine.dtype)
+            pipeline_cls = engine.pipelines.inpaint
+            pipe = derive_pipeline(pipeline_cls, engine.txt2img, engine.dtype)
             path = getattr(engine.config, "inpaint_path", "")
             if path:
-                unet = _load_inpaint_unet(path, engine.dtype).to(engine.device)
+                unet = _load_inpaint_unet(path, engine.dtype, pipeline_cls).to(engine.device)
                 if unet.config.in_channels != 9:
                     raise ValueError(f"{path}: expected an inpainting UNet with 9 input channels")
-                pipe = StableDiffusionInpaintPipeline(
-                    vae=engine.vae,
-                    text_encoder=engine.text_encoder,
-                    tokenizer=engine.tokenizer,
-                    unet=unet,
-                    scheduler=engine.txt2img.scheduler,
-                    safety_checker=None,
-                    feature_extractor=None,
-                    requires_safety_checker=False,
-                )
+                pipe = pipeline_cls(**{**pipe.components, "unet": unet})
                 Engine.configure_modules(pipe, engine.config, engine.device)
             pipe.mask_processor = _soft_mask_processor(pipe)
             pipe.set_progress_bar_config(disable=True)
@@ -331,10 +322,11 @@ def inpaint_batch(
             raise ValueError("inpaint requests in one batch must share size, steps, sampler, CFG and strength")
     pipe = inpaint_pipeline(engine)
     size = (first.width, first.height)
-    with engine.lock, torch.inference_mode():
+    with engine.lock, torch.inference_mode(), engine.loras.active(first.loras):
         if is_cancelled(cancel):
             raise Cancelled()
         embeds = engine.encode_all(reqs)
+        pooled = engine.pooled_all(reqs)
         length = max(e[0].shape[1] for e in embeds)
         conds, unconds, generators, images, masks = [], [], [], [], []
         for r, it, (cond, uncond) in zip(reqs, items, embeds, strict=True):
@@ -357,6 +349,7 @@ def inpaint_batch(
             "generator": generators,
             "output_type": "pil",
         }
+        call |= engine.added_call_kwargs(pooled, [r.count for r in reqs], first.width, first.height)
         if progress is not None or cancel is not None:
             call["callback_on_step_end"] = engine.step_callback(
                 tuple(range(len(reqs))), [r.count for r in reqs], progress, cancel, preview_every

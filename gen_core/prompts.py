@@ -38,6 +38,7 @@ __all__ = [
     "PromptEncoder",
     "PromptError",
     "PromptTooLong",
+    "SDXLPromptEncoder",
     "count_tokens",
     "parse_prompt_attention",
     "strip_extra_networks",
@@ -317,6 +318,9 @@ class PromptEncoder:
     layer norm); ``n`` >= 2 uses ``hidden_states[-n]`` followed by the text model's final layer norm
     (NovelAI uses 2, the default here).
 
+    With ``final_norm=False`` (SDXL's convention) ``hidden_states[-n]`` is used as it is, for every
+    ``n`` including 1: SDXL conditions on the raw penultimate layer (``n = 2``).
+
     ``max_chunks`` (default 3, i.e. 225 tokens) limits the prompt length; ``None`` means no limit.
     ``comma_backtrack`` is how many tokens back a full chunk looks for a comma (0 disables it).
 
@@ -332,6 +336,7 @@ class PromptEncoder:
         max_chunks: int | None = 3,
         *,
         comma_backtrack: int = COMMA_BACKTRACK,
+        final_norm: bool = True,
     ):
         if max_chunks is not None and max_chunks < 1:
             raise ValueError("max_chunks must be at least 1 (or None for no limit)")
@@ -347,7 +352,7 @@ class PromptEncoder:
         self.comma_id: int | None = (
             comma if isinstance(comma, int) and comma != tokenizer.unk_token_id else None
         )
-        self._final_norm = final_layer_norm(text_encoder)
+        self._final_norm = final_layer_norm(text_encoder) if final_norm else None
         self._empty_cache: dict[tuple, torch.Tensor] = {}
 
     # -- configuration ---------------------------------------------------------------------
@@ -358,6 +363,10 @@ class PromptEncoder:
             upper = f"..{layers}" if layers is not None else "+"
             raise ValueError(f"clip_skip must be an integer in 1{upper}, got {clip_skip!r}")
         return clip_skip
+
+    @property
+    def max_clip_skip(self) -> int:
+        return self.text_encoder.config.num_hidden_layers
 
     @property
     def token_limit(self) -> int | None:
@@ -421,11 +430,12 @@ class PromptEncoder:
         """Encode chunks as one batch; returns [len(chunks), 77, dim] with emphasis applied."""
         device, _ = self._device_dtype()
         ids = torch.tensor([c.tokens for c in chunks], dtype=torch.long, device=device)
-        if clip_skip == 1:
+        if clip_skip == 1 and self._final_norm is not None:
             z = self.text_encoder(input_ids=ids).last_hidden_state
         else:
-            out = self.text_encoder(input_ids=ids, output_hidden_states=True)
-            z = self._final_norm(out.hidden_states[-clip_skip])
+            z = self.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-clip_skip]
+            if self._final_norm is not None:
+                z = self._final_norm(z)
 
         mults = torch.tensor([c.multipliers for c in chunks], dtype=torch.float32, device=z.device)
         weighted = (mults != 1.0).any(dim=1)
@@ -504,3 +514,64 @@ class PromptEncoder:
         """Encode prompt and negative prompt to ``(cond, uncond)``, each ``[1, 77 * n, dim]``, same n."""
         both = self.encode_many([prompt, negative], clip_skip=clip_skip)
         return both[0:1], both[1:2]
+
+
+class SDXLPromptEncoder:
+    """SDXL's conditioning with the same prompt rules as :class:`PromptEncoder`, for both encoders.
+
+    Each of SDXL's text encoders (CLIP ViT-L and OpenCLIP bigG) gets the prompt through its own
+    :class:`PromptEncoder` (emphasis with mean restore per encoder, BREAK, 75-token chunks with comma
+    backtrack, ``max_chunks``): both tokenizers share CLIP's vocabulary, so the chunks are the same
+    and only the padding token differs (end token for ViT-L, ``!`` for bigG, as in SDXL).  Per chunk
+    the two encoders' ``hidden_states[-clip_skip]`` (no final layer norm; 2 = SDXL's penultimate
+    layer) are concatenated along the feature axis.  The pooled embedding is the second encoder's
+    projected end token of the prompt's first chunk (as A1111 takes it); emphasis does not touch it.
+
+    The interface is the one the engine uses of :class:`PromptEncoder`, plus :meth:`pooled_many`.
+    """
+
+    def __init__(self, tokenizers, text_encoders, clip_skip: int = 2, max_chunks: int | None = 3):
+        self.parts = [
+            PromptEncoder(tok, enc, clip_skip=clip_skip, max_chunks=max_chunks, final_norm=False)
+            for tok, enc in zip(tokenizers, text_encoders, strict=True)
+        ]
+        self.max_chunks = max_chunks
+
+    @property
+    def clip_skip(self) -> int:
+        return self.parts[0].clip_skip
+
+    @property
+    def max_clip_skip(self) -> int:
+        return min(part.max_clip_skip for part in self.parts)
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.parts[0].token_limit
+
+    def clear_cache(self) -> None:
+        for part in self.parts:
+            part.clear_cache()
+
+    def tokenize(self, text: str) -> list[Chunk]:
+        return self.parts[0].tokenize(text)
+
+    def encode(self, text: str, clip_skip: int | None = None, min_chunks: int = 1) -> torch.Tensor:
+        return torch.cat([p.encode(text, clip_skip, min_chunks) for p in self.parts], dim=-1)
+
+    def encode_many(self, texts: list[str], clip_skip: int | None = None) -> torch.Tensor:
+        return torch.cat([p.encode_many(texts, clip_skip) for p in self.parts], dim=-1)
+
+    def encode_pair(
+        self, prompt: str, negative: str, clip_skip: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        both = self.encode_many([prompt, negative], clip_skip=clip_skip)
+        return both[0:1], both[1:2]
+
+    def pooled_many(self, texts: list[str]) -> torch.Tensor:
+        """``[len(texts), projection_dim]``: the second encoder's pooled output of each first chunk."""
+        second = self.parts[-1]
+        device, _ = second._device_dtype()
+        ids = torch.tensor([second.tokenize(t)[0].tokens for t in texts], dtype=torch.long, device=device)
+        with torch.no_grad():
+            return second.text_encoder(input_ids=ids).text_embeds

@@ -18,6 +18,7 @@ def training_session(engine: Any) -> Iterator[Any]:
     """Hold the engine, freeze the UNet, and leave it exactly as found whatever happens."""
     unet = engine.unet
     with engine.lock:
+        engine.loras.unload_all()  # the warm LoRA adapters go; they load again when next used
         if getattr(unet, "_hf_peft_config_loaded", False):  # never unload adapters someone else attached
             raise RuntimeError("the UNet already carries peft adapters; training needs it bare")
         flags = {n: p.requires_grad for n, p in unet.named_parameters()}
@@ -47,8 +48,7 @@ def autocast(engine: Any) -> contextlib.AbstractContextManager:
 def image_latents(engine: Any, image: Image.Image) -> torch.Tensor:
     """An RGB image's scaled VAE latents (distribution mode: deterministic), fp32."""
     with torch.inference_mode():
-        pixels = engine.img2img.image_processor.preprocess(image).to(engine.device, engine.vae.dtype)
-        latents = engine.vae.encode(pixels).latent_dist.mode() * engine.vae.config.scaling_factor
+        latents = engine.vae_encode(engine.img2img.image_processor.preprocess(image))
     return latents.float().clone()
 
 
@@ -60,14 +60,26 @@ def noise_schedule(engine: Any) -> Any:
 
 
 def denoising_loss(
-    engine: Any, scheduler: Any, latents: torch.Tensor, cond: torch.Tensor, noise: torch.Tensor, t: torch.Tensor
+    engine: Any,
+    scheduler: Any,
+    latents: torch.Tensor,
+    cond: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    pooled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The UNet's noise (or v, as the scheduler predicts) error on ``latents`` noised to ``t``,
-    conditioned on ``cond``."""
+    conditioned on ``cond`` (and on SDXL the pooled embedding ``[1, dim]`` with the latents' size)."""
     device = engine.device
     latents, noise, t = latents.to(device), noise.to(device), t.to(device)
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
     with autocast(engine):
-        pred = engine.unet(noisy.to(engine.dtype), t, encoder_hidden_states=cond.to(device, engine.dtype)).sample
+        height, width = (side * engine.geometry.vae_factor for side in latents.shape[-2:])
+        added = engine.unet_added_kwargs(
+            None if pooled is None else pooled.to(device, engine.dtype).expand(len(t), -1), width, height
+        )
+        pred = engine.unet(
+            noisy.to(engine.dtype), t, encoder_hidden_states=cond.to(device, engine.dtype), **added
+        ).sample
     return torch.nn.functional.mse_loss(pred.float(), target.float())

@@ -37,6 +37,8 @@ class GenerationRequest:
     ``extra`` holds our own fields (job id, kind, ...) that are embedded in the PNG metadata.
     ``prompt_embeds``, when set, is a ``(cond, uncond)`` pair of tensors used instead of encoding
     ``prompt``/``negative`` (Imagic's interpolated embedding); the texts still go to the metadata.
+    ``loras`` (:class:`gen_core.lora.LoraUse`, in order) are active while the request is encoded and
+    denoised; requests with different sets never share a UNet batch.
     """
 
     prompt: str
@@ -54,6 +56,7 @@ class GenerationRequest:
     noise: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_embeds: Any = None
+    loras: tuple[Any, ...] = ()
 
     def image_seeds(self) -> list[int]:
         """Seeds of the request's images (requires a resolved seed)."""
@@ -135,6 +138,9 @@ class EngineConfig:
     the architecture and may need the hub for the default configs.
     ``vae_slicing``: decode a batch's images one by one (bounded memory; same pixels as alone).
     ``pad_prompts_in_batch``: see :meth:`gen_core.engine.Engine.generate_batch`.
+    ``family``: ``"auto"`` detects SD 1.x / 2.x / SDXL from the checkpoint (:mod:`gen_core.family`);
+    ``"sd1"``, ``"sd2"`` or ``"sdxl"`` decide where detection cannot.  ``vae``: a VAE (diffusers
+    folder or single file) replacing the checkpoint's, e.g. SD 1.x's "new VAE" or an fp16-safe SDXL VAE.
     """
 
     model_path: str
@@ -154,3 +160,6 @@ class EngineConfig:
     vae_slicing: bool = True
     pad_prompts_in_batch: bool = False
     inpaint_path: str = ""  # a dedicated inpainting checkpoint (9-channel UNet); see gen_core.outpaint
+    family: str = "auto"
+    vae: str = ""
+    lora_cache_mb: int = 2048  # LoRA adapters kept loaded (least recently used unloaded beyond this)

@@ -53,6 +53,8 @@ def default_engine_loader(config: Config):
                 max_chunks=m.max_chunks,
                 max_area=config.generation.max_area * 4,
                 inpaint_path=m.inpaint_path,
+                family=m.family,
+                vae=m.vae,
             )
         )
 
@@ -63,7 +65,7 @@ class Services:
     def __init__(self, bot: discord.Client, config: Config, engine_loader: Any = None) -> None:
         self.bot = bot
         self.config = config
-        self.geometry = Geometry.of_folder(config.model_path)
+        self.geometry = Geometry.of_model(config.model_path, config.model.family)
         config.generation.fit_to_model(self.geometry)
         Path(config.data_dir).mkdir(parents=True, exist_ok=True)
         credits = config.credits

@@ -45,6 +45,8 @@ class ModelConfig:
     clip_skip: int = 2
     max_chunks: int = 3
     inpaint_path: str = ""  # optional dedicated inpainting checkpoint
+    family: str = "auto"  # auto | sd1 | sd2 | sdxl (auto: read from the checkpoint)
+    vae: str = ""  # optional VAE replacing the checkpoint's (diffusers folder or single file)
 
 
 @dataclass

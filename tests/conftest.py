@@ -26,3 +26,8 @@ pytest_plugins = ["tests.emulator_fixtures", "tests.bot_fixtures"]
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl_dir(tmp_path_factory) -> Path:
+    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-sdxl", family="sdxl")
