@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +40,7 @@ from diffusers import (
 from PIL import Image
 
 from gen_core import prompts
+from gen_core.embeddings import EmbeddingCache, text_widths
 from gen_core.family import resolve_family
 from gen_core.geometry import Geometry
 from gen_core.lora import LoraAdapters
@@ -257,6 +258,7 @@ class Engine:
         self.geometry = Geometry.of_pipeline(pipe)
         self.lock = threading.RLock()
         self.loras = LoraAdapters(self, config.lora_cache_mb << 20)
+        self.embeddings = EmbeddingCache()
         self._hash_file = hash_file
         self._model_hash: str | None = None
         self._hash_lock = threading.Lock()
@@ -377,8 +379,29 @@ class Engine:
                 self._model_hash = short_hash(self._hash_file)
             return self._model_hash
 
-    def count_tokens(self, text: str, limit: int | None = None) -> int:
-        return prompts.count_tokens(text, self.tokenizer, limit)
+    @property
+    def text_widths(self) -> tuple[int, ...]:
+        """The token widths of the text encoders (one for SD 1.x/2.x, two for SDXL): what a textual
+        inversion must match."""
+        encoders = [self.txt2img.text_encoder, getattr(self.txt2img, "text_encoder_2", None)]
+        return text_widths([e for e in encoders if e is not None])
+
+    def count_tokens(self, text: str, limit: int | None = None, embeddings: Mapping[str, int] | None = None) -> int:
+        """Prompt tokens of ``text``; an embedding it names (``embeddings``: name → vector count) counts its vectors."""
+        return prompts.count_tokens(text, self.tokenizer, limit, embeddings)
+
+    def vectors(self, req: GenerationRequest) -> dict[str, Any] | None:
+        """The ``embeddings`` argument of the prompt encoder for ``req``'s textual inversions: name → the
+        vectors of the text encoder (SD 1.x/2.x), or of each (SDXL); None without any."""
+        if not req.embeddings:
+            return None
+        loaded = {use.name: self.embeddings.get(use.path) for use in req.embeddings}
+        for ti in loaded.values():
+            ti.check_fits(self.text_widths)
+        return {
+            name: tuple(v.to(self.device) for v in ti.vectors) if self.is_sdxl else ti.vectors[0].to(self.device)
+            for name, ti in loaded.items()
+        }
 
     # ------------------------------------------------------------------ requests
 
@@ -493,8 +516,9 @@ class Engine:
                 raise Cancelled()
             sets = list(dict.fromkeys(tuple(r.loras) for r in resolved))
             if len(sets) > 1:  # prompts are encoded per LoRA set: refuse a bad one before any denoising
-                for text in (t for r in resolved if r.prompt_embeds is None for t in (r.prompt, r.negative)):
-                    self.encoder.tokenize(text)
+                for r in (r for r in resolved if r.prompt_embeds is None):
+                    for text in (r.prompt, r.negative):
+                        self.encoder.tokenize(text, self.vectors(r))
             n = len(resolved)
             embeds: list = [None] * n
             pooled: list = [None] * n if self.is_sdxl else []
@@ -525,15 +549,15 @@ class Engine:
     def encode_all(self, reqs: list[GenerationRequest]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         # encode_pair per request (cached per distinct prompt/negative/clip skip) gives exactly the
         # embeddings a request gets alone; padding across requests is done in _run_group.
-        cache: dict[tuple[str, str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+        cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         out = []
         for r in reqs:
             if r.prompt_embeds is not None:
                 out.append(tuple(e.to(self.device, self.dtype) for e in r.prompt_embeds))
                 continue
-            key = (r.prompt, r.negative, r.clip_skip)
+            key = (r.prompt, r.negative, r.clip_skip, tuple(r.embeddings))
             if key not in cache:
-                cond, uncond = self.encoder.encode_pair(r.prompt, r.negative, clip_skip=r.clip_skip)
+                cond, uncond = self.encoder.encode_pair(r.prompt, r.negative, clip_skip=r.clip_skip, embeddings=self.vectors(r))
                 cache[key] = (cond.to(self.device), uncond.to(self.device))
             out.append(cache[key])
         return out
@@ -543,12 +567,13 @@ class Engine:
         the texts, also for requests with ``prompt_embeds``); an empty list on other families."""
         if not self.is_sdxl:
             return []
-        cache: dict[tuple[str, str], tuple[torch.Tensor, torch.Tensor]] = {}
+        cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         for r in reqs:
-            if (r.prompt, r.negative) not in cache:
-                both = self.encoder.pooled_many([r.prompt, r.negative]).to(self.device, self.dtype)
-                cache[(r.prompt, r.negative)] = (both[0:1], both[1:2])
-        return [cache[(r.prompt, r.negative)] for r in reqs]
+            key = (r.prompt, r.negative, tuple(r.embeddings))
+            if key not in cache:
+                both = self.encoder.pooled_many([r.prompt, r.negative], self.vectors(r)).to(self.device, self.dtype)
+                cache[key] = (both[0:1], both[1:2])
+        return [cache[(r.prompt, r.negative, tuple(r.embeddings))] for r in reqs]
 
     def added_call_kwargs(
         self, pooled: list[tuple[torch.Tensor, torch.Tensor]], counts: Sequence[int], width: int, height: int

@@ -25,11 +25,9 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
-import io
 import json
 import logging
 import math
-import pickle
 import random
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -41,7 +39,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load, save
 
-from gen_core.archives import ArchiveError, ArchiveLimits, check_torch_archive
+from gen_core.archives import ArchiveError, ArchiveLimits, load_torch, safetensors_header
 from gen_core.buckets import nearest_bucket
 from gen_core.training import denoising_loss, image_latents, noise_schedule, training_session
 from gen_core.types import Cancelled, Progress, is_cancelled
@@ -287,20 +285,11 @@ def _plain(raw: dict, key: str) -> Any:
 
 def load_a1111(data: bytes, name: str) -> Hypernetwork:
     """An AUTOMATIC1111 / NovelAI ``.pt`` hypernetwork: the zip checked (:data:`PT_LIMITS`), then
-    unpickled with ``weights_only=True`` only."""
+    unpickled with ``weights_only=True`` only (:func:`gen_core.archives.load_torch`)."""
     try:
-        check_torch_archive(data, PT_LIMITS)
+        raw = load_torch(data, PT_LIMITS)
     except ArchiveError as exc:
         raise HypernetworkError(str(exc)) from None
-    try:
-        raw = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        raise HypernetworkError(
-            "this .pt file contains pickled code or objects other than tensors, which the bot refuses to load. "
-            f"Convert it to .safetensors, or re-save it from a trusted tool. ({str(exc).splitlines()[0][:160]})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise HypernetworkError(f"this is not a readable PyTorch .pt file ({str(exc)[:160]})") from None
     if not isinstance(raw, dict):
         raise HypernetworkError("this .pt file does not hold a hypernetwork (expected a dictionary)")
     weights = {}
@@ -332,7 +321,7 @@ def load_a1111(data: bytes, name: str) -> Hypernetwork:
 def load_safetensors(data: bytes, name: str) -> Hypernetwork:
     """A native ``.safetensors`` hypernetwork (see :meth:`Hypernetwork.to_bytes`)."""
     try:
-        header = _safetensors_header(data)
+        header = safetensors_header(data)[1]
         tensors = load(data)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise HypernetworkError(f"this is not a readable .safetensors file ({str(exc)[:160]})") from None
@@ -377,13 +366,6 @@ def _split_key(key: str) -> tuple[int, str, str]:
     if not width.isdigit() or kv not in ("k", "v") or not rest:
         raise HypernetworkError(f"unexpected tensor {key!r} in the hypernetwork file")
     return int(width), kv, rest
-
-
-def _safetensors_header(data: bytes) -> dict[str, str]:
-    size = int.from_bytes(data[:8], "little")
-    if size <= 0 or size > len(data) - 8:
-        raise ValueError("bad header length")
-    return json.loads(data[8 : 8 + size]).get("__metadata__") or {}
 
 
 def load_bytes(data: bytes, filename: str) -> Hypernetwork:

@@ -27,21 +27,19 @@ from __future__ import annotations
 import collections
 import contextlib
 import hashlib
-import json
 import logging
-import struct
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gen_core.archives import ArchiveError, safetensors_header
+
 log = logging.getLogger(__name__)
 
 LAYOUTS = ("kohya", "diffusers", "peft")
-_DTYPES = {"F16", "BF16", "F32"}
 _FAMILY_OF_WIDTH = {768: "an SD 1.x", 1024: "an SD 2.x", 2048: "an SDXL"}
-_MAX_HEADER = 16 * 1024 * 1024
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_")
 _DIFFUSERS_PREFIXES = ("unet.", "text_encoder.", "text_encoder_2.")
 _PEFT_PREFIX = "base_model.model."
@@ -70,39 +68,26 @@ class LoraInfo:
 
 @dataclass(frozen=True)
 class LoraUse:
-    """One LoRA in a job: its file and weights for the UNet and the text encoders (A1111's
-    ``<lora:name:unet_w:te_w>``; one weight sets both)."""
+    """One LoRA in a job: its file and weights for the UNet and the text encoders (see :func:`tag_weights`)."""
 
     path: str
     unet_weight: float = 1.0
     te_weight: float = 1.0
 
 
-def _header(data: bytes) -> tuple[dict[str, Any], dict[str, str]]:
-    if len(data) < 8:
-        raise LoraError("That is not a .safetensors file (it is too short).")
-    (size,) = struct.unpack("<Q", data[:8])
-    if size > min(_MAX_HEADER, len(data) - 8):
-        raise LoraError("That is not a .safetensors file (its header is damaged).")
-    try:
-        header = json.loads(data[8 : 8 + size])
-    except (UnicodeDecodeError, ValueError):
-        raise LoraError("That is not a .safetensors file (its header is not JSON).") from None
-    if not isinstance(header, dict):
-        raise LoraError("That is not a .safetensors file (its header is not a table).")
-    meta = header.pop("__metadata__", None) or {}
-    body = len(data) - 8 - size
-    for name, entry in header.items():
-        offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
-        if (
-            not isinstance(offsets, list)
-            or len(offsets) != 2
-            or not 0 <= offsets[0] <= offsets[1] <= body
-            or entry.get("dtype") not in _DTYPES
-            or not isinstance(entry.get("shape"), list)
-        ):
-            raise LoraError(f"That LoRA is damaged or uses an unsupported number format (tensor `{name}`).")
-    return header, {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
+def tag_weights(weights: Sequence[float], named: Sequence[tuple[str, float]] = ()) -> tuple[float, float]:
+    """``(unet, text encoder)`` weights of an A1111 tag's arguments, as A1111 reads them:
+    ``<lora:name:w>`` sets both, ``<lora:name:te_w:unet_w>`` each (text encoder first), and
+    ``te=``/``unet=`` name one; a missing weight is 1 (the UNet's follows the text encoder's)."""
+    if len(weights) > 2:
+        raise LoraError("A LoRA tag takes at most two weights: `<lora:name:0.8>` or `<lora:name:te_weight:unet_weight>`.")
+    extra = [key for key, _ in named if key not in ("te", "unet")]
+    if extra:
+        raise LoraError(f"`{extra[0]}=` is not a LoRA tag setting; use `te=` or `unet=`.")
+    values = dict(named)
+    te = values.get("te", weights[0] if weights else 1.0)
+    unet = values.get("unet", weights[1] if len(weights) > 1 else te)
+    return unet, te
 
 
 def _layout(keys: list[str]) -> str:
@@ -124,7 +109,10 @@ def _is_cross_attention_key(key: str) -> bool:
 
 def inspect(data: bytes) -> LoraInfo:
     """What a ``.safetensors`` LoRA holds, from its header (no tensor is read, nothing unpickled)."""
-    header, meta = _header(data)
+    try:
+        header, meta = safetensors_header(data)
+    except ArchiveError as exc:
+        raise LoraError(f"{exc}.") from None
     keys = list(header)
     if not keys:
         raise LoraError("That LoRA holds no tensors.")

@@ -18,15 +18,23 @@ output of each token, after which the chunk's original mean is restored (per chu
 takes the mean over the i-th chunks of all prompts it encodes together, which is the same when it
 encodes a single prompt).
 
+Textual-inversion embeddings (A1111): a prompt names one by writing its exact name as a whole word
+(not part of a longer word); its vectors take the place of the name's tokens, count as that many
+tokens, carry the emphasis of the text around them and are never split across two chunks.  Which
+embeddings a call may use is given per call (``embeddings``: name → vectors); nothing is added to the
+tokenizer or the text encoder, which are exactly as before afterwards.
+
 Prompts longer than the chunk limit raise :class:`PromptTooLong`; nothing is silently truncated.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -34,7 +42,9 @@ import torch
 __all__ = [
     "BREAK",
     "CHUNK_TOKENS",
+    "EmbeddingSlots",
     "Chunk",
+    "ExtraNetwork",
     "PromptEncoder",
     "PromptError",
     "PromptTooLong",
@@ -170,35 +180,59 @@ def parse_prompt_attention(text: str) -> list[tuple[str, float]]:
 # Extra-network tags (<lora:name:0.8>, <hypernet:name>)
 # --------------------------------------------------------------------------------------------
 
-_EXTRA_NETWORK = re.compile(r"<(?P<kind>[A-Za-z_][\w-]*):(?P<name>[^:<>]+?)(?::(?P<weight>[^<>]*))?>")
+_EXTRA_NETWORK = re.compile(r"<(?P<kind>[A-Za-z_][\w-]*):(?P<name>[^:<>]+?)(?::(?P<args>[^<>]*))?>")
 
 
-def strip_extra_networks(text: str) -> tuple[str, list[tuple[str, str, float]]]:
-    """Remove ``<kind:name>`` / ``<kind:name:weight>`` tags from a prompt.
+class ExtraNetwork(NamedTuple):
+    """One ``<kind:name:args>`` tag of a prompt: ``weights`` are its positional numbers in order, ``named``
+    its ``key=number`` arguments (A1111's ``<lora:name:te=0.5:unet=1>``)."""
+
+    kind: str
+    name: str
+    weights: tuple[float, ...] = ()
+    named: tuple[tuple[str, float], ...] = ()
+
+    @property
+    def weight(self) -> float:
+        """The first weight (1 when the tag has none)."""
+        return self.weights[0] if self.weights else 1.0
+
+
+def _tag_number(tag: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise PromptError(f"`{tag}`: the weight must be a number, like <lora:name:0.8>.") from None
+    if not math.isfinite(value):
+        raise PromptError(f"`{tag}`: the weight must be a finite number.")
+    return value
+
+
+def strip_extra_networks(text: str) -> tuple[str, list[ExtraNetwork]]:
+    """Remove ``<kind:name>`` / ``<kind:name:w1:w2…>`` / ``<kind:name:key=w>`` tags from a prompt.
 
     Returns the prompt without the tags (whitespace around removed tags collapsed, ends stripped)
-    and the tags as ``(kind, name, weight)`` in order of appearance; the weight defaults to 1.0.
-    A tag whose weight is not a number raises :class:`PromptError`.
+    and the tags as :class:`ExtraNetwork` in order of appearance.  A weight that is not a finite
+    number raises :class:`PromptError`.
 
-    >>> strip_extra_networks("a cat <hypernet:anime:0.8> sitting <lora:detail>")
-    ('a cat sitting', [('hypernet', 'anime', 0.8), ('lora', 'detail', 1.0)])
+    >>> strip_extra_networks("a cat <hypernet:anime:0.8> sitting <lora:detail:0.5:unet=1>")
+    ('a cat sitting', [ExtraNetwork(kind='hypernet', name='anime', weights=(0.8,), named=()), \
+ExtraNetwork(kind='lora', name='detail', weights=(0.5,), named=(('unet', 1.0),))])
     """
-    found: list[tuple[str, str, float]] = []
+    found: list[ExtraNetwork] = []
 
     def take(match: re.Match) -> str:
-        raw_weight = match.group("weight")
-        weight = 1.0
-        if raw_weight is not None:
-            try:
-                weight = float(raw_weight)
-            except ValueError:
-                raise PromptError(
-                    f"`{match.group(0)}`: the weight must be a number, like <{match.group('kind')}:"
-                    f"{match.group('name').strip()}:0.8>."
-                ) from None
-            if not math.isfinite(weight):
-                raise PromptError(f"`{match.group(0)}`: the weight must be a finite number.")
-        found.append((match.group("kind"), match.group("name").strip(), weight))
+        tag = match.group(0)
+        weights: list[float] = []
+        named: list[tuple[str, float]] = []
+        args = match.group("args")
+        for arg in args.split(":") if args is not None else ():
+            key, eq, value = arg.partition("=")
+            if eq:
+                named.append((key.strip(), _tag_number(tag, value.strip())))
+            else:
+                weights.append(_tag_number(tag, arg.strip()))
+        found.append(ExtraNetwork(match.group("kind"), match.group("name").strip(), tuple(weights), tuple(named)))
         return " "
 
     stripped = _EXTRA_NETWORK.sub(take, text)
@@ -223,13 +257,57 @@ class Chunk:
         return (tuple(self.tokens), tuple(self.multipliers))
 
 
-def _tokenize_runs(text: str, tokenizer) -> list[tuple[list[int] | None, float]]:
+class EmbeddingSlots:
+    """The textual-inversion embeddings one call may use: their names (matched as exact whole words)
+    and where their vectors lie in the call's table.  Until it is encoded, vector ``i`` of the table
+    stands in a prompt's tokens as the id ``-1 - i`` (real token ids are never negative)."""
+
+    def __init__(self, sizes: Mapping[str, int]) -> None:
+        self.slots: dict[str, tuple[int, int]] = {}  # name -> (first row, vector count)
+        start = 0
+        for name in sorted(sizes):
+            self.slots[name] = (start, int(sizes[name]))
+            start += int(sizes[name])
+        longest_first = sorted(self.slots, key=len, reverse=True)
+        self._pattern = (
+            re.compile(r"(?<![\w-])(" + "|".join(map(re.escape, longest_first)) + r")(?![\w-])") if self.slots else None
+        )
+
+    def split(self, text: str) -> list[str | list[int]]:
+        """``text`` as plain pieces and the placeholder ids of each embedding it names."""
+        if self._pattern is None:
+            return [text]
+        out: list[str | list[int]] = []
+        for i, piece in enumerate(self._pattern.split(text)):
+            if i % 2:
+                start, count = self.slots[piece]
+                out.append([-1 - row for row in range(start, start + count)])
+            elif piece:
+                out.append(piece)
+        return out
+
+    def table(self, vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The vectors of every slot, row ``i`` for id ``-1 - i``."""
+        return torch.cat([vectors[name] for name in self.slots])
+
+
+def _slots(embeddings: Mapping[str, torch.Tensor] | None) -> EmbeddingSlots | None:
+    return EmbeddingSlots({name: v.shape[0] for name, v in embeddings.items()}) if embeddings else None
+
+
+def _tokenize_runs(text: str, tokenizer, slots: EmbeddingSlots | None = None) -> list[tuple[list[int] | None, float]]:
     """Parse ``text`` and tokenize every run (no BOS/EOS); ``None`` tokens mark a BREAK."""
-    return _tokenize_parsed(parse_prompt_attention(text), tokenizer)
+    return _tokenize_parsed(parse_prompt_attention(text), tokenizer, slots)
 
 
-def _tokenize_parsed(runs: list[tuple[str, float]], tokenizer) -> list[tuple[list[int] | None, float]]:
-    texts = [run[0] for run in runs if run != BREAK]
+def _tokenize_parsed(
+    runs: list[tuple[str, float]], tokenizer, slots: EmbeddingSlots | None = None
+) -> list[tuple[list[int] | None, float]]:
+    """Tokenized runs; an embedding a run names becomes a run of its own with its placeholder ids."""
+    pieces: list[tuple[list[str | list[int]] | None, float]] = [
+        (None, BREAK[1]) if run == BREAK else (slots.split(run[0]) if slots else [run[0]], run[1]) for run in runs
+    ]
+    texts = [p for parts, _ in pieces if parts is not None for p in parts if isinstance(p, str)]
     # verbose=False: long runs are expected here, silence the "longer than 77" warning.
     ids = (
         tokenizer(texts, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -238,15 +316,20 @@ def _tokenize_parsed(runs: list[tuple[str, float]], tokenizer) -> list[tuple[lis
     )
     out: list[tuple[list[int] | None, float]] = []
     it = iter(ids)
-    for run in runs:
-        out.append((None, BREAK[1]) if run == BREAK else (list(next(it)), run[1]))
+    for parts, weight in pieces:
+        if parts is None:
+            out.append((None, weight))
+            continue
+        for part in parts:
+            out.append((list(next(it)) if isinstance(part, str) else part, weight))
     return out
 
 
-def count_tokens(text: str, tokenizer, limit: int | None = None) -> int:
+def count_tokens(text: str, tokenizer, limit: int | None = None, embeddings: Mapping[str, int] | None = None) -> int:
     """Number of CLIP tokens the prompt uses, without BOS/EOS/padding; ``BREAK`` is not counted.
 
-    Emphasis brackets and weights are syntax and do not count either.  With ``limit``, a prompt
+    Emphasis brackets and weights are syntax and do not count either; an embedding named in the
+    prompt (``embeddings``: name → vector count) counts its vectors.  With ``limit``, a prompt
     with more non-blank runs than ``limit`` (each is at least one token) is not tokenized at all:
     the result is then that number of runs, a lower bound above ``limit``.
     """
@@ -255,7 +338,8 @@ def count_tokens(text: str, tokenizer, limit: int | None = None) -> int:
         words = sum(1 for run in runs if run != BREAK and run[0].strip())
         if words > limit:
             return words
-    return sum(len(tokens) for tokens, _ in _tokenize_parsed(runs, tokenizer) if tokens is not None)
+    slots = EmbeddingSlots(embeddings) if embeddings else None
+    return sum(len(tokens) for tokens, _ in _tokenize_parsed(runs, tokenizer, slots) if tokens is not None)
 
 
 def _split_into_chunks(
@@ -278,6 +362,8 @@ def _split_into_chunks(
         if run_tokens is None:  # BREAK always ends the current chunk
             close()
             continue
+        if run_tokens and run_tokens[0] < 0 and tokens and len(tokens) + len(run_tokens) > CHUNK_TOKENS:
+            close()  # an embedding's vectors stay together in the next chunk
         for token in run_tokens:
             if len(tokens) == CHUNK_TOKENS:
                 # Full: if the tag being written started after a recent comma, move it whole to the
@@ -388,9 +474,11 @@ class PromptEncoder:
     def empty_chunk(self) -> Chunk:
         return self._finish([], [])
 
-    def tokenize(self, text: str) -> list[Chunk]:
-        """Split a prompt into 77-position chunks; raises :class:`PromptTooLong` past ``max_chunks``."""
-        runs = _tokenize_runs(text, self.tokenizer)
+    def tokenize(self, text: str, embeddings: Mapping[str, torch.Tensor] | None = None) -> list[Chunk]:
+        """Split a prompt into 77-position chunks; raises :class:`PromptTooLong` past ``max_chunks``.
+        The vectors of ``embeddings`` (name → ``[n, width]``) the prompt names stand as placeholder ids
+        (see :class:`EmbeddingSlots`)."""
+        runs = _tokenize_runs(text, self.tokenizer, _slots(embeddings))
         token_count = sum(len(t) for t, _ in runs if t is not None)
         parts = _split_into_chunks(runs, self.comma_id, self.comma_backtrack)
         if self.max_chunks is not None and len(parts) > self.max_chunks and self.comma_backtrack:
@@ -426,16 +514,43 @@ class PromptEncoder:
                 self.text_encoder, "dtype", torch.float32
             )
 
-    def _run_encoder(self, chunks: Sequence[Chunk], clip_skip: int) -> torch.Tensor:
-        """Encode chunks as one batch; returns [len(chunks), 77, dim] with emphasis applied."""
+    @contextlib.contextmanager
+    def input_ids(self, chunks: Sequence[Chunk], embeddings: Mapping[str, torch.Tensor] | None = None) -> Iterator[torch.Tensor]:
+        """The token ids of ``chunks`` for the text encoder, ``[len(chunks), 77]``; while in the block, the
+        encoder's token embedding layer returns the embeddings' vectors at their placeholders (a
+        forward hook, removed on exit: the encoder is exactly as before)."""
         device, _ = self._device_dtype()
         ids = torch.tensor([c.tokens for c in chunks], dtype=torch.long, device=device)
-        if clip_skip == 1 and self._final_norm is not None:
-            z = self.text_encoder(input_ids=ids).last_hidden_state
-        else:
-            z = self.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-clip_skip]
-            if self._final_norm is not None:
-                z = self._final_norm(z)
+        slots = ids < 0
+        if not bool(slots.any()):
+            yield ids
+            return
+        if not embeddings:
+            raise ValueError("the prompt holds embedding placeholders but no embeddings were given")
+        rows = _slots(embeddings).table(embeddings).to(device)[-1 - ids[slots]]
+
+        def with_vectors(module, args, output: torch.Tensor) -> torch.Tensor:
+            output = output.clone()
+            output[slots] = rows.to(output.dtype)
+            return output
+
+        handle = self.text_encoder.get_input_embeddings().register_forward_hook(with_vectors)
+        try:
+            yield ids.masked_fill(slots, self.bos_id)  # any id but the end token's: pooling looks for it
+        finally:
+            handle.remove()
+
+    def _run_encoder(
+        self, chunks: Sequence[Chunk], clip_skip: int, embeddings: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Encode chunks as one batch; returns [len(chunks), 77, dim] with emphasis applied."""
+        with self.input_ids(chunks, embeddings) as ids:
+            if clip_skip == 1 and self._final_norm is not None:
+                z = self.text_encoder(input_ids=ids).last_hidden_state
+            else:
+                z = self.text_encoder(input_ids=ids, output_hidden_states=True).hidden_states[-clip_skip]
+                if self._final_norm is not None:
+                    z = self._final_norm(z)
 
         mults = torch.tensor([c.multipliers for c in chunks], dtype=torch.float32, device=z.device)
         weighted = (mults != 1.0).any(dim=1)
@@ -452,7 +567,13 @@ class PromptEncoder:
             z[weighted] = zw.to(z.dtype)
         return z
 
-    def _encode_chunks(self, per_text: list[list[Chunk]], clip_skip: int, min_chunks: int) -> torch.Tensor:
+    def _encode_chunks(
+        self,
+        per_text: list[list[Chunk]],
+        clip_skip: int,
+        min_chunks: int,
+        embeddings: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Encode several texts' chunks in one forward pass, padding each to the same chunk count."""
         n = max(min_chunks, max(len(c) for c in per_text))
         device, dtype = self._device_dtype()
@@ -471,7 +592,7 @@ class PromptEncoder:
                     to_run.append(chunk)
 
         with torch.no_grad():
-            encoded = self._run_encoder(to_run, clip_skip) if to_run else None
+            encoded = self._run_encoder(to_run, clip_skip, embeddings) if to_run else None
             if cache_key not in self._empty_cache:
                 if empty_key in unique:
                     assert encoded is not None
@@ -494,25 +615,38 @@ class PromptEncoder:
                 rows.append(torch.cat(parts, dim=0))
             return torch.stack(rows, dim=0)
 
-    def encode(self, text: str, clip_skip: int | None = None, min_chunks: int = 1) -> torch.Tensor:
+    def encode(
+        self,
+        text: str,
+        clip_skip: int | None = None,
+        min_chunks: int = 1,
+        embeddings: Mapping[str, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """Encode one prompt to ``[1, 77 * n, dim]`` (n = its chunk count, at least ``min_chunks``)."""
         skip = self.clip_skip if clip_skip is None else self._check_clip_skip(clip_skip)
-        return self._encode_chunks([self.tokenize(text)], skip, min_chunks)
+        return self._encode_chunks([self.tokenize(text, embeddings)], skip, min_chunks, embeddings)
 
-    def encode_many(self, texts: list[str], clip_skip: int | None = None) -> torch.Tensor:
-        """Encode prompts to ``[len(texts), 77 * max_n, dim]``; shorter ones are padded with empty chunks."""
+    def encode_many(
+        self, texts: list[str], clip_skip: int | None = None, embeddings: Mapping[str, torch.Tensor] | None = None
+    ) -> torch.Tensor:
+        """Encode prompts to ``[len(texts), 77 * max_n, dim]``; shorter ones are padded with empty chunks.
+        ``embeddings`` (name → ``[n, width]`` vectors) are the textual inversions the texts may name."""
         if isinstance(texts, str):
             raise TypeError("encode_many takes a list of prompts; use encode() for one")
         if not texts:
             raise ValueError("encode_many needs at least one prompt")
         skip = self.clip_skip if clip_skip is None else self._check_clip_skip(clip_skip)
-        return self._encode_chunks([self.tokenize(t) for t in texts], skip, 1)
+        return self._encode_chunks([self.tokenize(t, embeddings) for t in texts], skip, 1, embeddings)
 
     def encode_pair(
-        self, prompt: str, negative: str, clip_skip: int | None = None
+        self,
+        prompt: str,
+        negative: str,
+        clip_skip: int | None = None,
+        embeddings: Mapping[str, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Encode prompt and negative prompt to ``(cond, uncond)``, each ``[1, 77 * n, dim]``, same n."""
-        both = self.encode_many([prompt, negative], clip_skip=clip_skip)
+        both = self.encode_many([prompt, negative], clip_skip=clip_skip, embeddings=embeddings)
         return both[0:1], both[1:2]
 
 
@@ -527,7 +661,9 @@ class SDXLPromptEncoder:
     layer) are concatenated along the feature axis.  The pooled embedding is the second encoder's
     projected end token of the prompt's first chunk (as A1111 takes it); emphasis does not touch it.
 
-    The interface is the one the engine uses of :class:`PromptEncoder`, plus :meth:`pooled_many`.
+    The interface is the one the engine uses of :class:`PromptEncoder`, plus :meth:`pooled_many`;
+    ``embeddings`` map a name to one tensor per text encoder (an SDXL embedding's ``clip_l`` and
+    ``clip_g``), each part encoding with its own.
     """
 
     def __init__(self, tokenizers, text_encoders, clip_skip: int = 2, max_chunks: int | None = 3):
@@ -553,25 +689,49 @@ class SDXLPromptEncoder:
         for part in self.parts:
             part.clear_cache()
 
-    def tokenize(self, text: str) -> list[Chunk]:
-        return self.parts[0].tokenize(text)
+    def _of(self, embeddings: Mapping[str, Sequence[torch.Tensor]] | None, i: int) -> dict[str, torch.Tensor] | None:
+        """The vectors of the ``i``-th text encoder from ``embeddings`` (name → one tensor per encoder)."""
+        return {name: vectors[i] for name, vectors in embeddings.items()} if embeddings else None
 
-    def encode(self, text: str, clip_skip: int | None = None, min_chunks: int = 1) -> torch.Tensor:
-        return torch.cat([p.encode(text, clip_skip, min_chunks) for p in self.parts], dim=-1)
+    def tokenize(self, text: str, embeddings: Mapping[str, Sequence[torch.Tensor]] | None = None) -> list[Chunk]:
+        return self.parts[0].tokenize(text, self._of(embeddings, 0))
 
-    def encode_many(self, texts: list[str], clip_skip: int | None = None) -> torch.Tensor:
-        return torch.cat([p.encode_many(texts, clip_skip) for p in self.parts], dim=-1)
+    def encode(
+        self,
+        text: str,
+        clip_skip: int | None = None,
+        min_chunks: int = 1,
+        embeddings: Mapping[str, Sequence[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        return torch.cat(
+            [p.encode(text, clip_skip, min_chunks, self._of(embeddings, i)) for i, p in enumerate(self.parts)], dim=-1
+        )
+
+    def encode_many(
+        self,
+        texts: list[str],
+        clip_skip: int | None = None,
+        embeddings: Mapping[str, Sequence[torch.Tensor]] | None = None,
+    ) -> torch.Tensor:
+        return torch.cat(
+            [p.encode_many(texts, clip_skip, self._of(embeddings, i)) for i, p in enumerate(self.parts)], dim=-1
+        )
 
     def encode_pair(
-        self, prompt: str, negative: str, clip_skip: int | None = None
+        self,
+        prompt: str,
+        negative: str,
+        clip_skip: int | None = None,
+        embeddings: Mapping[str, Sequence[torch.Tensor]] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        both = self.encode_many([prompt, negative], clip_skip=clip_skip)
+        both = self.encode_many([prompt, negative], clip_skip=clip_skip, embeddings=embeddings)
         return both[0:1], both[1:2]
 
-    def pooled_many(self, texts: list[str]) -> torch.Tensor:
+    def pooled_many(
+        self, texts: list[str], embeddings: Mapping[str, Sequence[torch.Tensor]] | None = None
+    ) -> torch.Tensor:
         """``[len(texts), projection_dim]``: the second encoder's pooled output of each first chunk."""
-        second = self.parts[-1]
-        device, _ = second._device_dtype()
-        ids = torch.tensor([second.tokenize(t)[0].tokens for t in texts], dtype=torch.long, device=device)
-        with torch.no_grad():
+        second, vectors = self.parts[-1], self._of(embeddings, len(self.parts) - 1)
+        chunks = [second.tokenize(t, vectors)[0] for t in texts]
+        with torch.no_grad(), second.input_ids(chunks, vectors) as ids:
             return second.text_encoder(input_ids=ids).text_embeds

@@ -38,7 +38,9 @@ class GenerationRequest:
     ``prompt_embeds``, when set, is a ``(cond, uncond)`` pair of tensors used instead of encoding
     ``prompt``/``negative`` (Imagic's interpolated embedding); the texts still go to the metadata.
     ``loras`` (:class:`gen_core.lora.LoraUse`, in order) are active while the request is encoded and
-    denoised; requests with different sets never share a UNet batch.
+    denoised; requests with different sets never share a UNet batch.  ``embeddings``
+    (:class:`gen_core.embeddings.EmbeddingUse`) are the textual inversions its prompt and negative may
+    name (see :mod:`gen_core.prompts`).
     """
 
     prompt: str
@@ -57,6 +59,7 @@ class GenerationRequest:
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_embeds: Any = None
     loras: tuple[Any, ...] = ()
+    embeddings: tuple[Any, ...] = ()
 
     def image_seeds(self) -> list[int]:
         """Seeds of the request's images (requires a resolved seed)."""

@@ -164,6 +164,14 @@ def test_training_sessions_get_the_bare_model_and_loras_work_after(engine, tmp_p
     np.testing.assert_array_equal(render(engine, lora.LoraUse(a)), styled)
 
 
-def test_tags_are_removed_from_the_text():
-    text, tags = strip_extra_networks("a cat <lora:style:0.8> on a chair <lora:detail>")
-    assert text == "a cat on a chair" and tags == [("lora", "style", 0.8), ("lora", "detail", 1.0)]
+def test_tags_are_removed_from_the_text_and_read_as_a1111_does():
+    text, tags = strip_extra_networks("a cat <lora:style:0.8> on a chair <lora:detail> <lora:x:0.2:0.7> <lora:y:unet=0.5>")
+    assert text == "a cat on a chair"
+    assert [(t.kind, t.name) for t in tags] == [("lora", "style"), ("lora", "detail"), ("lora", "x"), ("lora", "y")]
+    weights = [lora.tag_weights(t.weights, t.named) for t in tags]
+    assert weights == [(0.8, 0.8), (1.0, 1.0), (0.7, 0.2), (0.5, 1.0)]  # (unet, te): A1111 writes te first
+    assert lora.tag_weights((), (("te", 0.3),)) == (0.3, 0.3)
+    with pytest.raises(lora.LoraError, match="at most two"):
+        lora.tag_weights((1, 1, 1))
+    with pytest.raises(lora.LoraError, match="`dyn=` is not"):
+        lora.tag_weights((), (("dyn", 4),))

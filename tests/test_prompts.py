@@ -153,7 +153,9 @@ def test_strip_extra_networks():
         "<lora:detail> a cat, <hypernet:anime_v2:0.8>, (sitting:1.2) <hypernet:x:-0.5>"
     )
     assert text == "a cat, , (sitting:1.2)"
-    assert nets == [("lora", "detail", 1.0), ("hypernet", "anime_v2", 0.8), ("hypernet", "x", -0.5)]
+    assert [(n.kind, n.name, n.weight) for n in nets] == [("lora", "detail", 1.0), ("hypernet", "anime_v2", 0.8), ("hypernet", "x", -0.5)]
+    _, (tag,) = strip_extra_networks("<lora:x:0.5: te = 0.25 :1>")
+    assert tag.weights == (0.5, 1.0) and tag.named == (("te", 0.25),)
 
 
 def test_strip_extra_networks_leaves_plain_prompts_alone():
@@ -163,6 +165,8 @@ def test_strip_extra_networks_leaves_plain_prompts_alone():
 def test_strip_extra_networks_bad_weight():
     with pytest.raises(PromptError, match="weight must be a number"):
         strip_extra_networks("a <lora:detail:lots>")
+    with pytest.raises(PromptError, match="finite"):
+        strip_extra_networks("a <lora:detail:te=inf>")
 
 
 # ---------------------------------------------------------------------------------------------
