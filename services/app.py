@@ -55,6 +55,7 @@ def default_engine_loader(config: Config):
                 inpaint_path=m.inpaint_path,
                 family=m.family,
                 vae=m.vae,
+                lora_cache_mb=config.lora.cache_mb,
             )
         )
 

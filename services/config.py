@@ -144,6 +144,18 @@ class HypernetConfig:
 
 
 @dataclass
+class LoraConfig:
+    max_active: int = 8
+    max_file_mb: int = 512
+    cache_mb: int = 2048
+
+
+@dataclass
+class EmbeddingConfig:
+    max_file_mb: int = 8
+
+
+@dataclass
 class CreditsConfig:
     start_balance: int = 500
     topup_floor: int = 100
@@ -161,6 +173,8 @@ class Config:
     credits: CreditsConfig = field(default_factory=CreditsConfig)
     edit: EditConfig = field(default_factory=EditConfig)
     hypernet: HypernetConfig = field(default_factory=HypernetConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    embedding: EmbeddingConfig = field(default_factory=EmbeddingConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
 
     @property

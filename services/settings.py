@@ -12,6 +12,9 @@ The schema, as stored (the layout of migration 0001; ``storage.settings`` keeps 
                         "multipliers": {"imagine": 3.0, ...}, "max_queued_per_user": 2},  # /admin credits policy,
                                                    # /admin limits max_queued; read by storage.CostPolicy too
         "hypernet:<member id>": [[module_id, strength], ...],                       # /hypernet use, off
+        "lora:<member id>": [[module_id, strength], ...],                           # /lora use, off
+        "private_modules": "nsfw",                 # /admin modules private: members' private modules only in
+                                                   # age-restricted channels (absent: anywhere)
     }
     channel_settings row = enabled (False: /admin channels deny) + settings = {
         "allowed": true,                           # /admin channels allow: once any is, only those work
@@ -44,7 +47,7 @@ from services.text_filter import (
     fold,
     shown,
 )
-from storage import CostPolicy, JobKind, moderation, settings
+from storage import CostPolicy, JobKind, ModuleKind, moderation, settings
 
 LIMIT_NAMES = ("max_steps", "max_area", "max_count", "max_train_images", "max_train_steps")
 """The limits a guild or one channel may lower; ``max_queued`` (a member's waiting jobs) is per guild only."""
@@ -52,9 +55,10 @@ POLICY_FIELDS = ("start_balance", "topup_floor", "topup_period_s", "multipliers"
 """The fields of the bot's `CostPolicy` a guild may override (``max_queued_per_user`` through its limits)."""
 CHANNEL_ACCESS = {"allow": (True, True), "deny": (False, None), "reset": (True, None)}  # -> (enabled, allowed)
 STRENGTH_RANGE = (-2.0, 2.0)
-"""What a hypernetwork's strength may be, as a member's choice or in a prompt tag."""
+"""What a hypernetwork's or LoRA's strength may be, as a member's choice or in a prompt tag."""
 MAX_MULTIPLIER = 100.0
-_HYPERNET_PREFIX = "hypernet:"
+ACTIVE_KINDS = (ModuleKind.HYPERNET, ModuleKind.LORA)
+"""The module kinds a member turns on for all their /imagine jobs (``/hypernet use``, ``/lora use``)."""
 
 
 def check_strength(strength: float) -> float:
@@ -115,7 +119,7 @@ class NsfwRules:
 
 
 @dataclass(frozen=True)
-class ActiveHypernet:
+class ActiveModule:
     """A module a member applies to their /imagine jobs (the module row's id) and its strength."""
 
     module_id: int
@@ -140,7 +144,8 @@ class GuildSettings:
     nsfw: NsfwRules
     policy: CostPolicy
     banned: WordFilter  # ``disabled``: stored regexes RE2 cannot run (written before it was the engine)
-    hypernets: Mapping[int, tuple[ActiveHypernet, ...]]  # per member id
+    active: Mapping[tuple[ModuleKind, int], tuple[ActiveModule, ...]]  # per (kind, member id), ACTIVE_KINDS
+    private_modules_nsfw_only: bool  # members' private modules work only in age-restricted channels
 
     def limits_in(self, channel: ChannelSettings | None = None) -> Limits:
         """The limits in ``channel`` (its overrides over the guild's), or the guild's."""
@@ -170,11 +175,11 @@ class ServerSettings:
     def _guild(self, blob: Mapping[str, Any], words: Sequence[str]) -> GuildSettings:
         conf = self.config.moderation
         nsfw = blob.get("nsfw") or {}
-        hypernets = {
-            int(key[len(_HYPERNET_PREFIX):]): tuple(ActiveHypernet(int(m), float(s)) for m, s in value)
-            for key, value in blob.items()
-            if key.startswith(_HYPERNET_PREFIX) and value
-        }
+        active = {}
+        for key, value in blob.items():
+            kind, _, member = key.partition(":")
+            if kind in ACTIVE_KINDS and member.isdigit() and value:
+                active[ModuleKind(kind), int(member)] = tuple(ActiveModule(int(m), float(s)) for m, s in value)
         return GuildSettings(
             ceilings=self.ceilings,
             limit_overrides=dict(blob.get("limits") or {}),
@@ -186,7 +191,8 @@ class ServerSettings:
             ),
             policy=settings.policy_of(blob, self.base_policy),
             banned=compile_entries(tuple(words)),
-            hypernets=hypernets,
+            active=active,
+            private_modules_nsfw_only=blob.get("private_modules") == "nsfw",
         )
 
     @staticmethod
@@ -308,12 +314,17 @@ class ServerSettings:
             self.db, guild_id, channel_id, enabled=enabled, patch={"allowed": allowed}, actor_id=actor_id
         )
 
-    async def set_hypernets(self, guild_id: int, user_id: int, active: Sequence[ActiveHypernet]) -> None:
-        """The modules a member applies to their /imagine jobs, in order (empty: none)."""
+    async def set_active(self, kind: ModuleKind, guild_id: int, user_id: int, active: Sequence[ActiveModule]) -> None:
+        """The modules of ``kind`` (one of ACTIVE_KINDS) a member applies to their /imagine jobs, in order
+        (empty: none)."""
         for entry in active:
             check_strength(entry.strength)
-        limit = self.config.hypernet.max_active
+        limit = {ModuleKind.HYPERNET: self.config.hypernet.max_active, ModuleKind.LORA: self.config.lora.max_active}[kind]
         if len(active) > limit:
-            raise UserError(f"At most {limit} modules can be active at once. Turn one off with `/hypernet off name`.")
+            raise UserError(f"At most {limit} modules can be active at once. Turn one off with `/{kind} off name`.")
         value = [[a.module_id, a.strength] for a in active] or None
-        await settings.update_guild_settings(self.db, guild_id, {f"{_HYPERNET_PREFIX}{user_id}": value}, user_id)
+        await settings.update_guild_settings(self.db, guild_id, {f"{kind}:{user_id}": value}, user_id)
+
+    async def set_private_modules(self, guild_id: int, actor_id: int, nsfw_only: bool) -> None:
+        """Whether members' private modules (not shared and approved) work only in age-restricted channels."""
+        await settings.update_guild_settings(self.db, guild_id, {"private_modules": "nsfw" if nsfw_only else None}, actor_id)

@@ -117,11 +117,12 @@ Other repositories (module functions taking ``db``)
   channel), guild_channel_settings.
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
-* ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
+* ``storage.modules``: register, get, get_by_id, visible, list_all, update, delete, path_in_use (hypernetworks,
+  LoRAs and embeddings, by ``ModuleKind``).
 * ``storage.gc``: collect (image-store blobs no image row and no job refers to; run at start).
 """
 
-from storage import gc, hypernetworks, images, moderation, settings
+from storage import gc, images, moderation, modules, settings
 from storage.db import Database, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
@@ -136,13 +137,14 @@ from storage.models import (
     Favourite,
     Guild,
     GuildSettings,
-    HypernetworkModule,
     Image,
     Job,
     JobKind,
     JobStatus,
     LedgerEntry,
     LedgerKind,
+    Module,
+    ModuleKind,
     ModuleStatus,
     User,
     WorkerRecord,
@@ -161,7 +163,8 @@ __all__ = [
     "Favourite",
     "Guild",
     "GuildSettings",
-    "HypernetworkModule",
+    "Module",
+    "ModuleKind",
     "Image",
     "ImageRepo",
     "ImageStore",
@@ -188,7 +191,7 @@ __all__ = [
     "images",
     "masked_url",
     "moderation",
-    "hypernetworks",
+    "modules",
     "settings",
     "utcnow",
 ]

@@ -105,9 +105,17 @@ class LedgerKind(enum.StrEnum):
     TOPUP = "topup"
 
 
+class ModuleKind(enum.StrEnum):
+    """What a module file is: every kind follows the same sharing rules (``ModuleStatus``)."""
+
+    HYPERNET = "hypernet"  # a hypernetwork (K/V context transforms)
+    LORA = "lora"  # LoRA adapters of the UNet and text encoders
+    EMBEDDING = "embedding"  # a textual-inversion embedding, named in prompts
+
+
 class ModuleStatus(enum.StrEnum):
-    """Review state of a hypernetwork module. Only ``approved`` modules with ``shared=True`` are visible to
-    other members of the guild; the owner always sees their own."""
+    """Review state of a module. Only ``approved`` modules with ``shared=True`` are visible to other members of
+    the guild; the owner always sees their own."""
 
     PRIVATE = "private"
     PENDING = "pending"
@@ -332,15 +340,20 @@ class Favourite(Base):
     created_at: Mapped[datetime]
 
 
-class HypernetworkModule(Base):
-    __tablename__ = "hypernetwork_modules"
+class Module(Base):
+    """A member's module file on one server (a hypernetwork, LoRA or embedding); names are unique per
+    server and kind."""
+
+    __tablename__ = "modules"
     __table_args__ = (
-        UniqueConstraint("guild_id", "name", name="uq_hypernetwork_modules_guild_name"),
+        UniqueConstraint("guild_id", "kind", "name", name="uq_modules_guild_kind_name"),
         CheckConstraint(f"status IN ({_quoted(ModuleStatus)})", name="status"),
+        CheckConstraint(f"kind IN ({_quoted(ModuleKind)})", name="kind"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
     guild_id: Mapped[int] = mapped_column(BigInteger, ForeignKey("guilds.id", ondelete="CASCADE"))
+    kind: Mapped[str] = mapped_column(String(16))
     owner_id: Mapped[int] = mapped_column(BigInteger, index=True)
     name: Mapped[str] = mapped_column(String(64))
     path: Mapped[str] = mapped_column(Text)
@@ -350,6 +363,11 @@ class HypernetworkModule(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", default=dict)
     created_at: Mapped[datetime]
     updated_at: Mapped[datetime]
+
+    @property
+    def approved(self) -> bool:
+        """Shared with the whole server (usable by every member)."""
+        return self.shared and self.status == ModuleStatus.APPROVED.value
 
 
 class AuditEntry(Base):

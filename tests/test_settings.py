@@ -10,12 +10,13 @@ import pytest
 
 from services.config import Config
 from services.jobs import UserError
-from services.settings import ActiveHypernet, ServerSettings
-from storage import CostPolicy, moderation, settings
+from services.settings import ActiveModule, ServerSettings
+from storage import CostPolicy, ModuleKind, moderation, settings
 from storage.policy import DEFAULT_MULTIPLIERS
 from tests.test_storage_support import BACKENDS, environment
 
 GUILD, CHANNEL, MEMBER, ADMIN = 1, 55, 7, 9
+HN, LORA = ModuleKind.HYPERNET, ModuleKind.LORA
 
 
 @pytest.fixture(params=BACKENDS)
@@ -40,7 +41,7 @@ async def test_defaults_are_the_bots_own(backend, tmp_path):
         conf = s.config.moderation
         assert guild.nsfw.terms.names[:2] == ("nsfw", "nude") and guild.nsfw.negative == conf.sfw_negative
         assert guild.nsfw.image_check is (conf.image_check != "false")
-        assert guild.negative == "" and guild.banned.names == () and guild.hypernets == {}
+        assert guild.negative == "" and guild.banned.names == () and guild.active == {} and not guild.private_modules_nsfw_only
         assert guild.policy == s.base_policy == await s.policy(GUILD)
         assert await s.channels(GUILD) == []
 
@@ -54,7 +55,9 @@ async def test_writes_keep_the_stored_layout_and_read_back_typed(backend, tmp_pa
         await s.set_nsfw(GUILD, ADMIN, terms=" Gore,, blood ", image_check=False)
         await s.set_policy(GUILD, ADMIN, {"start_balance": 42, "multipliers": {"mix": 2.0}})
         await s.set_policy(GUILD, ADMIN, {"multipliers": {"edit": 3.0}})  # merged with the guild's
-        await s.set_hypernets(GUILD, MEMBER, [ActiveHypernet(3, 0.5), ActiveHypernet(4, -1.0)])
+        await s.set_active(HN, GUILD, MEMBER, [ActiveModule(3, 0.5), ActiveModule(4, -1.0)])
+        await s.set_active(LORA, GUILD, MEMBER, [ActiveModule(5, 0.8)])
+        await s.set_private_modules(GUILD, ADMIN, True)
         await s.set_channel_access(GUILD, ADMIN, CHANNEL, "allow")
         assert await s.add_banned_word(GUILD, ADMIN, " BadWord ") == "badword"
         with pytest.raises(UserError, match="already banned"):
@@ -71,6 +74,8 @@ async def test_writes_keep_the_stored_layout_and_read_back_typed(backend, tmp_pa
                 "multipliers": {**DEFAULT_MULTIPLIERS, "mix": 2.0, "edit": 3.0},
             },
             f"hypernet:{MEMBER}": [[3, 0.5], [4, -1.0]],
+            f"lora:{MEMBER}": [[5, 0.8]],
+            "private_modules": "nsfw",
         }
         row = await settings.get_channel_settings(db, CHANNEL)
         assert row.enabled and row.settings == {"limits": {"max_count": 1, "max_steps": 30}, "allowed": True}
@@ -83,16 +88,19 @@ async def test_writes_keep_the_stored_layout_and_read_back_typed(backend, tmp_pa
         assert guild.nsfw.terms.names == ("gore", "blood") and guild.nsfw.image_check is False
         assert guild.nsfw.negative == s.config.moderation.sfw_negative
         assert guild.policy.start_balance == 42 and guild.policy.multipliers["mix"] == 2.0
-        assert guild.hypernets == {MEMBER: (ActiveHypernet(3, 0.5), ActiveHypernet(4, -1.0))}
+        assert guild.active == {(HN, MEMBER): (ActiveModule(3, 0.5), ActiveModule(4, -1.0)), (LORA, MEMBER): (ActiveModule(5, 0.8),)}
+        assert guild.private_modules_nsfw_only
         assert [(c.channel_id, c.enabled, c.allowed) for c in await s.channels(GUILD)] == [(CHANNEL, True, True)]
 
         await s.set_limits(GUILD, ADMIN, None, {}, reset=True)
         await s.set_limits(GUILD, ADMIN, CHANNEL, {}, reset=True)
         await s.set_negative(GUILD, ADMIN, "  ")
-        await s.set_hypernets(GUILD, MEMBER, [])
+        await s.set_active(HN, GUILD, MEMBER, [])
+        await s.set_private_modules(GUILD, ADMIN, False)
         await s.set_channel_access(GUILD, ADMIN, CHANNEL, "deny")
         blob = await settings.get_guild_settings(db, GUILD)
-        assert {"limits", "negative", f"hypernet:{MEMBER}"}.isdisjoint(blob)
+        assert {"limits", "negative", f"hypernet:{MEMBER}", "private_modules"}.isdisjoint(blob)
+        assert (await s.guild(GUILD)).active == {(LORA, MEMBER): (ActiveModule(5, 0.8),)}
         assert "max_queued_per_user" not in blob["cost_policy"]
         assert await s.limits(GUILD, CHANNEL) == s.ceilings
         assert [(c.enabled, c.allowed, dict(c.limits)) for c in await s.channels(GUILD)] == [(False, False, {})]
@@ -126,8 +134,9 @@ async def test_stored_values_above_the_bots_limits_read_as_its_limits(backend, t
         (lambda s: s.set_policy(GUILD, ADMIN, {"topup_period_s": float("nan")}), "0 or more"),
         (lambda s: s.set_policy(GUILD, ADMIN, {"multipliers": {"reroll": 2.0}}), "`reroll` has no price"),
         (lambda s: s.set_policy(GUILD, ADMIN, {"multipliers": {"mix": -1.0}}), "between 0 and 100"),
-        (lambda s: s.set_hypernets(GUILD, MEMBER, [ActiveHypernet(1, 2.5)]), "Strength must be between -2 and 2"),
-        (lambda s: s.set_hypernets(GUILD, MEMBER, [ActiveHypernet(i, 1.0) for i in range(5)]), "At most 4 modules"),
+        (lambda s: s.set_active(HN, GUILD, MEMBER, [ActiveModule(1, 2.5)]), "Strength must be between -2 and 2"),
+        (lambda s: s.set_active(HN, GUILD, MEMBER, [ActiveModule(i, 1.0) for i in range(5)]), "At most 4 modules"),
+        (lambda s: s.set_active(LORA, GUILD, MEMBER, [ActiveModule(i, 1.0) for i in range(9)]), "At most 8 .* `/lora off"),
         (lambda s: s.set_channel_access(GUILD, ADMIN, CHANNEL, "maybe"), "`maybe` is not a channel setting"),
         (lambda s: s.add_banned_word(GUILD, ADMIN, "re:(a)\\1"), "not a valid regex"),
         (lambda s: s.set_nsfw(GUILD, ADMIN, terms="gore, \u200b"), "letters or digits"),

@@ -10,7 +10,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import column, inspect, table, text
 
-from storage import Database, JobKind, JobQueue, Ledger, moderation, settings
+from storage import Database, JobKind, JobQueue, Ledger, ModuleKind, moderation, modules, settings
 from storage.__main__ import main as storage_cli
 from storage.migrate import head_revision, run_with_connection
 from storage.models import Base, JsonType, UTCDateTime
@@ -19,7 +19,7 @@ from worker.jobs import EditRemixParams, HypernetUse, ImagineMode, params_of
 
 TABLES = {
     "users", "guilds", "guild_settings", "channel_settings", "accounts", "ledger_entries", "jobs", "fair_share",
-    "queue_clock", "images", "favourites", "hypernetwork_modules", "audit_log", "bans", "banned_words", "workers",
+    "queue_clock", "images", "favourites", "modules", "audit_log", "bans", "banned_words", "workers",
 }  # fmt: skip
 
 
@@ -37,7 +37,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
     try:
         assert await db.current_revision() is None
         await db.upgrade()
-        assert await db.current_revision() == head_revision() == "0004"
+        assert await db.current_revision() == head_revision() == "0005"
         assert TABLES <= await table_names(db)
         await db.upgrade()  # idempotent
         job, _ = await JobQueue(db).enqueue(spec(1))
@@ -45,7 +45,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
         assert await db.current_revision() is None
         assert await table_names(db) <= {"alembic_version"}
         await db.upgrade("head")
-        assert await db.current_revision() == "0004"
+        assert await db.current_revision() == "0005"
         # a fresh schema works: the clock row is back, the queue and ledger run
         job, created = await JobQueue(db).enqueue(spec(1))
         assert created and job.start_tag == 0
@@ -73,7 +73,7 @@ def test_command_line(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "None"
     assert storage_cli(["upgrade", url]) == 0
     assert storage_cli(["current", url]) == 0
-    assert capsys.readouterr().out.strip() == "0004"
+    assert capsys.readouterr().out.strip() == "0005"
     assert storage_cli(["check", url]) == 0
     assert storage_cli(["downgrade", url, "base"]) == 0
     assert storage_cli(["current", url]) == 0
@@ -175,5 +175,29 @@ async def test_0003_drops_channel_nsfw_and_keeps_the_channel_rules(backend, tmp_
         await db.downgrade("0002")  # and back: the column returns, unset
         columns = await run_with_connection(db.url, lambda c: [col["name"] for col in inspect(c).get_columns("channel_settings")])
         assert "nsfw" in columns
+    finally:
+        await close_database(db)
+
+
+async def test_0005_keeps_hypernetworks_and_their_ids_in_modules(backend, tmp_path):
+    db = await open_database(backend, tmp_path, upgrade=False)
+    try:
+        await db.upgrade("0004")
+        await settings.touch_guild(db, 1)
+        async with db.write() as s:
+            await s.execute(text(
+                "INSERT INTO hypernetwork_modules (id, guild_id, owner_id, name, path, sha256, shared, status, metadata, "
+                "created_at, updated_at) VALUES (41, 1, 7, 'anime', '/m/a.safetensors', 'ab', true, 'approved', '{}', "
+                "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP)"
+            ))  # fmt: skip
+        await db.upgrade()
+        assert "hypernetwork_modules" not in await table_names(db)
+        (kept,) = await modules.list_all(db, 1)
+        assert (kept.id, kept.kind, kept.name, kept.owner_id, kept.approved) == (41, ModuleKind.HYPERNET, "anime", 7, True)
+        lora = await modules.register(db, ModuleKind.LORA, 1, 7, "anime", "/m/l.safetensors", "cd")  # same name, other kind
+        assert lora.id > 41  # ids continue after the copied ones
+        await db.downgrade("0004")
+        rows = await db.run_read(lambda s: s.execute(text("SELECT id, name FROM hypernetwork_modules")).all())
+        assert [tuple(r) for r in rows] == [(41, "anime")]  # the LoRA row is not a hypernetwork
     finally:
         await close_database(db)

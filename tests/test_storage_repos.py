@@ -1,4 +1,4 @@
-"""Settings, moderation, hypernetwork modules, and the queue helpers the bot uses after a restart."""
+"""Settings, moderation, modules (hypernetworks, LoRAs, embeddings), and the queue helpers the bot uses after a restart."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from storage import ModuleStatus, hypernetworks, moderation, settings
+from storage import ModuleKind, ModuleStatus, moderation, modules, settings
 from tests.test_storage_support import BACKENDS, environment, spec
 
 
@@ -85,29 +85,37 @@ async def test_moderation(backend, tmp_path):
         assert entries[1].details == {"amount": 50} and entries[1].target_user_id == 2
 
 
-async def test_hypernetwork_modules(backend, tmp_path):
+async def test_modules(backend, tmp_path):
     async with environment(backend, tmp_path) as env:
         db = env.db
-        mine = await hypernetworks.register(db, 1, 10, "anime", "/m/anime.pt", "a" * 64, {"layers": [1, 2]})
-        theirs = await hypernetworks.register(db, 1, 20, "furry", "/m/furry.pt", "b" * 64)
-        await hypernetworks.register(db, 2, 20, "anime", "/m/anime2.pt", "c" * 64)  # same name, other guild: fine
+        H, L = ModuleKind.HYPERNET, ModuleKind.LORA
+        mine = await modules.register(db, H, 1, 10, "anime", "/m/anime.pt", "a" * 64, {"layers": [1, 2]})
+        theirs = await modules.register(db, H, 1, 20, "furry", "/m/furry.pt", "b" * 64)
+        await modules.register(db, H, 2, 20, "anime", "/m/anime2.pt", "c" * 64)  # same name, other guild: fine
+        lora = await modules.register(db, L, 1, 20, "anime", "/m/anime.safetensors", "e" * 64)  # same name, other kind: fine
         with pytest.raises(IntegrityError):
-            await hypernetworks.register(db, 1, 30, "anime", "/m/x.pt", "d" * 64)
+            await modules.register(db, H, 1, 30, "anime", "/m/x.pt", "d" * 64)
         assert mine.status == ModuleStatus.PRIVATE and not mine.shared and mine.meta == {"layers": [1, 2]}
-        assert [m.name for m in await hypernetworks.visible(db, 1, 10)] == ["anime"]
-        await hypernetworks.update(db, theirs.id, shared=True, status=ModuleStatus.PENDING)
-        assert [m.name for m in await hypernetworks.visible(db, 1, 10)] == ["anime"]  # not approved yet
-        assert [m.name for m in await hypernetworks.list_all(db, 1, status="pending")] == ["furry"]
-        updated = await hypernetworks.update(db, theirs.id, status="approved", metadata={"note": "ok"})
-        assert updated.status == "approved" and updated.meta == {"note": "ok"}
-        assert [m.name for m in await hypernetworks.visible(db, 1, 10)] == ["anime", "furry"]
-        assert (await hypernetworks.get(db, 1, "furry")).sha256 == "b" * 64
-        assert (await hypernetworks.get_by_id(db, mine.id)).path == "/m/anime.pt"
-        assert await hypernetworks.update(db, 999_999, shared=True) is None
-        assert await hypernetworks.delete(db, mine.id) and not await hypernetworks.delete(db, mine.id)
-        assert await hypernetworks.get(db, 1, "anime") is None
+        assert mine.kind == H and not mine.approved
+        assert [m.name for m in await modules.visible(db, H, 1, 10)] == ["anime"]
+        await modules.update(db, theirs.id, shared=True, status=ModuleStatus.PENDING)
+        assert [m.name for m in await modules.visible(db, H, 1, 10)] == ["anime"]  # not approved yet
+        assert [m.name for m in await modules.list_all(db, 1, status="pending")] == ["furry"]
+        updated = await modules.update(db, theirs.id, status="approved", metadata={"note": "ok"})
+        assert updated.status == "approved" and updated.meta == {"note": "ok"} and updated.approved
+        assert [m.name for m in await modules.visible(db, H, 1, 10)] == ["anime", "furry"]
+        assert [m.id for m in await modules.visible(db, L, 1, 20)] == [lora.id]  # one kind at a time
+        assert [m.kind for m in await modules.list_all(db, 1)] == [H, H, L]
+        assert [m.id for m in await modules.list_all(db, 1, kind=L)] == [lora.id]
+        assert (await modules.get(db, H, 1, "furry")).sha256 == "b" * 64
+        assert (await modules.get(db, L, 1, "anime")).id == lora.id
+        assert (await modules.get_by_id(db, mine.id)).path == "/m/anime.pt"
+        assert await modules.update(db, 999_999, shared=True) is None
+        assert await modules.path_in_use(db, "/m/anime.pt")
+        assert await modules.delete(db, mine.id) and not await modules.delete(db, mine.id)
+        assert await modules.get(db, H, 1, "anime") is None and not await modules.path_in_use(db, "/m/anime.pt")
         with pytest.raises(ValueError):
-            await hypernetworks.update(db, theirs.id, status="bogus")
+            await modules.update(db, theirs.id, status="bogus")
 
 
 async def test_string_request_keys_and_posting_helpers(backend, tmp_path):

@@ -10,16 +10,20 @@ import functools
 from pathlib import Path
 from typing import Any
 
+from gen_core import embeddings as embeddings_
+from gen_core import lora
 from gen_core.types import GeneratedImage, GenerationRequest
 from worker.jobs import (
     EditParams,
     EditRemixParams,
+    EmbeddingUse,
     HypernetTrainParams,
     ImagineMode,
     ImagineParams,
     InpaintParams,
     JobKind,
     JobParams,
+    LoraUse,
     MixParams,
     OutpaintParams,
     Task,
@@ -29,12 +33,17 @@ from worker.jobs import (
 def sampling_request(
     params: JobParams, *, job_id: int | None = None, mode: str | None = None, hypernets: str | None = None, init_image: Any = None
 ) -> GenerationRequest:
-    """The gen_core request of a job's sampling settings; ``mode`` and ``hypernets`` go into the PNG metadata."""
+    """The gen_core request of a job's sampling settings with its LoRAs and embeddings; ``mode`` and
+    ``hypernets`` go into the PNG metadata."""
     extra: dict[str, Any] = {"Job": job_id} if job_id is not None else {}
     if mode:
         extra["Mode"] = mode
     if hypernets:
         extra["Hypernet"] = hypernets
+    loras: tuple[LoraUse, ...] = getattr(params, "loras", ())
+    if loras:
+        extra["Lora"] = ", ".join(_lora_label(u) for u in loras)
+    embeddings: tuple[EmbeddingUse, ...] = getattr(params, "embeddings", ())
     strength = getattr(params, "strength", None)
     noise = getattr(params, "noise", None)
     return GenerationRequest(
@@ -52,7 +61,16 @@ def sampling_request(
         strength=0.7 if strength is None else strength,
         noise=noise or 0.0,
         extra=extra,
+        loras=tuple(lora.LoraUse(u.path, u.unet_weight, u.te_weight) for u in loras),
+        embeddings=tuple(embeddings_.EmbeddingUse(e.name, e.path) for e in embeddings),
     )
+
+
+def _lora_label(use: LoraUse) -> str:
+    """``name:w``, or A1111's ``name:te:unet`` when the weights differ."""
+    if use.te_weight == use.unet_weight:
+        return f"{use.name}:{use.unet_weight:g}"
+    return f"{use.name}:{use.te_weight:g}:{use.unet_weight:g}"
 
 
 def imagine_request(task: Task) -> GenerationRequest:

@@ -43,6 +43,25 @@ class HypernetUse:
     strength: float
 
 
+@dataclass(frozen=True)
+class LoraUse:
+    """A LoRA a job samples with: its weights on the UNet and on the text encoders."""
+
+    name: str
+    path: str
+    unet_weight: float
+    te_weight: float
+
+
+@dataclass(frozen=True)
+class EmbeddingUse:
+    """A textual-inversion embedding the job's prompt or negative names, and its vector count (its tokens)."""
+
+    name: str
+    path: str
+    vectors: int
+
+
 @dataclass(frozen=True, kw_only=True)
 class JobParams:
     """What every kind samples with.  ``prompt`` is what the model sees (quality tags included);
@@ -116,18 +135,25 @@ class ImagineParams(JobParams):
     source_job: int | None = None
     source_index: int | None = None
     hypernets: tuple[HypernetUse, ...] = ()
+    loras: tuple[LoraUse, ...] = ()
+    embeddings: tuple[EmbeddingUse, ...] = ()
 
     @property
     def denoised_strength(self) -> float | None:
         return None if self.mode == ImagineMode.TEXT else self.strength
+
+    @property
+    def modules(self) -> tuple[HypernetUse | LoraUse | EmbeddingUse, ...]:
+        """Every module the job uses."""
+        return (*self.hypernets, *self.loras, *self.embeddings)
 
     def batch_group(self) -> str:
         if self.init_image:
             group = f"{self.kind}:img2img:{self.sampling_key()}:{self.strength}"
         else:
             group = f"{self.kind}:txt2img:{self.sampling_key()}"
-        if self.hypernets:  # attached per batch: only jobs with the same chain share it
-            chain = json.dumps([[h.path, h.strength] for h in self.hypernets])
+        if self.hypernets or self.loras:  # attached per batch: only jobs with the same set share it
+            chain = json.dumps([[h.path, h.strength] for h in self.hypernets] + [[u.path, u.unet_weight, u.te_weight] for u in self.loras])
             group += f":hn={hashlib.sha256(chain.encode()).hexdigest()[:16]}"
         return group
 
