@@ -1,5 +1,6 @@
 """/admin: server administration — credits, limits, bans, channels, NSFW, banned words, the server negative
-prompt, the queue, hypernetwork module approvals and the audit log.
+prompt, the queue, module approvals (hypernetworks, LoRAs, embeddings) and the rule for private modules, and the
+audit log.
 
 Discord shows the group only to members with Manage Server (``default_member_permissions``), but a server
 owner can change who sees it, so every call is checked again against the member's own permissions.
@@ -16,12 +17,14 @@ from discord.ext import commands
 
 from services import ui
 from services.jobs import UserError
+from services.modules import ModuleKind, matching
 from services.text_filter import REGEX_PREFIX
 from services.ui import manages_server
 from worker.jobs import JobKind
 
 AUDIT_PAGE = 10
 MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in JobKind]  # a price multiplier each
+MODULE_KIND_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in ModuleKind]
 
 
 def fmt_multipliers(multipliers: dict[str, float]) -> str:
@@ -35,7 +38,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     channels = app_commands.Group(name="channels", description="Where the bot may be used")
     words = app_commands.Group(name="words", description="Banned prompt words and regexes")
     queue = app_commands.Group(name="queue", description="This server's jobs")
-    hypernets_group = app_commands.Group(name="modules", description="Hypernetwork modules shared with the server")
+    modules_group = app_commands.Group(name="modules", description="Hypernetworks, LoRAs and embeddings members share")
 
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
@@ -304,33 +307,48 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         await self.audit(interaction, "queue.resume")
         await self.reply(interaction, "▶️ The queue runs again on this server.")
 
-    # -- hypernetwork modules ---------------------------------------------------------------------------------
-    async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:
-        module = await self.services.admin.review_hypernet(interaction.guild_id, interaction.user.id, name, approve)
+    # -- modules (hypernetworks, LoRAs, embeddings) -----------------------------------------------------------
+    async def _review(self, interaction: discord.Interaction, name: str, kind: str | None, approve: bool) -> None:
+        module = await self.services.admin.review_module(interaction.guild_id, interaction.user.id, name, kind, approve)
         verdict = "now usable by everyone here" if approve else "rejected (only its owner sees it)"
-        await self.reply(interaction, f"Module `{name}` by <@{module.owner_id}> is {verdict}.")
+        await self.reply(interaction, f"{module.kind.capitalize()} `{name}` by <@{module.owner_id}> is {verdict}.")
 
-    async def _hypernet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+    async def _module_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         if not manages_server(interaction):  # command checks don't run for autocomplete
             return []
-        rows = await self.services.admin.shared_hypernets(interaction.guild_id)
-        return [app_commands.Choice(name=m.name, value=m.name) for m in rows if current.lower() in m.name.lower()][:25]
+        rows = await self.services.admin.shared_modules(interaction.guild_id)
+        return [app_commands.Choice(name=n, value=n) for n in matching(dict.fromkeys(m.name for m in rows), current)]
 
-    @hypernets_group.command(name="pending", description="Modules members shared that wait for approval")
-    async def hypernets_pending(self, interaction: discord.Interaction) -> None:
-        rows = await self.services.admin.pending_hypernets(interaction.guild_id)
-        lines = [f"`{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
+    @modules_group.command(name="pending", description="Modules members shared that wait for approval")
+    async def modules_pending(self, interaction: discord.Interaction) -> None:
+        rows = await self.services.admin.pending_modules(interaction.guild_id)
+        lines = [f"{m.kind} `{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
         await self.reply(interaction, "\n".join(lines) or "No modules wait for approval.", title=f"Pending modules ({len(rows)})")
 
-    @hypernets_group.command(name="approve", description="Make a shared module usable by everyone on this server")
-    @app_commands.autocomplete(name=_hypernet_autocomplete)
-    async def hypernets_approve(self, interaction: discord.Interaction, name: str) -> None:
-        await self._review(interaction, name, approve=True)
+    @modules_group.command(name="approve", description="Make a shared module usable by everyone on this server")
+    @app_commands.describe(kind="Only needed when modules of several kinds share the name")
+    @app_commands.choices(kind=MODULE_KIND_CHOICES)
+    @app_commands.autocomplete(name=_module_autocomplete)
+    async def modules_approve(self, interaction: discord.Interaction, name: str, kind: str | None = None) -> None:
+        await self._review(interaction, name, kind, approve=True)
 
-    @hypernets_group.command(name="reject", description="Refuse (or withdraw) a shared module")
-    @app_commands.autocomplete(name=_hypernet_autocomplete)
-    async def hypernets_reject(self, interaction: discord.Interaction, name: str) -> None:
-        await self._review(interaction, name, approve=False)
+    @modules_group.command(name="reject", description="Refuse (or withdraw) a shared module")
+    @app_commands.describe(kind="Only needed when modules of several kinds share the name")
+    @app_commands.choices(kind=MODULE_KIND_CHOICES)
+    @app_commands.autocomplete(name=_module_autocomplete)
+    async def modules_reject(self, interaction: discord.Interaction, name: str, kind: str | None = None) -> None:
+        await self._review(interaction, name, kind, approve=False)
+
+    @modules_group.command(name="private", description="Where members' private (unshared) modules may be used")
+    @app_commands.describe(where="anywhere (default), or only in age-restricted channels")
+    @app_commands.choices(where=[app_commands.Choice(name=w, value=w) for w in ("anywhere", "age-restricted")])
+    async def modules_private(self, interaction: discord.Interaction, where: str) -> None:
+        await self.services.admin.set_private_modules(interaction.guild_id, interaction.user.id, where == "age-restricted")
+        if where == "age-restricted":
+            text = "🔞 Private modules now work only in age-restricted channels; shared and approved ones work everywhere."
+        else:
+            text = "Private modules work in every channel again (for their owners)."
+        await self.reply(interaction, text)
 
     # -- audit log -----------------------------------------------------------------------------------------
     @app_commands.command(name="audit", description="Who changed what, newest first")

@@ -286,6 +286,10 @@ class EmbeddingSlots:
                 out.append(piece)
         return out
 
+    def named(self, text: str) -> list[str]:
+        """The names ``text`` uses, in order of appearance (repeats included)."""
+        return self._pattern.findall(text) if self._pattern is not None else []
+
     def table(self, vectors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The vectors of every slot, row ``i`` for id ``-1 - i``."""
         return torch.cat([vectors[name] for name in self.slots])

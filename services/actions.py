@@ -221,7 +221,7 @@ class Actions:
                 await self.services.images.favourite(payload.guild_id, payload.user_id, img["key"])
         elif emoji == ui.DM:
             user = member or await bot.fetch_user(payload.user_id)
-            visible = {m.name for m in await self.services.hypernets.visible(payload.guild_id, payload.user_id)}
+            visible = await self.services.modules.visible_names(payload.guild_id, payload.user_id)
             params = params_of(job)
             lines = [f"**Job #{job.id}** ({job.kind})"]
             for img in (job.result or {}).get("images", []):

@@ -1,5 +1,5 @@
 """What /admin changes, between the cog and storage: price policy, limits, channels, NSFW rules, banned
-words, the server negative, bans, module reviews and the audit log.  Every change is audited with the
+words, the server negative, bans, module reviews and rules, and the audit log.  Every change is audited with the
 admin's id; refusals are `UserError`s.  Settings are checked and stored by `services.settings.ServerSettings`.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.jobs import UserError
-from storage import ModuleStatus, hypernetworks, moderation
+from storage import ModuleStatus, moderation, modules
 
 
 class ServerAdmin:
@@ -77,21 +77,29 @@ class ServerAdmin:
         value = await self.services.settings.set_negative(guild_id, actor_id, value)
         await self.audit(guild_id, actor_id, "negative", details={"negative": value})
 
-    # -- hypernetwork modules --------------------------------------------------------------------------
-    async def review_hypernet(self, guild_id: int, actor_id: int, name: str, approve: bool) -> Any:
-        """Approve or reject a module its owner shared; returns the module."""
-        module = await hypernetworks.get(self.db, guild_id, name)
-        if module is None:
+    # -- modules (hypernetworks, LoRAs, embeddings) --------------------------------------------------
+    async def review_module(self, guild_id: int, actor_id: int, name: str, kind: str | None, approve: bool) -> Any:
+        """Approve or reject a module its owner shared (``kind`` tells apart modules of one name); returns it."""
+        rows = [m for m in await modules.list_all(self.db, guild_id, kind=kind) if m.name == name]
+        if not rows:
             raise UserError(f"There is no module `{name}` on this server; see `/admin modules pending`.")
-        if not module.shared:
+        shared = [m for m in rows if m.shared]
+        if not shared:
             raise UserError(f"`{name}` was not shared by its owner, so there is nothing to review.")
-        await hypernetworks.update(self.db, module.id, status=ModuleStatus.APPROVED if approve else ModuleStatus.REJECTED)
-        await self.audit(guild_id, actor_id, f"modules.{'approve' if approve else 'reject'}",
-                         target_user_id=module.owner_id, details={"module": name, "module_id": module.id})  # fmt: skip
+        if len(shared) > 1:
+            raise UserError(f"Several shared modules are named `{name}` ({', '.join(m.kind for m in shared)}); choose one with `kind:`.")
+        (module,) = shared
+        await modules.update(self.db, module.id, status=ModuleStatus.APPROVED if approve else ModuleStatus.REJECTED)
+        await self.audit(guild_id, actor_id, f"modules.{'approve' if approve else 'reject'}", target_user_id=module.owner_id,
+                         details={"module": name, "kind": module.kind, "module_id": module.id})  # fmt: skip
         return module
 
-    async def shared_hypernets(self, guild_id: int) -> list[Any]:
-        return [m for m in await hypernetworks.list_all(self.db, guild_id) if m.shared]
+    async def shared_modules(self, guild_id: int) -> list[Any]:
+        return [m for m in await modules.list_all(self.db, guild_id) if m.shared]
 
-    async def pending_hypernets(self, guild_id: int) -> list[Any]:
-        return await hypernetworks.list_all(self.db, guild_id, ModuleStatus.PENDING)
+    async def pending_modules(self, guild_id: int) -> list[Any]:
+        return await modules.list_all(self.db, guild_id, ModuleStatus.PENDING)
+
+    async def set_private_modules(self, guild_id: int, actor_id: int, nsfw_only: bool) -> None:
+        await self.services.settings.set_private_modules(guild_id, actor_id, nsfw_only)
+        await self.audit(guild_id, actor_id, "modules.private", details={"nsfw_only": nsfw_only})

@@ -20,8 +20,11 @@ from services import ui
 from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config
+from services.embedding import Embeddings
 from services.hypernet import Hypernets
 from services.jobs import AccessDenied, JobService, Upload, UserError
+from services.lora import Loras
+from services.modules import Modules
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from services.settings import ServerSettings
@@ -105,9 +108,10 @@ class Services:
             screen=self.rules.screen,
         )
         self.hypernets = Hypernets(self)
-        self.jobs = JobService(
-            config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets
-        )
+        self.loras = Loras(self)
+        self.embeddings = Embeddings(self)
+        self.modules = Modules(self)
+        self.jobs = JobService(config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, modules=self.modules)
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
 

@@ -1,6 +1,6 @@
 """What a member may learn about someone else's job (the ✉️ reaction): the generation settings
 anyone could read from the posted picture, never server paths, store keys, training captions or
-the names of hypernetworks the member cannot see."""
+the names of hypernetworks and LoRAs the member cannot see (an embedding is named by the prompt itself)."""
 
 from __future__ import annotations
 
@@ -13,14 +13,19 @@ PUBLIC_KEYS = ("prompt", "negative", "width", "height", "steps", "sampler", "cfg
 PRIVATE_MODULE = "a private module"
 
 
-def shareable_parameters(params: JobParams, seed: int, visible_hypernets: set[str]) -> dict[str, Any]:
-    """The parameters of the job's image made with ``seed`` that a member may see; the names of
-    hypernetworks they cannot see are replaced."""
+def shareable_parameters(params: JobParams, seed: int, visible: set[tuple[str, str]]) -> dict[str, Any]:
+    """The parameters of the job's image made with ``seed`` that a member may see; the names of modules
+    they cannot see (``visible``: ``(kind, name)`` of those they can) are replaced."""
     fields = encode(params)
     out = {key: fields[key] for key in PUBLIC_KEYS if key in fields} | {"seed": seed}
+
+    def shown(kind: str, name: str) -> str:
+        return name if (kind, name) in visible else PRIVATE_MODULE
+
     hypernets = getattr(params, "hypernets", ())
     if hypernets:
-        out["hypernet"] = ", ".join(
-            f"{h.name if h.name in visible_hypernets else PRIVATE_MODULE}:{h.strength:g}" for h in hypernets
-        )
+        out["hypernet"] = ", ".join(f"{shown('hypernet', h.name)}:{h.strength:g}" for h in hypernets)
+    loras = getattr(params, "loras", ())
+    if loras:
+        out["lora"] = ", ".join(f"{shown('lora', u.name)}:{u.te_weight:g}:{u.unet_weight:g}" for u in loras)
     return out

@@ -1,10 +1,9 @@
-"""Hypernetwork modules for members: upload, choose, apply to /imagine jobs, train, share, delete.
+"""Hypernetwork modules for members: a module library (``services.modules``: upload, choose, share,
+delete, the rules every kind follows) plus training.
 
 Files live under ``<data_dir>/hypernets/<guild>/`` in the native ``.safetensors`` form (an uploaded
-A1111 ``.pt`` is converted once, at upload, so the worker never reads a pickle).  A member's active
-modules are a server setting of theirs (`services.settings.ServerSettings.set_hypernets`).  /imagine jobs
-carry what they use as ``ImagineParams.hypernets``; rerolls and variations copy it, and each module is
-looked up again for the member who asks (`Hypernets.apply`).
+A1111 ``.pt`` is converted once, at upload, so the worker never reads a pickle).  /imagine jobs carry
+what they use as ``ImagineParams.hypernets`` (attached by `services.modules.Modules.apply`).
 
 A training job (``JobKind.HYPERNET_TRAIN``) reserves its module name at submission: the row exists at
 once, its file appears when training finishes; rows of trainings that failed or were cancelled are
@@ -15,8 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hashlib
-import re
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,23 +26,14 @@ from gen_core import hypernetwork
 from gen_core.archives import ArchiveError, ArchiveLimits, open_zip, read_member
 from gen_core.buckets import nearest_bucket
 from gen_core.images import ImageInputError, load_image, open_image, png_bytes
-from gen_core.prompts import PromptError, strip_extra_networks
 from services.jobs import UserError, new_seed
-from services.settings import ActiveHypernet, check_strength
-from storage import ModuleStatus, hypernetworks
+from services.modules import ActiveLibrary, Converted
+from storage import ModuleKind, modules
 from storage.image_store import key_for
-from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, JobParams, sampling_fields
+from worker.jobs import HypernetTrainParams, HypernetUse, ImagineParams, sampling_fields
 
-NAME = re.compile(r"^[\w.-]{1,64}$")
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 _TRAINING_DONE = ("failed", "cancelled")
-
-
-def check_name(name: str) -> str:
-    name = (name or "").strip()
-    if not NAME.fullmatch(name):
-        raise UserError("Module names are 1-64 letters, digits, `_`, `-` or `.` (no spaces), e.g. `anime-style`.")
-    return name
 
 
 @dataclass(frozen=True)
@@ -112,179 +100,57 @@ def read_training_zip(data: bytes, caps: TrainingCaps, buckets: list[tuple[int, 
     return list(zip(decode_training_images(files, caps, buckets), captions, strict=True))
 
 
-class Hypernets:
+class Hypernets(ActiveLibrary):
+    kind = ModuleKind.HYPERNET
+    noun = "module"
+
     def __init__(self, services: Any) -> None:
-        self.services = services
+        super().__init__(services, services.config.hypernet.max_file_mb)
         self.config = services.config.hypernet
-        self.directory = services.config.data_dir / "hypernets"
         self._widths: set[int] | None = None
 
-    # -- look-ups -------------------------------------------------------------------------------
     @property
     def widths(self) -> set[int]:
         if self._widths is None:
             self._widths = hypernetwork.model_widths(self.services.worker.engine.unet)
         return self._widths
 
-    @staticmethod
-    def ready(module: Any) -> bool:
-        return Path(module.path).is_file()
-
     async def visible(self, guild_id: int, user_id: int) -> list[Any]:
         """The modules this member may see; rows of trainings that failed or were cancelled are dropped."""
         rows = []
-        for module in await hypernetworks.visible(self.services.db, guild_id, user_id):
+        for module in await super().visible(guild_id, user_id):
             job_id = (module.meta or {}).get("training_job")
             if job_id and not self.ready(module):
                 job = await self.services.queue.get(job_id)
                 if job is None or str(job.status) in _TRAINING_DONE:
-                    await hypernetworks.delete(self.services.db, module.id)
+                    await modules.delete(self.db, module.id)
                     continue
             rows.append(module)
         return rows
 
-    async def find(self, guild_id: int, user_id: int, name: str, *, owned: bool = False) -> Any:
-        module = next((m for m in await self.visible(guild_id, user_id) if m.name == name), None)
-        if module is None:
-            raise UserError(f"There is no module `{name}` you can use here. See `/hypernet list`.")
-        if owned and module.owner_id != user_id:
-            raise UserError(f"`{name}` belongs to <@{module.owner_id}>; only its owner can do that.")
-        return module
-
-    async def names(self, guild_id: int, user_id: int, current: str) -> list[str]:
-        current = current.lower()
-        return [m.name for m in await self.visible(guild_id, user_id) if current in m.name.lower()][:25]
-
-    # -- the member's active modules ----------------------------------------------------------------
-    async def active(self, guild_id: int, user_id: int) -> list[tuple[Any, float]]:
-        chosen = (await self.services.settings.guild(guild_id)).hypernets.get(user_id, ())
-        by_id = {m.id: m for m in await self.visible(guild_id, user_id)}
-        return [(by_id[a.module_id], a.strength) for a in chosen if a.module_id in by_id]
-
-    async def _set_active(self, guild_id: int, user_id: int, entries: list[tuple[Any, float]]) -> None:
-        await self.services.settings.set_hypernets(guild_id, user_id, [ActiveHypernet(m.id, s) for m, s in entries])
-
-    async def use(self, guild_id: int, user_id: int, name: str, strength: float) -> list[tuple[Any, float]]:
-        module = await self.find(guild_id, user_id, name)
-        if not self.ready(module):
-            raise UserError(f"`{name}` is still training. Use it once its sample image is posted.")
-        entries = [(m, s) for m, s in await self.active(guild_id, user_id) if m.id != module.id]
-        entries.append((module, strength))
-        await self._set_active(guild_id, user_id, entries)
-        return entries
-
-    async def off(self, guild_id: int, user_id: int, name: str | None) -> list[tuple[Any, float]]:
-        entries = [(m, s) for m, s in await self.active(guild_id, user_id) if name is not None and m.name != name]
-        await self._set_active(guild_id, user_id, entries)
-        return entries
-
-    # -- jobs --------------------------------------------------------------------------------------
-    async def apply(self, guild_id: int, user_id: int, params_list: list[JobParams]) -> list[JobParams]:
-        """Strip ``<hypernet:name:strength>`` tags from /imagine prompts and record the modules each job
-        uses: the tagged ones, else the member's active ones.  Jobs derived from another job (🔄, V, U,
-        a training's sample) carry its modules: each is looked up again for this member, who may use only
-        what they can see (their own, or shared and approved), at its current file."""
-        out = []
-        for params in params_list:
-            if isinstance(params, ImagineParams):
-                if params.hypernets:
-                    chosen = await self._reused(guild_id, user_id, params.hypernets)
-                else:
-                    params, tags = self._strip_tags(params)
-                    chosen = [(await self.find(guild_id, user_id, n), check_strength(s)) for n, s in tags]
-                    chosen = chosen or await self.active(guild_id, user_id)
-                for module, _ in chosen:
-                    if not self.ready(module):
-                        raise UserError(f"`{module.name}` is still training. Use it once its sample image is posted.")
-                uses = tuple(HypernetUse(name=m.name, path=m.path, strength=s) for m, s in chosen)
-                params = dataclasses.replace(params, hypernets=uses)
-            out.append(params)
-        return out
-
-    async def _reused(self, guild_id: int, user_id: int, uses: tuple[HypernetUse, ...]) -> list[tuple[Any, float]]:
-        """The modules a derived job reuses, looked up by name among those this member can see."""
-        visible = {m.name: m for m in await self.visible(guild_id, user_id)}
-        hidden = next((use.name for use in uses if use.name not in visible), None)
-        if hidden is not None:
-            raise UserError(
-                f"That image was made with the module `{hidden}`, which you can't use here "
-                "(it is private to its owner, not approved, or gone). Nothing was charged."
-            )
-        return [(visible[use.name], use.strength) for use in uses]
-
-    @staticmethod
-    def _strip_tags(params: ImagineParams) -> tuple[ImagineParams, list[tuple[str, float]]]:
-        try:
-            prompt, tags = strip_extra_networks(params.prompt)
-            user_prompt, _ = strip_extra_networks(params.user_prompt)
-        except PromptError as exc:
-            raise UserError(str(exc)) from None
-        other = [f"<{k}:{n}>" for k, n, _ in tags if k != "hypernet"]
-        if other:
-            raise UserError(f"{', '.join(other)}: only `<hypernet:name:strength>` tags are supported here.")
-        return dataclasses.replace(params, prompt=prompt, user_prompt=user_prompt), [(name, weight) for _, name, weight in tags]
-
-    # -- files ---------------------------------------------------------------------------------------
-    async def upload(self, guild_id: int, user_id: int, attachment: discord.Attachment, name: str | None) -> Any:
-        """Check, convert and register an uploaded module; its file is written only once it was
-        accepted, and removed again if registering it fails."""
-        limit = self.config.max_file_mb * 2**20
-        if attachment.size > limit:
-            raise UserError(f"`{attachment.filename}` is {attachment.size / 2**20:.0f} MB; the limit is {self.config.max_file_mb} MB.")
-        data = await attachment.read()
-        widths = self.widths
-
-        def convert() -> hypernetwork.Hypernetwork:  # parsing a large file takes a moment: not on the event loop
-            hn = hypernetwork.load_bytes(data, attachment.filename)
-            hn.check_fits(widths)
-            return hn
-
-        loop = asyncio.get_running_loop()
-        try:
-            hn = await loop.run_in_executor(None, convert)
-        except hypernetwork.HypernetworkError as exc:
-            raise UserError(f"`{attachment.filename}`: {exc}") from None
-        name = check_name(name or hn.name or Path(attachment.filename).stem)
-        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
-            raise UserError(f"A module named `{name}` already exists on this server. Choose another name with `name:`.")
-        hn.name = name
-        native = await loop.run_in_executor(None, hn.to_bytes)
-        sha = hashlib.sha256(native).hexdigest()
-        path = self.directory / str(guild_id) / f"{sha}.safetensors"
-        existed = path.exists()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(native)
-        try:
-            return await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), sha, self._describe(hn))
-        except BaseException:
-            if not existed:
-                path.unlink(missing_ok=True)
-            raise
-
-    @staticmethod
-    def _describe(hn: hypernetwork.Hypernetwork) -> dict[str, Any]:
+    def convert(self, data: bytes, filename: str) -> Converted:
+        hn = hypernetwork.load_bytes(data, filename)
+        hn.check_fits(self.widths)
         s = hn.structure
-        return {
+        meta = {
             "layers": list(s.layers),
             "activation": s.activation,
             "layer_norm": s.layer_norm,
             "widths": hn.widths,
             **{k: v for k, v in hn.meta.items() if k in ("source", "base_model", "step", "training")},
         }
+        return Converted(hn.to_bytes(), meta, hn.name)
 
-    async def delete(self, guild_id: int, user_id: int, name: str) -> None:
-        module = await self.find(guild_id, user_id, name, owned=True)
-        await hypernetworks.delete(self.services.db, module.id)
-        if not any(m.path == module.path for m in await hypernetworks.list_all(self.services.db, guild_id)):
-            Path(module.path).unlink(missing_ok=True)
-
-    async def share(self, guild_id: int, user_id: int, name: str) -> Any:
-        module = await self.find(guild_id, user_id, name, owned=True)
+    async def info(self, module: Any) -> list[str]:
         if not self.ready(module):
-            raise UserError(f"`{name}` is still training; share it once it is done.")
-        if module.shared and module.status in (ModuleStatus.PENDING, ModuleStatus.APPROVED):
-            raise UserError(f"`{name}` is already {module.status}.")
-        return await hypernetworks.update(self.services.db, module.id, shared=True, status=ModuleStatus.PENDING)
+            return [f"`{module.name}` is still training."]
+        hn = await asyncio.get_running_loop().run_in_executor(None, hypernetwork.load_file, Path(module.path))
+        s = hn.structure
+        return [
+            f"Layers {' → '.join(f'{x:g}' for x in s.layers)} · activation {s.activation}"
+            f" · layer norm {'on' if s.layer_norm else 'off'} · widths {', '.join(map(str, hn.widths))}",
+            *hypernetwork.describe_origin(hn.meta),
+        ]
 
     # -- training ----------------------------------------------------------------------------------------
     async def training_set(self, first: discord.Attachment, more: list[discord.Attachment], captions: str | None) -> list[tuple[Image.Image, str]]:
@@ -353,20 +219,20 @@ class Hypernets:
         stores nothing."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
         name = params.module_name
-        if await hypernetworks.get(self.services.db, guild_id, name) is not None:
+        if await modules.get(self.db, self.kind, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
         await self.services.jobs.check([params], guild_id, interaction.channel_id, user_id)
         for data in pngs:
             await self.services.store.put(data)
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
         params = dataclasses.replace(params, module_path=str(path))
-        module = await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
+        module = await modules.register(self.db, self.kind, guild_id, user_id, name, str(path), "", {"source": "trained"})
         try:
             jobs = await self.services.submit_from_interaction(interaction, [params])
         except UserError:
-            await hypernetworks.delete(self.services.db, module.id)
+            await modules.delete(self.db, module.id)
             raise
-        await hypernetworks.update(self.services.db, module.id, metadata={"training_job": jobs[0].id})
+        await modules.update(self.db, module.id, metadata={"training_job": jobs[0].id})
         return jobs
 
 

@@ -123,11 +123,11 @@ class JobService:
         worker: Any = None,
         count_tokens=None,
         rules: Any = None,
-        hypernets: Any = None,
+        modules: Any = None,
     ) -> None:
         self.config = config
         self.geometry = geometry
-        self.hypernets = hypernets  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
+        self.modules = modules  # services.modules.Modules: prompt tags, active modules and embeddings, applied in submit()
         self.rules = rules  # services.rules.ServerRules: the server's rules, applied in submit()
         self.queue = queue
         self.ledger = ledger
@@ -172,7 +172,7 @@ class JobService:
 
     def remixed(self, params: ImagineParams, prompt: str, negative: str) -> list[ImagineParams]:
         """``params`` (a variation of a picture) with a member's new prompt and negative: every `{a, b}`
-        variant, quality tags as the source job had them, hypernetworks chosen again from the new text."""
+        variant, quality tags as the source job had them, modules chosen again from the new text."""
         prompt = prompt.strip()
         if not prompt:
             raise UserError("The prompt is empty. Describe the picture you want it to become.")
@@ -180,7 +180,7 @@ class JobService:
         self.check_tokens(negative)
         quality = params.prompt != params.user_prompt  # the source job prepended the quality tags
         return [
-            dataclasses.replace(params, prompt=full, user_prompt=text, negative=negative, hypernets=())
+            dataclasses.replace(params, prompt=full, user_prompt=text, negative=negative, hypernets=(), loras=(), embeddings=())
             for full, text in self.prompts(prompt, quality)
         ]
 
@@ -232,11 +232,13 @@ class JobService:
             "clip_skip": clip_skip,
         }
 
-    def check_tokens(self, text: str) -> None:
+    def check_tokens(self, text: str, embeddings: dict[str, int] | None = None) -> None:
+        """Refuse a text over the token limit; an embedding it names (``embeddings``: name → vectors)
+        counts its vectors."""
         if self.count_tokens is None or not text:
             return
         limit = 75 * self.config.model.max_chunks
-        n = self.count_tokens(text, limit)
+        n = self.count_tokens(text, limit, embeddings)
         if n > limit:
             raise UserError(f"That prompt is at least {n} tokens; the limit is {limit}. Shorten it (nothing was charged).")
 
@@ -299,12 +301,12 @@ class JobService:
         credits.  Returns the parameters as they will be queued, the guild's cost policy and the total
         price; raises `UserError`.  Commands that must store uploads call it first, so a refused
         request leaves nothing behind."""
-        if self.hypernets is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
-            params_list = await self.hypernets.apply(guild_id, user_id, params_list)
+        if self.modules is not None:  # module tags out of the prompt, the modules into the params
+            params_list = await self.modules.apply(guild_id, channel_id, user_id, params_list)
         if self.rules is not None:  # the server's limits, banned words, negatives and NSFW rules
             params_list = await self.rules.apply(guild_id, channel_id, params_list)
-            for params in params_list:
-                self.check_tokens(params.negative)
+            for params in params_list:  # with the server's negatives added
+                self.check_tokens(params.negative, {e.name: e.vectors for e in getattr(params, "embeddings", ())})
         self._check_gpu_time(params_list)
         policy = await self.ledger.policy_for(guild_id)
         total = sum(self.cost(p, policy) for p in params_list)
