@@ -12,7 +12,7 @@ from PIL import Image, ImageStat
 
 from discord_emulator import InvokeError
 from gen_core.metadata import parse_parameters, read_png_parameters
-from storage import CostPolicy, ModuleStatus, compute_cost, hypernetworks, moderation
+from storage import CostPolicy, ModuleKind, ModuleStatus, compute_cost, moderation, modules
 from tests.bot_fixtures import BotEnv, answer
 from tests.test_bot_imagine import gated, imagine, is_result, posted_job
 
@@ -356,25 +356,32 @@ async def test_approving_a_shared_module_makes_it_visible_to_others(bot_env: Bot
     guild, alice, bob, mod = emu.guild(), emu.user("alice"), emu.user("bob"), emu.user("mod")
     channel = guild.channel("general")
     db = bot_env.services.db
+    H, L = ModuleKind.HYPERNET, ModuleKind.LORA
     for name in ("anime", "grim"):
-        await hypernetworks.register(db, guild.id, bob.id, name, f"/m/{name}.safetensors", "0" * 64, shared=True, status="pending")
-    await hypernetworks.register(db, guild.id, bob.id, "secret", "/m/secret.safetensors", "1" * 64)
-    assert await hypernetworks.visible(db, guild.id, alice.id) == []
+        await modules.register(db, H, guild.id, bob.id, name, f"/m/{name}.safetensors", "0" * 64, shared=True, status="pending")
+    await modules.register(db, H, guild.id, bob.id, "secret", "/m/secret.safetensors", "1" * 64)
+    await modules.register(db, L, guild.id, bob.id, "grim", "/m/grim-lora.safetensors", "2" * 64, shared=True, status="pending")
+    assert await modules.visible(db, H, guild.id, alice.id) == []
     text = await admin(bot_env, mod, channel, "modules pending")
-    assert "`anime`" in text and "`grim`" in text and "secret" not in text
+    assert "hypernet `anime`" in text and "lora `grim`" in text and "secret" not in text
     choices = await emu.autocomplete(mod, channel, "admin modules approve", {"name": "an"}, focused="name")
     assert [c["value"] for c in choices] == ["anime"]
     emu.commands.find("admin", None)["default_member_permissions"] = None  # shown to all: still no names for alice
     assert await emu.autocomplete(alice, channel, "admin modules approve", {"name": "an"}, focused="name") == []
 
     assert "now usable by everyone" in await admin(bot_env, mod, channel, "modules approve", name="anime")
-    assert "rejected" in await admin(bot_env, mod, channel, "modules reject", name="grim")
-    assert [m.name for m in await hypernetworks.visible(db, guild.id, alice.id)] == ["anime"]
-    assert (await hypernetworks.get(db, guild.id, "grim")).status == ModuleStatus.REJECTED
+    assert "choose one with `kind:`" in await refusal(await emu.invoke(mod, channel, "admin modules reject", {"name": "grim"}))
+    assert "rejected" in await admin(bot_env, mod, channel, "modules reject", name="grim", kind="hypernet")
+    assert [m.name for m in await modules.visible(db, H, guild.id, alice.id)] == ["anime"]
+    assert (await modules.get(db, H, guild.id, "grim")).status == ModuleStatus.REJECTED
+    assert (await modules.get(db, L, guild.id, "grim")).status == ModuleStatus.PENDING  # the LoRA of that name waits
     assert "not shared" in await refusal(await emu.invoke(mod, channel, "admin modules approve", {"name": "secret"}))
     assert "no module `nope`" in await refusal(await emu.invoke(mod, channel, "admin modules approve", {"name": "nope"}))
+    assert "Lora `grim`" in await admin(bot_env, mod, channel, "modules approve", name="grim", kind="lora")
     assert "No modules wait" in await admin(bot_env, mod, channel, "modules pending")
-    assert (await audit_actions(bot_env, guild))[:2] == ["modules.reject", "modules.approve"]
+    assert "age-restricted" in await admin(bot_env, mod, channel, "modules private", where="age-restricted")
+    assert (await bot_env.services.settings.guild(guild.id)).private_modules_nsfw_only
+    assert (await audit_actions(bot_env, guild))[:4] == ["modules.private", "modules.approve", "modules.reject", "modules.approve"]
 
 
 # -- audit log ------------------------------------------------------------------------------------------------------------
