@@ -15,7 +15,11 @@ is the worker's.  Then, on CUDA, in this order (each section checks the time bud
 4. hypernetwork on vs off (``gen_core.hypernetwork.applied``, a module on every attention width,
    batch 1 and 4) on a fresh fp16 engine, if ``gen_core/hypernetwork.py`` exists (the table says
    "skipped" otherwise);
-5. ``torch.compile`` of the UNet (as ``EngineConfig.compile`` does): compile time (first call minus
+5. SDXL-sized random weights (UNet 2.6 B with SDXL's blocks and size conditioning, CLIP ViT-L + bigG,
+   the SDXL VAE, fp16 with its fp32 decode) through ``Engine.load`` at 1024x1024, batch 1 and 4, then
+   one rank-32 LoRA (every attention projection) on vs off and the cost of switching LoRA sets between
+   jobs against one render (``gen_core.lora`` as the worker uses it);
+6. ``torch.compile`` of the UNet (as ``EngineConfig.compile`` does): compile time (first call minus
    a steady call) and the compiled it/s; ``--skip-compile`` leaves it out.
 
 it/s counts denoising steps per second of one pipeline call (a batch of N images is one step per
@@ -27,7 +31,7 @@ Peak memory is ``torch.cuda.max_memory_allocated`` over the warm-up and timed ru
     python -m bench.gpu [--quick] [--skip-compile] [--output bench/GPU_RESULTS.md] [--model-dir DIR]
     python -m bench.gpu --tiny        # tiny model, 64x64, a few seconds on the CPU (for tests)
 
-The full run is sized for < 8 minutes on one H100 (``--budget``, default 450 s, skips what no longer
+The full run is sized for < 10 minutes on one H100 (``--budget``, default 560 s, skips what no longer
 fits); ``--quick`` halves the steps and runs.  The table goes to ``--output`` and stdout.  Exit
 status 1 if a section failed with an error (a skipped section is not a failure).
 """
@@ -68,6 +72,8 @@ CONTIGUOUS = "fp16 · SDPA · channels_last off"
 EAGER = "fp16 · eager attention · channels_last"
 COMPILED = "fp16 · SDPA · channels_last · torch.compile(UNet)"
 HYPERNET = "fp16 · SDPA · channels_last · hypernetwork"
+SDXL = "SDXL · fp16 · SDPA · channels_last"
+SDXL_LORA = "SDXL · fp16 · SDPA · channels_last · one LoRA"
 VARIANT_BATCHES = (1, 4)
 
 log = logging.getLogger("bench.gpu")
@@ -219,14 +225,16 @@ def configure(engine, *, attention: str = "sdpa", channels_last: bool = True) ->
 # ----------------------------------------------------------------------------- measurements
 
 
-def measure(engine, config: str, batch: int, size: int, steps: int, runs: int, warmup: int = 1) -> Throughput:
-    """Median it/s and images/s of ``engine.generate`` for ``batch`` images of one request."""
+def measure(
+    engine, config: str, batch: int, size: int, steps: int, runs: int, warmup: int = 1, loras: tuple = ()
+) -> Throughput:
+    """Median it/s and images/s of ``engine.generate`` for ``batch`` images of one request (with ``loras``)."""
     from gen_core.types import GenerationRequest
 
     device = engine.device
     request = GenerationRequest(
         PROMPT, negative=NEGATIVE, width=size, height=size, steps=steps, cfg=CFG, sampler=SAMPLER, seed=SEED,
-        count=batch,
+        count=batch, loras=loras,
     )  # fmt: skip
     marks: dict[int, float] = {}
 
@@ -471,6 +479,119 @@ def section_hypernetwork(model_dir: Path, results: Results, budget: Budget, args
     _free()
 
 
+def sdxl_sized_pipeline(seed: int = 0):
+    """An SDXL-sized pipeline with random weights: UNet 320/640/1280 with 1/2/10 transformer layers,
+    cross-attention 2048 and the text-time size conditioning; CLIP ViT-L (12 layers, 768) and OpenCLIP
+    bigG (32 layers, 1280, projection 1280) with the real CLIP tokenizer; the SDXL VAE (fp16 needs its
+    fp32 decode: ``force_upcast``)."""
+    from diffusers import (
+        AutoencoderKL,
+        EulerDiscreteScheduler,
+        StableDiffusionXLPipeline,
+        UNet2DConditionModel,
+    )
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    from gen_core.tiny import load_clip_tokenizer
+
+    def text(hidden: int, layers: int, heads: int, pad: int, act: str) -> CLIPTextConfig:
+        return CLIPTextConfig(
+            vocab_size=49408, hidden_size=hidden, intermediate_size=4 * hidden, num_hidden_layers=layers,
+            num_attention_heads=heads, max_position_embeddings=77, hidden_act=act, projection_dim=1280,
+            bos_token_id=49406, eos_token_id=49407, pad_token_id=pad,
+        )  # fmt: skip
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=128, block_out_channels=(320, 640, 1280), layers_per_block=2,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        transformer_layers_per_block=(1, 2, 10), attention_head_dim=(5, 10, 20), use_linear_projection=True,
+        cross_attention_dim=2048, addition_embed_type="text_time", addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(128, 256, 512, 512), layers_per_block=2, latent_channels=4, sample_size=1024,
+        scaling_factor=0.13025, force_upcast=True,
+    )  # fmt: skip
+    return StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(text(768, 12, 12, 49407, "quick_gelu")),
+        text_encoder_2=CLIPTextModelWithProjection(text(1280, 32, 20, 0, "gelu")),
+        tokenizer=load_clip_tokenizer(),
+        tokenizer_2=load_clip_tokenizer(pad_token="!"),
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+        ),
+    )
+
+
+def section_sdxl(model_dir: Path, results: Results, budget: Budget, args) -> None:
+    """SDXL-sized random weights (``--tiny``: the tiny SDXL model) through ``Engine.load``: throughput at
+    batch 1 and 4, one LoRA on / off, and switching LoRA sets against one render."""
+    if not budget.fits(args.sdxl_min_s + args.reserve):
+        results.throughput.append(Throughput(SDXL, 1, note="skipped: time budget"))
+        results.other.append(Other("SDXL: one LoRA on / off", "—", note="skipped: time budget"))
+        return
+    from bench.lora import random_lora, switch_seconds
+    from gen_core.lora import LoraUse
+
+    with tempfile.TemporaryDirectory(prefix="bench-gpu-sdxl-") as tmp:
+        folder = Path(tmp) / "sdxl"
+        started = time.perf_counter()
+        if args.tiny:
+            from gen_core.tiny import write_tiny_model
+
+            write_tiny_model(folder, family="sdxl")
+        else:
+            with torch.device(args.device):
+                pipe = sdxl_sized_pipeline()
+            pipe.to(torch.float16).save_pretrained(folder, safe_serialization=True)
+            results.info["sdxl_parameters"] = {
+                name: sum(p.numel() for p in getattr(pipe, name).parameters())
+                for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+            }
+            del pipe
+            _free()
+        built_s = time.perf_counter() - started
+        engine = load_engine(folder, args.device, "fp16")
+        params = ", ".join(f"{k} {v / 1e6:.0f} M" for k, v in results.info.get("sdxl_parameters", {}).items())
+        results.other.append(Other("SDXL-sized random model: build + save, Engine.load", f"{built_s:.1f} s, "
+                                   f"{time.perf_counter() - started - built_s:.1f} s", note=params or "tiny SDXL model"))  # fmt: skip
+        for batch in [b for b in VARIANT_BATCHES if b in args.batches] or [1]:
+            try:
+                row = measure(engine, SDXL, batch, args.sdxl_size, args.steps, args.runs)
+            except torch.cuda.OutOfMemoryError as exc:
+                _free()
+                row = Throughput(SDXL, batch, note=f"out of memory: {str(exc).splitlines()[0]}")
+            results.throughput.append(row)
+            log.warning("  SDXL batch %d: %.2f it/s", batch, row.its or 0)
+
+        files = []
+        for i in range(2):
+            path = Path(tmp) / f"lora{i}.safetensors"
+            path.write_bytes(random_lora(engine.unet, rank=32, seed=i))
+            files.append(str(path))
+        one = (LoraUse(files[0], 0.8, 0.8),)
+        off = measure(engine, f"{SDXL} (reference for the LoRA)", 1, args.sdxl_size, args.steps, args.runs)
+        on = measure(engine, SDXL_LORA, 1, args.sdxl_size, args.steps, args.runs, loras=one)
+        ratio = on.call_s / off.call_s
+        on.note = f"rank 32 on every attention projection, weight 0.8; {ratio:.3f}× the time without it ({off.call_s:.3f} s)"
+        results.throughput.append(on)
+        results.other.append(Other("SDXL: one LoRA on / off (time per call, batch 1)", f"{ratio:.3f}×", on.peak_gib,
+                                   f"it/s {_num(on.its, '.2f')} vs {_num(off.its, '.2f')}; PEFT adapters, gen_core.lora"))  # fmt: skip
+        switches = sorted(switch_seconds(engine, [one, (LoraUse(files[1], 1.0, 1.0),), (*one, LoraUse(files[1], 0.5, 0.5))], 30))
+        switch = switches[len(switches) // 2]
+        results.other.append(Other("SDXL: switching LoRA sets between jobs / one render", f"{switch / off.call_s * 100:.2f} %",
+                                   note=f"{switch * 1000:.1f} ms (activate with weights + disable, files loaded) vs "
+                                        f"{off.call_s:.3f} s per render"))  # fmt: skip
+        results.raw["sdxl_lora"] = {"on": dataclasses.asdict(on), "off": dataclasses.asdict(off), "switch_s": switches}
+        del engine
+        _free()
+
+
 def section_compile(model_dir: Path, results: Results, budget: Budget, args) -> None:
     label = "torch.compile of the UNet: compile time (first call − steady call)"
     if args.skip_compile:
@@ -691,7 +812,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=None,
         help="scale the fast preset's optimisation steps (default 1; 0.04 with --tiny)",
     )
-    parser.add_argument("--budget", type=float, default=450.0, help="seconds for the whole run (default 450)")
+    parser.add_argument("--budget", type=float, default=560.0, help="seconds for the whole run (default 560)")
     args = parser.parse_args(argv)
 
     forced = args.device is not None
@@ -723,6 +844,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.imagic_min_s = 0.0 if small else 45.0
     args.batching_min_s = 0.0 if small else 30.0
     args.hypernetwork_min_s = 0.0 if small else 30.0
+    args.sdxl_min_s = 0.0 if small else 150.0
+    args.sdxl_size = 64 if args.tiny else 1024
     args.compile_min_s = 0.0 if small else 120.0
     return args
 
@@ -732,6 +855,7 @@ SECTIONS: dict[str, Callable[[Path, Results, Budget, argparse.Namespace], None]]
     "bf16 (sweep)": section_bf16,
     "batching": section_batching,
     "hypernetwork": section_hypernetwork,
+    "SDXL (sweep, LoRA)": section_sdxl,
     "torch.compile": section_compile,
 }
 

@@ -2,7 +2,7 @@
 
     python -m bench [--only NAME ...] [--quick] [--threads N] [--output PATH]
 
-Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet, semantics,
+Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet, lora, semantics,
 crash_recovery, img2img (each also runs
 alone as ``python -m bench.NAME``).  They run one after another in this process on one tiny model
 built once; a benchmark that fails is reported as such and the others still run.  The results file
@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Any
 
 BENCHMARKS = (
-    "engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet", "semantics",
-    "crash_recovery", "img2img",
+    "engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet", "lora",
+    "semantics", "crash_recovery", "img2img",
 )  # fmt: skip
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
@@ -62,6 +62,10 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
         "quick": {"size": 128, "steps": 10, "runs": 3},
     },
     "hypernet": {
+        "normal": {"size": 256, "steps": 10, "runs": 5},
+        "quick": {"size": 128, "steps": 10, "runs": 3},
+    },
+    "lora": {
         "normal": {"size": 256, "steps": 10, "runs": 5},
         "quick": {"size": 128, "steps": 10, "runs": 3},
     },
@@ -245,6 +249,17 @@ def rows_hypernet(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_lora(r: dict[str, Any]) -> list[Row]:
+    where = f"{r['size']}, {r['steps']} steps, rank {r['rank']}, medians of {r['runs']} interleaved runs, {r['device']} {r['dtype']}"
+    return [
+        Row("lora", "one LoRA on / off", f"{r['ratio_one_over_off']:.3f}×", note=f"{where}; the LoRA changes the image: {r['lora_changes_image']}"),
+        Row("lora", "three LoRAs on / off", f"{r['ratio_three_over_off']:.3f}×", note=where),
+        Row("lora", "switching LoRA sets (activate + disable, files loaded) / one render", f"{r['switch_over_render'] * 100:.2f} %",
+            note=f"{r['switch_ms_median']:.2f} ms; first use of a file {r['first_load_ms']:.0f} ms; plain output identical "
+                 f"afterwards: {r['off_identical_after']}"),
+    ]  # fmt: skip
+
+
 def rows_semantics(r: dict[str, Any]) -> list[Row]:
     toy, chance = r["toy"], r["chance"]
     where = f"{r['prompts']} held-out prompts × {r['seeds']} seeds, {r['steps']} steps"
@@ -307,6 +322,7 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "mix": rows_mix,
     "imagic": rows_imagic,
     "hypernet": rows_hypernet,
+    "lora": rows_lora,
     "semantics": rows_semantics,
     "crash_recovery": rows_crash_recovery,
     "img2img": rows_img2img,
@@ -321,7 +337,7 @@ def run_one(name: str, settings: dict[str, Any], model_dir: Path, threads: int |
 
     module = importlib.import_module(f"bench.{name}")
     kwargs = dict(settings)
-    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic", "hypernet", "semantics",
+    if name in ("engine_overhead", "prompt_encoding", "batching", "bot_e2e", "mix", "imagic", "hypernet", "lora", "semantics",
                 "crash_recovery", "img2img"):
         kwargs["model_dir"] = model_dir
     if name in ("batching", "bot_e2e", "mix") and threads:

@@ -153,6 +153,7 @@ class LoraAdapters:
         self.engine = engine
         self.max_bytes = max_bytes
         self._loaded: collections.OrderedDict[str, int] = collections.OrderedDict()  # adapter -> bytes
+        self._text: dict[str, bool] = {}  # adapter -> whether it changes the text encoders
         self._lock = threading.Lock()
 
     @property
@@ -191,6 +192,7 @@ class LoraAdapters:
         except (ValueError, KeyError, RuntimeError) as exc:
             raise LoraError(f"That LoRA does not fit this model: {exc}") from None
         self._loaded[name] = len(data)
+        self._text[name] = info.text_encoder
         return name
 
     def _evict(self, keep: set[str]) -> None:
@@ -198,7 +200,7 @@ class LoraAdapters:
         for old in [n for n in self._loaded if n not in keep]:
             if sum(self._loaded.values()) <= self.max_bytes:
                 break
-            del self._loaded[old]
+            del self._loaded[old], self._text[old]
             self.engine.txt2img.delete_adapters(old)
             log.info("unloaded LoRA adapter %s (cache over %d bytes)", old, self.max_bytes)
 
@@ -209,6 +211,7 @@ class LoraAdapters:
             if self._loaded:
                 self.engine.txt2img.unload_lora_weights()
                 self._loaded.clear()
+                self._text.clear()
                 self.engine.encoder.clear_cache()
 
     @contextlib.contextmanager
@@ -223,10 +226,12 @@ class LoraAdapters:
             names = [self._load(u.path) for u in uses]
             self._evict(set(names))
             weights = []
-            for u in uses:
-                w = {"unet": u.unet_weight, "text_encoder": u.te_weight}
-                if getattr(pipe, "text_encoder_2", None) is not None:
-                    w["text_encoder_2"] = u.te_weight
+            for name, u in zip(names, uses, strict=True):
+                w = {"unet": u.unet_weight}
+                if self._text[name]:  # weights for parts an adapter lacks only make diffusers warn
+                    w["text_encoder"] = u.te_weight
+                    if getattr(pipe, "text_encoder_2", None) is not None:
+                        w["text_encoder_2"] = u.te_weight
                 weights.append(w)
             pipe.enable_lora()
             pipe.set_adapters(names, adapter_weights=weights)

@@ -53,6 +53,9 @@ def test_throughput_rows_have_numbers(tiny_run):
         for value in (its, images_per_s, call_s):
             assert NUMBER.match(value) and float(value) > 0, (key, measured[key])
         assert peak == "—"  # no CUDA memory on the CPU
+    for b in (1, 4):  # SDXL (the tiny SDXL model here)
+        assert NUMBER.match(measured[(gpu.SDXL, b)][2]) and NUMBER.match(measured[(gpu.SDXL, b)][3]), measured[(gpu.SDXL, b)]
+    assert NUMBER.match(measured[(gpu.SDXL_LORA, 1)][2]) and "rank 32" in measured[(gpu.SDXL_LORA, 1)][6]
     if importlib.util.find_spec("gen_core.hypernetwork") is not None:
         for b in (1, 4):
             assert NUMBER.match(measured[(gpu.HYPERNET, b)][2]), measured[(gpu.HYPERNET, b)]
@@ -74,6 +77,8 @@ def test_other_measurements(tiny_run):
     assert re.match(r"^\d+(\.\d+)? s$", value("Imagic re-mix"))
     assert re.match(r"^\d+(\.\d+)?× throughput$", value("Worker batching: 4 requests"))
     assert re.match(r"^\d+(\.\d+)? s$", value("torch.compile of the UNet: compile time"))
+    assert re.match(r"^\d+(\.\d+)?×$", value("SDXL: one LoRA on / off"))
+    assert re.match(r"^\d+(\.\d+)? %$", value("SDXL: switching LoRA sets"))
     hypernet = value("Hypernetwork on / off")
     if importlib.util.find_spec("gen_core.hypernetwork") is not None:
         assert re.match(r"^\d+(\.\d+)?×$", hypernet)
