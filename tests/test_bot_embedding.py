@@ -47,7 +47,7 @@ async def test_naming_an_embedding_changes_the_picture_and_nothing_else(env: Bot
     plain_before, _, _, _ = await imagine(env, alice, channel, "a cat, xq-styles")
 
     assert "Write `xq-style` in a prompt" in await upload(env, alice, channel, pt_file(env), "xq-style.pt", "embedding upload")
-    named, png_params, _, job = await imagine(env, alice, channel, "a cat, xq-style")
+    named, png_params, message, job = await imagine(env, alice, channel, "a cat, xq-style")
     p = params_of(job)
     assert p.embeddings == (EmbeddingUse("xq-style", p.embeddings[0].path, 4),) and png_params["prompt"].endswith("a cat, xq-style")
     assert np.abs(named - named_before).mean() > 1
@@ -56,6 +56,8 @@ async def test_naming_an_embedding_changes_the_picture_and_nothing_else(env: Bot
     # bob can't use alice's private embedding: for him the name is plain text
     bobs, _, _, job = await imagine(env, bob, channel, "a cat, xq-style")
     assert params_of(job).embeddings == () and np.array_equal(bobs, named_before)
+    reroll = next(b for b in message.buttons if b.custom_id.endswith(":reroll"))  # a derived job re-checks it
+    assert "embedding `xq-style`, which you can't use here" in await followup_refusal(await emu.click(bob, message, reroll.custom_id))
     _, _, _, job = await imagine(env, alice, channel, "a dog", negative="xq-style")  # in the negative too
     assert [e.name for e in params_of(job).embeddings] == ["xq-style"]
 

@@ -6,7 +6,6 @@ modules to age-restricted channels)."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 from collections.abc import AsyncIterator
 
@@ -17,7 +16,15 @@ from PIL import Image
 from safetensors.torch import save
 
 from storage import ModuleKind, modules
-from tests.bot_fixtures import BotEnv, attachment_image, bot_config, followup_refusal, is_result, png, running_bot
+from tests.bot_fixtures import (
+    BotEnv,
+    attachment_image,
+    bot_config,
+    followup_refusal,
+    is_result,
+    png,
+    running_bot,
+)
 from tests.test_bot_hypernet import reply, result_job
 from tests.test_lora import as_layout, unet_lora
 from worker.jobs import LoraUse, params_of
@@ -185,5 +192,4 @@ async def test_private_until_shared_and_approved_and_derived_jobs_recheck(env: B
     assert [u.name for u in params_of(job).loras] == ["style"]
     assert "only its owner" in await reply(await emu.invoke(bob, general, "lora delete", {"name": "style"}))
     assert "deleted" in await reply(await emu.invoke(alice, general, "lora delete", {"name": "style"}))
-    await asyncio.sleep(0)
     assert emu.failures == []
