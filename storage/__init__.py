@@ -122,7 +122,7 @@ Other repositories (module functions taking ``db``)
 """
 
 from storage import gc, hypernetworks, images, moderation, settings
-from storage.db import Database, masked_url, utcnow
+from storage.db import Database, is_unavailable, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
 from storage.images import ImageRepo
@@ -148,10 +148,20 @@ from storage.models import (
     WorkerRecord,
 )
 from storage.policy import CostPolicy, compute_cost, denoised_steps
-from storage.queue import JobQueue, JobSpec, SqlJobQueue
+from storage.queue import (
+    NOTIFY_CHANNEL,
+    Capability,
+    JobQueue,
+    JobSpec,
+    ModelState,
+    ProgressReport,
+    SqlJobQueue,
+)
 
 __all__ = [
+    "NOTIFY_CHANNEL",
     "Account",
+    "Capability",
     "AuditEntry",
     "Ban",
     "BannedWord",
@@ -175,7 +185,9 @@ __all__ = [
     "LedgerEntry",
     "LedgerKind",
     "LocalImageStore",
+    "ModelState",
     "ModuleStatus",
+    "ProgressReport",
     "QueueFull",
     "SqlJobQueue",
     "StorageError",
@@ -186,6 +198,7 @@ __all__ = [
     "denoised_steps",
     "gc",
     "images",
+    "is_unavailable",
     "masked_url",
     "moderation",
     "hypernetworks",
