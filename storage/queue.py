@@ -29,7 +29,7 @@ import builtins
 import dataclasses
 import logging
 import math
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -230,6 +230,12 @@ class JobQueue(abc.ABC):
     @abc.abstractmethod
     async def progress_of(self, job_ids: Iterable[int], since: datetime | None = None) -> builtins.list[ProgressReport]:
         """The latest progress of those of ``job_ids`` still running, reported after ``since``."""
+
+    @abc.abstractmethod
+    async def listen(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
+        """Call ``callback(payload)`` when a job finishes (``"final:<id>"``) or reports progress
+        (``"progress:<id>"``): PostgreSQL's ``LISTEN``; returns what stops it, or None where there are no
+        notifications (SQLite: poll)."""
 
     @abc.abstractmethod
     async def depth_by_guild(self) -> dict[int, dict[str, int]]:
@@ -970,6 +976,9 @@ class SqlJobQueue(JobQueue):
             stmt = stmt.where(job_progress.c.updated_at > since)
         rows = await self.db.run_read(lambda s: s.execute(stmt).all())
         return [ProgressReport(**row._mapping) for row in rows]
+
+    async def listen(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
+        return await self.db.listen(NOTIFY_CHANNEL, callback)
 
     async def depth_by_guild(self) -> dict[int, dict[str, int]]:
         stmt = (
