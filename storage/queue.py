@@ -27,6 +27,7 @@ from __future__ import annotations
 import abc
 import builtins
 import dataclasses
+import heapq
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable
@@ -36,7 +37,8 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
-    Integer,
+    Boolean,
+    String,
     Table,
     bindparam,
     case,
@@ -357,35 +359,31 @@ def _runnable(capability: Capability | None) -> tuple[Any, ...]:
     )
 
 
-def _claim_statements(capability: Capability | None) -> tuple[Any, Any, Any]:
-    """(servers in fair order, a server's head job, batch mates) for a worker of ``capability``."""
+def _claim_statements(capability: Capability | None) -> tuple[Any, Any]:
+    """(servers with work, a server's next job) for a worker of ``capability``. The next job skips the jobs
+    already picked for the batch and, for a batch mate, any of another batch group."""
     runnable = _runnable(capability)
     servers = (
-        select(guild_share.c.guild_id)
+        select(guild_share.c.guild_id, guild_share.c["pass"], guild_share.c.weight)
         .where(select(jobs.c.id).where(*runnable, jobs.c.guild_id == guild_share.c.guild_id).exists())
         .order_by(guild_share.c["pass"], guild_share.c.guild_id)
-        .limit(8)
     )
     head = (
-        select(jobs.c.id, jobs.c.batch_key, jobs.c.guild_id, jobs.c.start_tag)
-        .where(*runnable, jobs.c.guild_id == bindparam("p_guild_id"))
+        select(jobs.c.id, jobs.c.batch_key, jobs.c.cost, jobs.c.start_tag)
+        .where(
+            *runnable,
+            jobs.c.guild_id == bindparam("p_guild_id"),
+            jobs.c.id.not_in(bindparam("p_picked", expanding=True)),
+            or_(bindparam("p_any", type_=Boolean()), jobs.c.batch_key == bindparam("p_batch_key", type_=String())),
+        )
         .order_by(jobs.c.start_tag, jobs.c.id)
         .limit(1)
         .with_for_update(skip_locked=True)
     )
-    # mates: the same batch group, from the servers next in fair order first
-    mates = (
-        select(jobs.c.id)
-        .join(guild_share, guild_share.c.guild_id == jobs.c.guild_id)
-        .where(*runnable, jobs.c.batch_key == bindparam("p_batch_key"), jobs.c.id != bindparam("p_head_id"))
-        .order_by(guild_share.c["pass"], jobs.c.start_tag, jobs.c.id)
-        .limit(bindparam("p_limit", type_=Integer()))
-        .with_for_update(of=jobs, skip_locked=True)
-    )
-    return servers, head, mates
+    return servers, head
 
 
-_claim_cache: dict[Capability | None, tuple[Any, Any, Any]] = {}
+_claim_cache: dict[Capability | None, tuple[Any, Any]] = {}
 _CLAIM = (
     update(jobs)
     .where(jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.status == QUEUED)
@@ -404,15 +402,15 @@ _ADVANCE_CLOCK = (
     .where(queue_clock.c.id == 1, queue_clock.c.virtual_now < bindparam("p_tag"))
     .values(virtual_now=bindparam("p_tag"))
 )
-_GUILD_SHARE = (
-    select(guild_share.c["pass"], guild_share.c.weight, guild_share.c.clock)
-    .where(guild_share.c.guild_id == bindparam("p_guild_id"))
-    .with_for_update()
-)
 _SERVE_GUILD = (
     update(guild_share)
     .where(guild_share.c.guild_id == bindparam("p_guild_id"))
-    .values({"pass": bindparam("p_pass"), "clock": bindparam("p_clock")})
+    .values(
+        {
+            "pass": guild_share.c["pass"] + bindparam("p_delta", type_=BigInteger()),
+            "clock": case((guild_share.c.clock < bindparam("p_tag"), bindparam("p_tag")), else_=guild_share.c.clock),
+        }
+    )
 )
 _FINISH = (
     update(jobs)
@@ -713,37 +711,42 @@ class SqlJobQueue(JobQueue):
         now = self.db.now()
         if capability not in _claim_cache:
             _claim_cache[capability] = _claim_statements(capability)
-        servers, head_of, mates = _claim_cache[capability]
+        servers, next_of = _claim_cache[capability]
 
         def unit(s: Session) -> list[Job]:
-            head = None
-            for guild_id in s.scalars(servers).all():  # the server next in fair order whose head job is free
-                head = s.execute(head_of, {"p_guild_id": guild_id}).first()
-                if head is not None:
-                    break
-            if head is None:
+            # the fair order, followed pick by pick: the server of the smallest pass gives its next job, its pass
+            # advances, and so on; after the head, only jobs of the head's batch group join the batch
+            turns = [(int(p), g, float(w)) for g, p, w in s.execute(servers).all()]
+            heapq.heapify(turns)
+            weights = {g: w for _, g, w in turns}
+            picked: list[Any] = []
+            served: dict[int, list[Any]] = {}
+            head_pass = 0
+            while turns and len(picked) < max_batch:
+                pass_, guild_id, weight = heapq.heappop(turns)
+                params = {
+                    "p_guild_id": guild_id, "p_picked": [j.id for j in picked],
+                    "p_any": not picked, "p_batch_key": picked[0].batch_key if picked else "",
+                }  # fmt: skip
+                job = s.execute(next_of, params).first()
+                if job is None:  # nothing (else) here for this batch, or taken by a concurrent claim
+                    continue
+                if not picked:
+                    head_pass = pass_
+                picked.append(job)
+                served.setdefault(guild_id, []).append(job)
+                heapq.heappush(turns, (pass_ + round(PASS_UNIT * job.cost / max(weight, 1e-6)), guild_id, weight))
+            if not picked:
                 return []
-            ids = [head.id]
-            if max_batch > 1:
-                ids += s.scalars(
-                    mates, {"p_batch_key": head.batch_key, "p_head_id": head.id, "p_limit": max_batch - 1}
-                ).all()
-            params = {"p_ids": ids, "p_worker_id": worker_id, "p_lease": now + timedelta(seconds=lease_s), "p_now": now}
-            claimed = [_detached_job(row._mapping) for row in s.execute(_CLAIM, params).all()]
-            served: dict[int, list[Job]] = {}
-            for job in claimed:
-                served.setdefault(job.guild_id, []).append(job)
+            params = {"p_ids": [j.id for j in picked], "p_worker_id": worker_id, "p_lease": now + timedelta(seconds=lease_s), "p_now": now}
+            claimed = {row.id: _detached_job(row._mapping) for row in s.execute(_CLAIM, params).all()}
             for guild_id in sorted(served):  # one lock order for every claimer: no deadlock between them
                 got = served[guild_id]
-                share = s.execute(_GUILD_SHARE, {"p_guild_id": guild_id}).one()
-                units = PASS_UNIT * sum(j.cost for j in got) / max(share.weight, 1e-6)
-                clock = max(share.clock, *(j.start_tag for j in got))
-                s.execute(_SERVE_GUILD, {"p_guild_id": guild_id, "p_pass": share[0] + round(units), "p_clock": clock})
-                if guild_id == head.guild_id:
-                    head_pass = share[0]
+                delta = sum(round(PASS_UNIT * j.cost / max(weights[guild_id], 1e-6)) for j in got)
+                s.execute(_SERVE_GUILD, {"p_guild_id": guild_id, "p_delta": delta, "p_tag": max(j.start_tag for j in got)})
             # virtual time across servers: the pass the head's server was served at (locked last, as by everyone)
             s.execute(_ADVANCE_CLOCK, {"p_tag": head_pass})
-            return sorted(claimed, key=lambda j: (j.id != head.id, j.start_tag, j.id))
+            return [claimed[j.id] for j in picked if j.id in claimed]
 
         return await self.db.run_write(unit)
 
