@@ -54,13 +54,6 @@ class ModelConfig:
 class StorageConfig:
     url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/bot.db
     data_dir: str = "data"
-    # the image store every machine shares: "" = files in <data_dir>/images; or an S3-compatible bucket
-    s3_endpoint: str = ""  # e.g. http://minio.lan:9000 or https://s3.eu-central-1.amazonaws.com
-    s3_bucket: str = ""
-    s3_region: str = "us-east-1"
-    s3_access_key: str = ""  # better: the BOT_S3_ACCESS_KEY / BOT_S3_SECRET_KEY environment variables
-    s3_secret_key: str = ""
-    s3_prefix: str = ""  # keys are <prefix><sha256 prefix>/<sha256>.png
 
 
 @dataclass
@@ -219,8 +212,6 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "BOT_DTYPE": ("model", "dtype"),
     "BOT_DATABASE_URL": ("storage", "url"),
     "BOT_DATA_DIR": ("storage", "data_dir"),
-    "BOT_S3_ACCESS_KEY": ("storage", "s3_access_key"),
-    "BOT_S3_SECRET_KEY": ("storage", "s3_secret_key"),
 }
 
 _CHOICES = {

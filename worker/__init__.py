@@ -133,7 +133,9 @@ class Worker:
         await self.registration.register()
         await self.registration.reap()
         self._task = asyncio.create_task(self._loop(), name="gpu-worker")
-        self._beat_task = asyncio.create_task(self.registration.keep_alive(self._held), name="worker-heartbeat")
+        self._beat_task = asyncio.create_task(
+            self.registration.keep_alive(lambda: set(self.running_jobs), self._cancelled.update), name="worker-heartbeat"
+        )
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; let the running batch finish (or release it after `timeout`), leave the registry."""
@@ -171,10 +173,6 @@ class Worker:
     def request_cancel(self, job_id: int) -> None:
         """Stop a running job at its next denoising step (credits are refunded by the queue)."""
         self._cancelled.add(job_id)
-
-    def _held(self, held: list[int]) -> None:
-        """After a beat: a running job it no longer holds (cancelled, or reaped while it stalled) stops."""
-        self._cancelled.update(i for i in self.running_jobs if i not in held)
 
     # -- main loop -------------------------------------------------------------------------
     async def _loop(self) -> None:

@@ -63,14 +63,18 @@ class Registration:
             self.worker_id, kind=self.kind, host=self.host, pid=self.pid, lease_s=self.lease_s, capability=self.capability
         )
 
-    async def keep_alive(self, held: Callable[[list[int]], None] | None = None) -> None:
-        """Beat every third of the lease (``held`` is told which running jobs are still this worker's) and reap
-        dead workers, until cancelled; a database that is briefly unreachable only skips beats."""
+    async def keep_alive(
+        self, running: Callable[[], set[int]] = set, lost: Callable[[set[int]], None] | None = None
+    ) -> None:
+        """Beat every third of the lease and reap dead workers, until cancelled; ``lost`` is told which of the
+        jobs ``running`` before the beat this worker no longer holds (a job claimed while the beat ran is not
+        among them). A database that is briefly unreachable only skips beats."""
         while True:
             try:
-                still = await self.beat()
-                if held is not None:
-                    held(still)
+                before = running()
+                gone = before - set(await self.beat())
+                if gone and lost is not None:
+                    lost(gone)
                 await self.reap()
             except Exception:  # the database is briefly unavailable: beat again, don't die
                 log.exception("heartbeat failed")
