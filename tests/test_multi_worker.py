@@ -123,14 +123,14 @@ async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_m
             result = await audit(emu, url, merged)
             assert result["problems"] == [] and result["statuses"] == {"done": 60}, result
             assert await env.services.ledger.check_invariant() == []
-            by_worker = {name: [j for j in jobs if j.worker_id and f"-{workers[name].proc.pid}-" in j.worker_id] for name in workers}
+            by_worker = {name: [j for j in jobs if f"-{workers[name].proc.pid}-" in j.result["worker"]] for name in workers}
             # a worker serving one model never takes a job for another
             assert {j.model for j in by_worker["w3"]} == {"other"} and len(by_worker["w3"]) == 6
             assert all(j.model == "tiny" for name in ("w1", "w2", "late") for j in by_worker[name])
             # the killed worker's batch finished on another worker; the late worker took work
             for job_id in holding:
                 job = next(j for j in jobs if j.id == job_id)
-                assert job.status == "done" and job.attempts == 2 and f"-{workers['w1'].proc.pid}-" not in job.worker_id
+                assert job.status == "done" and job.attempts == 2 and f"-{workers['w1'].proc.pid}-" not in job.result["worker"]
             assert by_worker["late"], "the late worker took no job"
             # fair order across servers: while both first servers had work, neither got ahead by more than a
             # couple of batches (one member's burst of 18 against three members' 18)

@@ -262,9 +262,10 @@ class Worker:
             records.append({"key": key, "seed": gen.seed, "params": metadata, "batch_index": index, **size})
             stored.append({"key": key, "seed": gen.seed, **size,
                            **({"blurred": True} if metadata.get("Safety check") == "blurred" else {})})  # fmt: skip
-        # the images enter the history with the completion, or not at all (cancelled or reaped meanwhile)
+        # the images enter the history with the completion, or not at all (cancelled or reaped meanwhile); the
+        # result names the worker that made it (``jobs.worker_id`` becomes the announcer's once it adopts the job)
         completed = await self._until_reachable(
-            lambda: self.queue.complete(job.id, {"images": stored}, images=records, worker_id=self.worker_id)
+            lambda: self.queue.complete(job.id, {"images": stored, "worker": self.worker_id}, images=records, worker_id=self.worker_id)
         )
         if completed and self.announcer is not None:
             await self.announcer.announce(job, fresh=True)
