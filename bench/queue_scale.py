@@ -116,7 +116,8 @@ async def run_workers(admin: str, n_workers: int, n_jobs: int, kill_after_s: flo
             held = [j.id for j in await JobQueue(db).list(statuses=["running"]) if f"-{victim.pid}-" in (j.worker_id or "")]
             os.kill(victim.pid, signal.SIGKILL)
             killed = time.perf_counter()
-            while held and any((await JobQueue(db).get(i)).status != "done" for i in held):
+            queue = JobQueue(db)
+            while held and [j for j in await queue.list(statuses=None, limit=10_000) if j.id in held and j.status != "done"]:
                 await asyncio.sleep(0.02)
             recovered = time.perf_counter() - killed if held else None
             await db.close()
