@@ -22,10 +22,6 @@ class Embeddings(Library):
     def __init__(self, services: Any) -> None:
         super().__init__(services, services.config.embedding.max_file_mb)
 
-    @property
-    def engine(self) -> Any:
-        return self.services.worker.engine
-
     def convert(self, data: bytes, filename: str) -> Converted:
         ti = embeddings.read(data, filename)
         ti.check_fits(self.engine.text_widths)

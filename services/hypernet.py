@@ -112,7 +112,7 @@ class Hypernets(ActiveLibrary):
     @property
     def widths(self) -> set[int]:
         if self._widths is None:
-            self._widths = hypernetwork.model_widths(self.services.worker.engine.unet)
+            self._widths = hypernetwork.model_widths(self.engine.unet)
         return self._widths
 
     async def visible(self, guild_id: int, user_id: int) -> list[Any]:
@@ -179,7 +179,7 @@ class Hypernets(ActiveLibrary):
         return out
 
     async def train_params(
-        self, name: str, images: list[Image.Image], captions: list[str], steps: int | None
+        self, name: str, images: list[Image.Image], captions: list[str], steps: int | None, seed: int | None = None
     ) -> tuple[HypernetTrainParams, list[bytes]]:
         """A training job's parameters and its images as PNG files: ``train_images`` holds the keys the
         files will have in the image store, where `submit_training` puts them once the job passed every
@@ -197,7 +197,7 @@ class Hypernets(ActiveLibrary):
             steps=min(gen.default_steps, self.services.config.limits.max_steps),
             cfg=gen.default_cfg,
             sampler=gen.default_sampler,
-            seed=new_seed(),
+            seed=new_seed() if seed is None else seed,
             clip_skip=self.services.config.model.clip_skip,
             train_images=tuple(key_for(data) for data in pngs),
             captions=tuple(captions),

@@ -35,7 +35,7 @@ class Loras(ActiveLibrary):
         if Path(filename).suffix.lower() != ".safetensors":
             raise lora.LoraError("Upload a LoRA as a .safetensors file (.pt/.ckpt files can hold code and are not read).")
         info = lora.inspect(data)
-        lora.check_fits(info, self.services.worker.engine.unet.config.cross_attention_dim)
+        lora.check_fits(info, self.engine.unet.config.cross_attention_dim)
         meta = {
             "layout": info.layout,
             "rank": info.rank,

@@ -85,6 +85,15 @@ class Library:
     def db(self) -> Any:
         return self.services.db
 
+    @property
+    def engine(self) -> Any:
+        """The loaded model uploads are checked against; a `UserError` where this bot runs none itself."""
+        if self.services.worker is None:
+            raise UserError(
+                "Uploaded files are checked against the model, and this bot runs none itself (`[worker] embedded = false`)."
+            )
+        return self.services.worker.engine
+
     # -- look-ups --------------------------------------------------------------------------------------
     async def visible(self, guild_id: int, user_id: int) -> list[Any]:
         """The modules of this kind the member may use: their own, and the approved shared ones."""

@@ -1,7 +1,7 @@
 """modules: hypernetworks, LoRAs and textual-inversion embeddings in one table with a kind
 
-Revision ID: 0005
-Revises: 0004
+Revision ID: 0006
+Revises: 0005
 Create Date: 2027-01-27
 
 ``hypernetwork_modules`` becomes ``modules`` with a ``kind`` column; its rows are hypernetworks and keep
@@ -16,8 +16,8 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
-revision: str = "0005"
-down_revision: str | None = "0004"
+revision: str = "0006"
+down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
