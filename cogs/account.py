@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import discord
@@ -91,14 +92,19 @@ class Account(commands.Cog):
         rerolls: set[int] = set()
         for i, row in enumerate(rows):
             params = row.params or {}
-            name = f"thumb{i}.png"
-            files.append(ui.png_file(thumbnail(await self.services.store.get(row.key)), name))
             img2img = ui.img2img_note(params.get("denoising_strength"), params.get("extra_noise"))
             embed = discord.Embed(
                 title=ui.clip(f"#{row.job_id} · seed {row.seed}{img2img}", 256),
                 description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),
             )
-            embed.set_thumbnail(url=f"attachment://{name}")
+            try:
+                small = await asyncio.to_thread(thumbnail, await self.services.store.get(row.key))
+            except FileNotFoundError:  # removed by the retention policy: the row and its 🔄 stay
+                embed.set_footer(text="The picture was removed after this server's retention period; 🔄 makes it again.")
+            else:
+                name = f"thumb{i}.png"
+                files.append(ui.png_file(small, name))
+                embed.set_thumbnail(url=f"attachment://{name}")
             embeds.append(embed)
             if row.job_id not in rerolls:  # custom_ids must be unique within a message
                 rerolls.add(row.job_id)

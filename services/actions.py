@@ -17,7 +17,7 @@ from services import ui
 from services.disclosure import shareable_parameters
 from services.edit import remix_params
 from services.hypernet import sample_params
-from services.jobs import AccessDenied, UserError, new_seed
+from services.jobs import REMOVED_IMAGE, AccessDenied, UserError, new_seed
 from services.mix import sweep_params
 from worker.jobs import (
     EditParams,
@@ -96,7 +96,9 @@ class Actions:
         if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
             key = getattr(params, "init_image", None)
             if key and not await self.services.store.exists(key):
-                raise UserError("That image is no longer stored on this server, so it can't be varied or upscaled. 🔄 still rerolls it.")
+                if action == "reroll":
+                    raise UserError("The picture this job started from is no longer stored on this server, so it can't be made again.")
+                raise UserError(REMOVED_IMAGE)
             area_limit = self.services.config.generation.max_area * (4 if action == "up" else 1)
             if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")

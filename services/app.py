@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,21 @@ from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config
 from services.hypernet import Hypernets
-from services.jobs import AccessDenied, JobService, Upload, UserError
+from services.jobs import REMOVED_IMAGE, AccessDenied, JobService, Upload, UserError
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from services.settings import ServerSettings
 from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
+from storage.image_store import key_for
 from worker import Worker
 from worker.handlers import handlers
 from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, OutpaintParams
 
 log = logging.getLogger(__name__)
+
+
+def _size_and_png(image: Any) -> tuple[tuple[int, int], bytes]:
+    return image.size, png_bytes(image)
 
 
 def default_engine_loader(config: Config):
@@ -105,7 +110,8 @@ class Services:
         )
         self.hypernets = Hypernets(self)
         self.jobs = JobService(
-            config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets
+            config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets,
+            store=self.store,
         )
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
@@ -148,6 +154,13 @@ class Services:
             image = image.resize(size, Image.Resampling.LANCZOS)
         return Inputs(image=image)
 
+    async def stored_image(self, key: str) -> bytes:
+        """A result's stored picture; a `UserError` that says so when the retention policy removed it."""
+        try:
+            return await self.store.get(key)
+        except FileNotFoundError:
+            raise UserError(REMOVED_IMAGE) from None
+
     async def download(self, attachment: discord.Attachment) -> bytes:
         """An uploaded file's bytes, refused above the attachment size limit before downloading."""
         limit = self.config.limits.max_attachment_bytes
@@ -176,12 +189,12 @@ class Services:
 
     async def fitted_upload(self, attachment: discord.Attachment, bucket: tuple[int, int] | None = None, fit: str = "crop") -> Upload:
         """An uploaded picture (capped and decoded as `read_attachment`) fitted to ``bucket`` (else the
-        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG; resampling and
-        encoding run off the event loop."""
+        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad") as PNG, not yet stored (`JobService.submit`
+        stores it once the request is accepted); resampling and encoding run off the event loop."""
         buckets = [bucket] if bucket else self.jobs.buckets
-        picture = await self.read_attachment(attachment, then=lambda image: fit_to_bucket(image, buckets, fit=fit))
-        key = await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, picture))
-        return Upload(key=key, width=picture.width, height=picture.height, fit=fit)
+        size_and_png = await self.read_attachment(attachment, then=lambda image: _size_and_png(fit_to_bucket(image, buckets, fit=fit)))
+        (width, height), data = size_and_png
+        return Upload(key=key_for(data), width=width, height=height, fit=fit, data=data)
 
     # -- the ban and channel rules: every command, button and reaction passes here --------------
     async def check_access(
@@ -216,15 +229,18 @@ class Services:
             )
 
     # -- submission from an interaction ---------------------------------------------------------
-    async def submit_from_interaction(self, interaction: discord.Interaction, params_list: list[JobParams]) -> list[Any]:
+    async def submit_from_interaction(
+        self, interaction: discord.Interaction, params_list: list[JobParams], uploads: Sequence[bytes] = ()
+    ) -> list[Any]:
         """Reserve credits and enqueue (the interaction is already acknowledged and admitted), then show the
-        queue position; a refusal is a `UserError` and costs nothing."""
+        queue position; a refusal is a `UserError` and costs nothing.  ``uploads``: see `JobService.submit`."""
         jobs = await self.jobs.submit(
             params_list=params_list,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
             request_key=str(interaction.id),
+            uploads=uploads,
         )
         await self.announce_queued(jobs, interaction=interaction)
         return jobs
