@@ -24,6 +24,10 @@ AUDIT_PAGE = 10
 MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in JobKind]  # a price multiplier each
 
 
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
+
+
 def fmt_multipliers(multipliers: dict[str, float]) -> str:
     return ", ".join(f"{k} ×{v:g}" for k, v in sorted(multipliers.items()))
 
@@ -303,6 +307,19 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         self.services.worker.wake()
         await self.audit(interaction, "queue.resume")
         await self.reply(interaction, "▶️ The queue runs again on this server.")
+
+    # -- the image store -----------------------------------------------------------------------------------
+    @app_commands.command(name="storage", description="Disk use of the image store and how long pictures are kept")
+    async def storage(self, interaction: discord.Interaction) -> None:
+        everything, here = await self.services.admin.storage_use(interaction.guild_id)
+        cfg = self.services.config.storage
+        kept = (f"pictures older than **{cfg.keep_images_days:g} days** are removed (checked every {cfg.sweep_interval_h:g} h); "
+                "favourited ones stay" if cfg.keep_images_days else "pictures are kept forever (`storage.keep_images_days = 0`)")
+        await self.reply(interaction, (
+            f"**This server's pictures:** {here.files} files, {megabytes(here.bytes)}\n"
+            f"**The whole image store** (every server of this bot, uploads included): {everything.files} files, "
+            f"{megabytes(everything.bytes)}\n**Retention:** {kept}. The bot's operator sets it in `config.toml` `[storage]`."
+        ), title="Image storage")  # fmt: skip
 
     # -- hypernetwork modules ---------------------------------------------------------------------------------
     async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from services.jobs import UserError
-from storage import ModuleStatus, hypernetworks, moderation
+from storage import ModuleStatus, gc, hypernetworks, images, moderation
 
 
 class ServerAdmin:
@@ -76,6 +76,12 @@ class ServerAdmin:
     async def set_negative(self, guild_id: int, actor_id: int, value: str | None) -> None:
         value = await self.services.settings.set_negative(guild_id, actor_id, value)
         await self.audit(guild_id, actor_id, "negative", details={"negative": value})
+
+    # -- the image store -------------------------------------------------------------------------------
+    async def storage_use(self, guild_id: int) -> tuple[gc.Files, gc.Files]:
+        """Disk use of the whole image store, and of this server's pictures in it."""
+        store = self.services.store
+        return await gc.usage(store), await gc.usage(store, await images.guild_keys(self.db, guild_id))
 
     # -- hypernetwork modules --------------------------------------------------------------------------
     async def review_hypernet(self, guild_id: int, actor_id: int, name: str, approve: bool) -> Any:

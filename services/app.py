@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -115,6 +116,7 @@ class Services:
         )
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         mode = self.config.moderation.image_check
@@ -125,13 +127,31 @@ class Services:
         else:
             log.info("image safety check: %s", self.rules.describe_check())
         await self.db.upgrade()
-        await gc.collect(self.db, self.store)  # what requests that never got queued left behind
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="image-store-sweep")
         await self.worker.start()
         self.jobs.count_tokens = self.worker.engine.count_tokens
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.worker.stop()
         await self.db.close()
+
+    # -- the image store: garbage collection and retention --------------------------------------
+    async def sweep_images(self) -> gc.Files:
+        """Remove what requests that never got queued left behind and, with ``storage.keep_images_days``,
+        pictures older than that (their history rows and jobs stay); file work runs off the event loop."""
+        days = self.config.storage.keep_images_days
+        return await gc.collect(self.db, self.store, keep_since=self.db.now() - timedelta(days=days) if days else None)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            try:
+                await self.sweep_images()
+            except Exception:  # the database or the disk failed for a moment: sweep next time
+                log.exception("sweeping the image store failed")
+            await asyncio.sleep(self.config.storage.sweep_interval_h * 3600)
 
     # -- inputs ------------------------------------------------------------------------------------
     async def load_inputs(self, params: JobParams) -> Inputs:
