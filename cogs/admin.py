@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs.account import forget_prompt
 from services import ui
 from services.jobs import UserError
 from services.text_filter import REGEX_PREFIX
@@ -191,6 +192,11 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
                  + (f" — {b.reason}" if b.reason else "") for b in rows]
         await self.reply(interaction, "\n".join(lines) or "Nobody is banned.", title=f"Bans ({len(rows)})")
 
+    @app_commands.command(name="forget", description="Forget a member here: their pictures, history, favourites, private modules")
+    @app_commands.describe(member="The member who asked to be forgotten (or who left)")
+    async def forget(self, interaction: discord.Interaction, member: discord.User) -> None:
+        await interaction.followup.send(ephemeral=True, **forget_prompt(member.id, yourself=member.id == interaction.user.id))
+
     # -- channels ------------------------------------------------------------------------------------------
     async def _channel_access(self, interaction: discord.Interaction, channel: discord.TextChannel, access: str) -> None:
         await self.services.admin.set_channel_access(interaction.guild_id, interaction.user.id, channel.id, access)
@@ -325,7 +331,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:
         module = await self.services.admin.review_hypernet(interaction.guild_id, interaction.user.id, name, approve)
         verdict = "now usable by everyone here" if approve else "rejected (only its owner sees it)"
-        await self.reply(interaction, f"Module `{name}` by <@{module.owner_id}> is {verdict}.")
+        await self.reply(interaction, f"Module `{name}` by {ui.owner_mention(module.owner_id)} is {verdict}.")
 
     async def _hypernet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         if not manages_server(interaction):  # command checks don't run for autocomplete
@@ -336,7 +342,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @hypernets_group.command(name="pending", description="Modules members shared that wait for approval")
     async def hypernets_pending(self, interaction: discord.Interaction) -> None:
         rows = await self.services.admin.pending_hypernets(interaction.guild_id)
-        lines = [f"`{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
+        lines = [f"`{m.name}` by {ui.owner_mention(m.owner_id)} · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
         await self.reply(interaction, "\n".join(lines) or "No modules wait for approval.", title=f"Pending modules ({len(rows)})")
 
     @hypernets_group.command(name="approve", description="Make a shared module usable by everyone on this server")

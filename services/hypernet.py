@@ -30,6 +30,7 @@ from gen_core.archives import ArchiveError, ArchiveLimits, open_zip, read_member
 from gen_core.buckets import nearest_bucket
 from gen_core.images import ImageInputError, load_image, open_image, png_bytes
 from gen_core.prompts import PromptError, strip_extra_networks
+from services import ui
 from services.jobs import UserError, new_seed
 from services.settings import ActiveHypernet, check_strength
 from storage import ModuleStatus, hypernetworks
@@ -148,7 +149,7 @@ class Hypernets:
         if module is None:
             raise UserError(f"There is no module `{name}` you can use here. See `/hypernet list`.")
         if owned and module.owner_id != user_id:
-            raise UserError(f"`{name}` belongs to <@{module.owner_id}>; only its owner can do that.")
+            raise UserError(f"`{name}` belongs to {ui.owner_mention(module.owner_id)}; only its owner can do that.")
         return module
 
     async def names(self, guild_id: int, user_id: int, current: str) -> list[str]:

@@ -168,6 +168,10 @@ class ServerRules:
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:
         """Ban the member and cancel (refunding) their waiting and running jobs here; returns those jobs."""
         await moderation.ban(self.db, guild_id, user_id, actor_id, reason)
+        return await self.cancel_jobs(guild_id, user_id, actor_id)
+
+    async def cancel_jobs(self, guild_id: int, user_id: int, actor_id: int) -> list[Any]:
+        """Cancel (refunding) the member's waiting and running jobs here; returns those jobs."""
         cancelled = []
         for job in await self.services.queue.list(guild_id=guild_id, user_id=user_id):
             if await self.services.jobs.cancel(job.id, actor_id):

@@ -14,6 +14,7 @@ go while their history rows and jobs stay (🔄 makes a txt2img job again from i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -94,6 +95,22 @@ async def collect(
     if collected.files:
         log.info("image store: removed %d files (%.1f MB)", collected.files, collected.bytes / 2**20)
     return collected
+
+
+async def discard(db: Database, store: LocalImageStore, keys: Iterable[str]) -> Files:
+    """Remove the files of ``keys`` that no row refers to any more, at once (a forgotten member's pictures)."""
+    unreferenced = set(keys) - await referenced_keys(db)
+
+    def remove() -> Files:
+        files = size = 0
+        for path in map(store.path, unreferenced):
+            with contextlib.suppress(FileNotFoundError):
+                length = path.stat().st_size
+                path.unlink()
+                files, size = files + 1, size + length
+        return Files(files, size)
+
+    return await asyncio.to_thread(remove)
 
 
 async def usage(store: LocalImageStore, keys: Iterable[str] | None = None) -> Files:
