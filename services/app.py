@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import discord
+from PIL import Image
 
 from gen_core.buckets import fit_to_bucket
 from gen_core.geometry import Geometry
@@ -33,6 +34,22 @@ from worker.handlers import handlers
 from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, OutpaintParams
 
 log = logging.getLogger(__name__)
+
+
+def _decode_inputs(params: JobParams, data: list[bytes], cap: int) -> Inputs:
+    """`Services.load_inputs`' decoding: training images at their stored size, an inpaint's picture and mask and
+    an outpaint's picture as stored, any other job's picture resized to the job's size."""
+    images = [load_image(d, max_pixels=cap) for d in data]
+    if isinstance(params, HypernetTrainParams):
+        return Inputs(train_images=tuple(images))
+    if not images:
+        return Inputs()
+    image = images[0]
+    if isinstance(params, InpaintParams):
+        return Inputs(image=image, mask=images[1].convert("L"))
+    if not isinstance(params, OutpaintParams) and image.size != (params.width, params.height):
+        image = image.resize((params.width, params.height), Image.Resampling.LANCZOS)
+    return Inputs(image=image)
 
 
 def _size_and_png(image: Any) -> tuple[tuple[int, int], bytes]:
@@ -155,24 +172,14 @@ class Services:
 
     # -- inputs ------------------------------------------------------------------------------------
     async def load_inputs(self, params: JobParams) -> Inputs:
-        """Decode a job's stored input images (capped), resized to the job's size."""
+        """A job's stored input images, decoded (capped) and resized to the job's size off the event loop."""
+        if isinstance(params, HypernetTrainParams):
+            keys: list[str] = list(params.train_images)
+        else:
+            keys = [k for k in (getattr(params, "init_image", None), getattr(params, "mask", None)) if k]
+        data = [await self.store.get(k) for k in keys]
         cap = self.config.limits.max_input_pixels
-        if isinstance(params, HypernetTrainParams):  # the training images, at their stored size
-            return Inputs(train_images=tuple([load_image(await self.store.get(k), max_pixels=cap) for k in params.train_images]))
-        key = getattr(params, "init_image", None)
-        if not key:
-            return Inputs()
-        image = load_image(await self.store.get(key), max_pixels=cap)
-        if isinstance(params, InpaintParams):  # the original pixels, and the stored mask
-            return Inputs(image=image, mask=load_image(await self.store.get(params.mask), max_pixels=cap).convert("L"))
-        if isinstance(params, OutpaintParams):  # the original pixels
-            return Inputs(image=image)
-        size = (params.width, params.height)
-        if image.size != size:
-            from PIL import Image
-
-            image = image.resize(size, Image.Resampling.LANCZOS)
-        return Inputs(image=image)
+        return await asyncio.get_running_loop().run_in_executor(None, _decode_inputs, params, data, cap)
 
     async def stored_image(self, key: str) -> bytes:
         """A result's stored picture; a `UserError` that says so when the retention policy removed it."""
