@@ -7,8 +7,10 @@ import datetime
 import os
 import time
 
+import pytest
+
 from storage import ImageStore, gc
-from tests.test_storage_support import environment, spec
+from tests.test_storage_support import BACKENDS, environment, spec
 
 
 async def test_unreferenced_old_blobs_go_and_everything_else_stays(tmp_path):
@@ -31,8 +33,9 @@ async def test_unreferenced_old_blobs_go_and_everything_else_stays(tmp_path):
         assert not stale.exists()
 
 
-async def test_retention_removes_old_pictures_but_keeps_recent_favourite_and_active_ones(tmp_path):
-    async with environment("sqlite", tmp_path) as env:
+@pytest.mark.parametrize("backend", BACKENDS)
+async def test_retention_removes_old_pictures_but_keeps_recent_favourite_and_active_ones(backend, tmp_path):
+    async with environment(backend, tmp_path) as env:
         store = ImageStore(tmp_path / "images", fsync=False)
         old_result, favourite, old_upload, queued_upload, new_result = [await store.put(bytes([i]) * 100) for i in range(5)]
         done, _ = await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="1", params={"init_image": old_upload}))
