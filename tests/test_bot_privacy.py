@@ -77,9 +77,13 @@ async def test_retention_removes_old_pictures_buttons_say_so_and_reroll_still_wo
     channel = guild.channel("general")
     text, _ = await result(env, alice, channel)
     picture, _ = await result(env, alice, channel, image=emu.upload(png(Image.new("RGB", (64, 64), "red")), "a.png", "image/png"))
-    assert len(stored(env)) == 3  # two results and the upload
+    it = await emu.invoke(alice, channel, "outpaint", {"prompt": "a cat", "direction": "right",
+                                                      "image": emu.upload(png(Image.new("RGB", (64, 64), "blue")), "b.png", "image/png")})  # fmt: skip
+    await it.wait_acked(3)
+    extended = await emu.wait_for_message(channel, lambda m: is_result(m) and m.id not in (text.id, picture.id), timeout=30)
+    assert len(stored(env)) == 8  # three results (four candidates for the outpaint) and two uploads
     shown = await admin(env, mod, channel, "storage")
-    assert "This server's pictures:** 2 files" in shown and "**The whole image store**" in shown and "3 files" in shown
+    assert "This server's pictures:** 6 files" in shown and "**The whole image store**" in shown and "8 files" in shown
     assert "older than **30 days** are removed" in shown
 
     await make_old(env, 31)
@@ -90,16 +94,18 @@ async def test_retention_removes_old_pictures_buttons_say_so_and_reroll_still_wo
     for message, label in ((text, "Vary (Subtle)"), (text, "Upscale"), (picture, "Vary (Strong)")):
         refused = await refusal(await click(env, alice, message, label))
         assert "no longer stored on this server" in refused and "🔄 still makes the job again" in refused
+    refused = await refusal(await click(env, alice, extended, "P1"))
+    assert "no longer stored on this server" in refused
     refused = await refusal(await click(env, alice, picture, "🔄"))
     assert "The picture this job started from is no longer stored" in refused
     assert await env.balance(guild, alice) == balance
     await (await click(env, alice, text, "🔄")).wait_acked(3)  # a txt2img result is made again from its parameters
-    again = await emu.wait_for_message(channel, lambda m: is_result(m) and m.id not in (text.id, picture.id), timeout=30)
+    again = await emu.wait_for_message(channel, lambda m: is_result(m) and m.id not in (text.id, picture.id, extended.id), timeout=30)
     assert (await result_job(env, again)).params["prompt"] == (await result_job(env, text)).params["prompt"]
 
     history = await answer(await emu.invoke(alice, channel, "history", {}))
     footers = [e.get("footer", {}).get("text", "") for e in history.embeds]
-    assert sum("removed after this server's retention period" in f for f in footers) == 2
+    assert sum("removed after this server's retention period" in f for f in footers) == 4  # the outpaint's, on page 1
     assert len(history.attachments) == 1  # the thumbnail of the new result only
 
 
