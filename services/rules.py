@@ -165,7 +165,7 @@ class ServerRules:
         prompts = model_prompts(p)
         if (hit := _first_match(rules.banned, prompts)) is not None:
             raise UserError(f"Your prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
-        if (hit := rules.banned.first_match(p.negative)) is not None:  # published with the picture's parameters
+        if (hit := rules.banned.first_match(self._members_negative(rules, p.negative))) is not None:  # it is published
             raise UserError(f"Your negative prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
         extra = [rules.negative]
         if not rules.nsfw_channel:  # a negative prompt steers away from its words: NSFW terms are looked for in prompts
@@ -177,6 +177,15 @@ class ServerRules:
             extra.append(rules.nsfw.negative)
         negative = _join(p.negative, *(e for e in extra if e and e not in p.negative))
         return dataclasses.replace(p, screen=not rules.nsfw_channel and rules.nsfw.image_check, negative=negative)
+
+    def _members_negative(self, rules: Rules, negative: str) -> str:
+        """``negative`` without what the bot adds to it (the undesired presets, the server's negative and the
+        NSFW negative, which a derived job carries): the part the member wrote."""
+        gen = self.services.config.generation
+        for added in (gen.undesired_heavy, gen.undesired_light, rules.negative, rules.nsfw.negative):
+            if added:
+                negative = negative.replace(added, " ")
+        return negative
 
     # -- actions on users and results --------------------------------------------------------------
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:

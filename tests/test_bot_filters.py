@@ -7,6 +7,7 @@ from PIL import Image
 from storage import moderation
 from tests.bot_fixtures import BotEnv, followup_refusal, png
 from tests.test_bot_admin import admin, assert_nothing_queued, audit_actions, imagine, jobs_of, refusal
+from tests.test_bot_imagine import is_result, posted_job
 from tests.test_bot_mix import mix
 
 
@@ -70,3 +71,19 @@ async def test_negatives_mix_parts_captions_and_look_alikes_are_checked_and_othe
         await imagine(bot_env, alice, general, prompt=prompt, negative="nsfw, nude")  # steering away is fine
     await mix(bot_env, alice, general, prompts="a cat | a kitten:-0.5", negative="nude")
     assert len(await jobs_of(bot_env, guild, alice, len(harmless) + 1)) == len(harmless) + 1
+
+
+async def test_what_the_bot_adds_to_a_negative_is_not_the_members_words(bot_env: BotEnv):
+    emu = bot_env.emu
+    guild, alice, mod = emu.guild(), emu.user("alice"), emu.user("mod")
+    general = guild.channel("general")
+    for word in ("nude", "watermark", "spaceship"):  # in the NSFW negative, the heavy preset, the server's negative
+        await admin(bot_env, mod, general, "words add", word=word)
+    await admin(bot_env, mod, general, "negative", prompt="spaceship")
+    await imagine(bot_env, alice, general, undesired="heavy")
+    result = await emu.wait_for_message(general, is_result, timeout=30)
+    assert "nude" in (await posted_job(bot_env, result)).params["negative"]
+    reroll = await emu.click(alice, result, next(b.custom_id for b in result.buttons if b.emoji == "🔄"))
+    await reroll.wait_acked(3)
+    again = await emu.wait_for_message(general, lambda m: is_result(m) and m.id != result.id, timeout=30)
+    assert (await posted_job(bot_env, again)).params["prompt"] == (await posted_job(bot_env, result)).params["prompt"]
