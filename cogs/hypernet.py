@@ -134,6 +134,7 @@ class Hypernet(commands.Cog):
         captions="Captions (tags or text): one for all, or one per image separated by |",
         image2="Another image", image3="Another image", image4="Another image",
         steps="Training steps (default from the server)",
+        seed="Seed of the training and its sample (default random): the same images and seed give the same module",
     )  # fmt: skip
     async def train(
         self,
@@ -145,10 +146,11 @@ class Hypernet(commands.Cog):
         image3: discord.Attachment | None = None,
         image4: discord.Attachment | None = None,
         steps: app_commands.Range[int, 1, 100_000] | None = None,
+        seed: app_commands.Range[int, 0, 2**32 - 1] | None = None,
     ) -> None:
         name = check_name(name)
         pairs = await self.hypernets.training_set(images, [a for a in (image2, image3, image4) if a is not None], captions)
-        params, pngs = await self.hypernets.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps)
+        params, pngs = await self.hypernets.train_params(name, [p[0] for p in pairs], [p[1] for p in pairs], steps, seed)
         await self.hypernets.submit_training(interaction, params, pngs)
 
 

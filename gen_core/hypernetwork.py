@@ -543,6 +543,7 @@ class Example:
     bucket: tuple[int, int]
     latents: torch.Tensor  # [1, 4, h, w] covering the bucket's latent size
     caption: str
+    cells: tuple[int, int]  # the bucket in latent cells (height, width): the size of a training crop
 
 
 @dataclass
@@ -570,18 +571,21 @@ def prepare_examples(engine: Any, images: Sequence[Image.Image], captions: Seque
     """Each image to its nearest bucket, scaled (Lanczos) to cover it, VAE-encoded once."""
     from gen_core.images import to_rgb
 
+    factor = engine.geometry.vae_factor
     examples = []
     for image, caption in zip(images, captions, strict=True):
         image = to_rgb(image) if image.mode != "RGB" else image
         bucket, _ = training_size(image.size, buckets)
-        examples.append(Example(bucket, image_latents(engine, fit_for_training(image, buckets)), caption))
+        latents = image_latents(engine, fit_for_training(image, buckets))
+        examples.append(Example(bucket, latents, caption, (bucket[1] // factor, bucket[0] // factor)))
     return examples
 
 
-def _crop(latents: torch.Tensor, bucket: tuple[int, int], rng: random.Random) -> torch.Tensor:
-    h, w = bucket[1] // 8, bucket[0] // 8
-    top = rng.randint(0, latents.shape[2] - h)
-    left = rng.randint(0, latents.shape[3] - w)
+def _crop(example: Example, rng: random.Random | None) -> torch.Tensor:
+    """A crop of the example's latents at its bucket's size: random, or the centre without ``rng``."""
+    (h, w), latents = example.cells, example.latents
+    spare_h, spare_w = latents.shape[2] - h, latents.shape[3] - w
+    top, left = (rng.randint(0, spare_h), rng.randint(0, spare_w)) if rng else (spare_h // 2, spare_w // 2)
     return latents[:, :, top : top + h, left : left + w]
 
 
@@ -645,9 +649,7 @@ def evaluate(
     total = 0.0
     with torch.inference_mode():
         for ex, cond in zip(examples, conds, strict=True):
-            h, w = ex.bucket[1] // 8, ex.bucket[0] // 8
-            top, left = (ex.latents.shape[2] - h) // 2, (ex.latents.shape[3] - w) // 2
-            latents = ex.latents[:, :, top : top + h, left : left + w].expand(samples, -1, -1, -1)
+            latents = _crop(ex, None).expand(samples, -1, -1, -1)
             noise, t = _noise(scheduler, latents.shape, generator)
             total += float(chain_loss(engine, scheduler, latents, cond.expand(samples, -1, -1), noise, t, chain))
     return total / len(examples)
@@ -694,8 +696,7 @@ def train(
             if is_cancelled(cancel):
                 raise Cancelled()
             idx = next(batches)
-            bucket = examples[idx[0]].bucket
-            latents = torch.cat([_crop(examples[i].latents, bucket, rng) for i in idx])
+            latents = torch.cat([_crop(examples[i], rng) for i in idx])
             cond = torch.cat([conds[i] for i in idx])
             noise, t = _noise(scheduler, latents.shape, generator)
             penalty = _Penalty(latents.shape[2] * latents.shape[3])

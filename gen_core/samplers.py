@@ -98,5 +98,9 @@ def make_scheduler(name: str, base_config: Mapping[str, Any]):
     """A fresh diffusers scheduler for sampler ``name`` built from the checkpoint's scheduler config."""
     cls, overrides = _TABLE[canonical_sampler(name)]
     config = {key: base_config[key] for key in _MODEL_KEYS if key in base_config}
+    # Clipping the predicted x0 to [-1, 1] is for pixel-space diffusion; scaled latents go beyond it.
+    # SD's own configs say so, but one that is silent (a PNDM config has no such key) must not
+    # leave DDIM at its class default of clipping: it shifts every colour.
+    config.setdefault("clip_sample", False)
     config.update(overrides)
     return cls.from_config(config)

@@ -314,7 +314,7 @@ class Hypernets:
         return out
 
     async def train_params(
-        self, name: str, images: list[Image.Image], captions: list[str], steps: int | None
+        self, name: str, images: list[Image.Image], captions: list[str], steps: int | None, seed: int | None = None
     ) -> tuple[HypernetTrainParams, list[bytes]]:
         """A training job's parameters and its images as PNG files: ``train_images`` holds the keys the
         files will have in the image store, where `submit_training` puts them once the job passed every
@@ -332,7 +332,7 @@ class Hypernets:
             steps=min(gen.default_steps, self.services.config.limits.max_steps),
             cfg=gen.default_cfg,
             sampler=gen.default_sampler,
-            seed=new_seed(),
+            seed=new_seed() if seed is None else seed,
             clip_skip=self.services.config.model.clip_skip,
             train_images=tuple(key_for(data) for data in pngs),
             captions=tuple(captions),

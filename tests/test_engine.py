@@ -178,6 +178,10 @@ def test_scheduler_keeps_model_schedule_but_not_other_samplers_settings(engine):
         and euler.config.steps_offset == base["steps_offset"]
     )
     assert make_scheduler("DPM++ 2M Karras", base).config.use_karras_sigmas
+    # A config that does not mention clipping (a PNDM one, as the toy-world model ships) leaves DDIM's
+    # predicted latents unclipped: clipping them to [-1, 1] shifted every colour.
+    base.pop("clip_sample", None)
+    assert make_scheduler("DDIM", base).config.clip_sample is False
 
 
 def test_lms_coefficients_match_numeric_integration(engine):

@@ -8,9 +8,11 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+import torch
 
+from toyworld import MODEL_DIR
 from toyworld.judge import colour_share, judge
-from toyworld.train import QUICK, train
+from toyworld.train import QUICK, to_tensor, train
 from toyworld.world import (
     COLOURS,
     SHAPES,
@@ -101,3 +103,17 @@ def test_quick_training_is_deterministic_and_loads_as_sd(tmp_path):
     assert pipe.vae.config.scaling_factor != 0.18215  # measured on its own latents
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     assert pipe.text_encoder.config.num_hidden_layers >= 2  # clip skip 2 exists
+    assert_posterior_is_its_mean(pipe.vae)
+
+
+def assert_posterior_is_its_mean(vae) -> None:
+    """Pipelines that sample the VAE's posterior (inpaint) must get the mean the decoder learnt from."""
+    with torch.no_grad():
+        posterior = vae.encode(to_tensor([draw(Scene("red", "circle", "white"))])).latent_dist
+    assert float(posterior.std.max()) < 1e-3 and float(posterior.mean.std()) > 0.1
+
+
+def test_the_shipped_model_encodes_pictures_deterministically():
+    from diffusers import AutoencoderKL
+
+    assert_posterior_is_its_mean(AutoencoderKL.from_pretrained(MODEL_DIR, subfolder="vae"))

@@ -233,6 +233,17 @@ def train_vae(vae, cfg: TrainConfig, work: Path) -> None:
 
 
 @torch.no_grad()
+def deterministic_posterior(vae) -> None:
+    """Make the encoder's posterior its mean: the decoder only ever learnt from the mean, while the
+    variance head was left where the tiny KL term pulls it (a standard deviation of 1, twice the
+    latents' own spread).  diffusers' img2img and inpaint pipelines *sample* the posterior, so an
+    uploaded picture would arrive as noise; at log-variance -30 (diffusers' floor) a sample is the mean."""
+    channels = vae.config.latent_channels
+    vae.quant_conv.weight[channels:].zero_()
+    vae.quant_conv.bias[channels:].fill_(-30.0)
+
+
+@torch.no_grad()
 def vae_gate(vae, cfg: TrainConfig) -> dict:
     """PSNR of the VAE's round trip on held-out pictures, and the judge's accuracy on its reconstructions."""
     rng = random.Random(cfg.seed * 1000 + 7)
@@ -437,6 +448,7 @@ def train(out: Path, cfg: TrainConfig, work: Path | None = None) -> dict:
     vae, unet, text_encoder, tokenizer = build_models(cfg)
     t0 = time.monotonic()
     train_vae(vae, cfg, work)
+    deterministic_posterior(vae)
     gate = vae_gate(vae, cfg)
     log.info("VAE gate: PSNR %.2f dB, judge on reconstructions %s", gate["psnr"], gate["accuracy"])
     if gate["psnr"] < cfg.gate_psnr or min(gate["accuracy"].values()) < cfg.gate_accuracy:

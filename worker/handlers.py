@@ -166,7 +166,6 @@ def run_hypernet_train(engine: Any, tasks: list[Task], progress, cancel, preview
     """Train the job's hypernetwork, sample with it, then save it: a training that fails or is cancelled
     (also while sampling) leaves no file; a re-queued one starts again from the beginning."""
     from gen_core import hypernetwork
-    from gen_core.buckets import scale_buckets
 
     (task,) = tasks
     p: HypernetTrainParams = task.params
@@ -174,7 +173,7 @@ def run_hypernet_train(engine: Any, tasks: list[Task], progress, cancel, preview
         steps=p.train_steps, lr=p.lr, batch_size=p.batch_size, shallow_penalty=p.shallow_penalty,
         clip_skip=p.clip_skip, seed=p.seed,
     )  # fmt: skip
-    buckets = scale_buckets(p.train_area)
+    buckets = engine.geometry.buckets(p.train_area)  # the loaded model's grid
     result = hypernetwork.train(
         engine, p.module_name, list(task.inputs.train_images), list(p.captions), buckets, config,
         progress=progress, cancel=cancel,
