@@ -67,7 +67,7 @@ class DiffusionBot(commands.Bot):
 
     async def on_ready(self) -> None:
         log.info("logged in as %s in %d guild(s)", self.user, len(self.guilds))
-        await self.services.worker.announce_due()  # what a dead process left unsaid, now the gateway is back
+        await self.services.announcer.announce_due()  # what a dead process left unsaid, now the gateway is back
 
     async def close(self) -> None:
         await self.services.stop()

@@ -46,12 +46,13 @@ def bot_config_data(emu: Emulator, data_dir: Path, model_dir: Path, **sections: 
     return data
 
 
-def toml_text(data: dict[str, dict[str, Any]]) -> str:
-    """``data`` (sections of strings, numbers and booleans) as TOML."""
+def toml_text(data: dict[str, Any]) -> str:
+    """``data`` (sections of strings, numbers and booleans, or lists of such tables: ``[[models]]``) as TOML."""
     lines = []
     for section, values in data.items():
-        lines.append(f"[{section}]")
-        lines += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        for table in values if isinstance(values, list) else [values]:
+            lines.append(f"[[{section}]]" if isinstance(values, list) else f"[{section}]")
+            lines += [f"{json.dumps(str(key))} = {json.dumps(value)}" for key, value in table.items()]
     return "\n".join(lines) + "\n"
 
 

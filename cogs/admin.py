@@ -277,6 +277,19 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         current = (await self.services.settings.guild(interaction.guild_id)).negative
         await self.reply(interaction, f"Server negative prompt: {f'`{current}`' if current else 'none'}")
 
+    async def _model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=name, value=name) for name in self.services.models.matching(current)]
+
+    @app_commands.command(name="model", description="Show or set the model requests here use when they name none")
+    @app_commands.describe(name="One of the bot's models", clear="Use the bot's default again")
+    @app_commands.autocomplete(name=_model_autocomplete)
+    async def model(self, interaction: discord.Interaction, name: str | None = None, clear: bool = False) -> None:
+        if clear or name is not None:
+            await self.services.settings.set_model(interaction.guild_id, interaction.user.id, None if clear else name)
+            await self.audit(interaction, "model.default", details={"model": None if clear else name})
+        current = await self.services.models.default_for(interaction.guild_id)
+        await self.reply(interaction, f"Default model here: `{current}` (models: {', '.join(self.services.models.names)})")
+
     # -- queue ---------------------------------------------------------------------------------------------
     @queue.command(name="view", description="Waiting and running jobs on this server")
     async def queue_view(self, interaction: discord.Interaction) -> None:
@@ -310,7 +323,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @queue.command(name="resume", description="Start this server's jobs again")
     async def queue_resume(self, interaction: discord.Interaction) -> None:
         await self.services.queue.resume(interaction.guild_id, interaction.user.id)
-        self.services.worker.wake()
+        self.services.wake_worker()
         await self.audit(interaction, "queue.resume")
         await self.reply(interaction, "▶️ The queue runs again on this server.")
 

@@ -37,7 +37,8 @@ FIT_CHOICES = [app_commands.Choice(name=n, value=n) for n in FIT_MODES]
 
 
 def options(
-    prompt: str, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength=None, noise=None
+    prompt: str, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength=None, noise=None,
+    model=None,
 ) -> ImagineOptions:
     return ImagineOptions(
         prompt=prompt,
@@ -53,6 +54,7 @@ def options(
         undesired=undesired or "light",
         strength=strength,
         noise=noise,
+        model=model,
     )
 
 
@@ -78,11 +80,15 @@ class Imagine(commands.Cog):
             matching = [app_commands.Choice(name=f"Custom ratio {current}", value=current)]
         return matching[:25]
 
+    async def _model_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
+        return [app_commands.Choice(name=name, value=name) for name in self.services.models.matching(current)]
+
     @app_commands.command(
         name="imagine", description="Create images from a text prompt, or from your picture with image:", extras={ui.GENERATES: True}
     )
-    @app_commands.describe(**DESCRIBE)
+    @app_commands.describe(**DESCRIBE, model="The model to draw with (default: the server's)")
     @app_commands.choices(sampler=SAMPLER_CHOICES, undesired=UNDESIRED_CHOICES, fit=FIT_CHOICES)
+    @app_commands.autocomplete(model=_model_autocomplete)
     async def imagine(
         self,
         interaction: discord.Interaction,
@@ -101,9 +107,10 @@ class Imagine(commands.Cog):
         strength: app_commands.Range[float, 0.0, 1.0] | None = None,
         noise: app_commands.Range[float, 0.0, 1.0] | None = None,
         fit: str | None = None,
+        model: str | None = None,
     ) -> None:
         opts = options(
-            prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength, noise
+            prompt, negative, aspect, steps, cfg, sampler, seed, count, clip_skip, quality, undesired, strength, noise, model
         )
         upload = None
         if image is not None:  # fitted to the named bucket, else to the one nearest its aspect ratio

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import Callable, Sequence
 from datetime import timedelta
@@ -21,23 +22,26 @@ from gen_core.safety import load_checker
 from services import ui
 from services.actions import Actions
 from services.admin import ServerAdmin
-from services.config import Config
+from services.config import Config, ModelConfig
 from services.hypernet import Hypernets
 from services.jobs import REMOVED_IMAGE, AccessDenied, JobService, Upload, UserError
+from services.models import Models
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from services.settings import ServerSettings
-from storage import CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
+from storage import Capability, CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
 from storage.image_store import key_for
-from worker import Worker
+from worker import Worker, WorkerStats
+from worker.announcer import Announcer
 from worker.handlers import handlers
 from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, OutpaintParams
+from worker.registry import Registration
 
 log = logging.getLogger(__name__)
 
 
 def _decode_inputs(params: JobParams, data: list[bytes], cap: int) -> Inputs:
-    """`Services.load_inputs`' decoding: training images at their stored size, an inpaint's picture and mask and
+    """`load_inputs`' decoding: training images at their stored size, an inpaint's picture and mask and
     an outpaint's picture as stored, any other job's picture resized to the job's size."""
     images = [load_image(d, max_pixels=cap) for d in data]
     if isinstance(params, HypernetTrainParams):
@@ -56,17 +60,17 @@ def _size_and_png(image: Any) -> tuple[tuple[int, int], bytes]:
     return image.size, png_bytes(image)
 
 
-def default_engine_loader(config: Config):
-    """Load the configured checkpoint (the toy-world model when none is configured)."""
+def default_engine_loader(config: Config, model: ModelConfig | None = None):
+    """Load ``model``'s checkpoint (default: the default model; the toy-world model when none is configured)."""
+    m = model or config.models[config.default_model]
 
     def load():
         from gen_core.engine import Engine
         from gen_core.types import EngineConfig
 
-        m = config.model
         return Engine.load(
             EngineConfig(
-                model_path=str(config.model_path),
+                model_path=str(config.model_path_of(m)),
                 device=m.device,
                 dtype=m.dtype,
                 attention=m.attention,
@@ -82,6 +86,27 @@ def default_engine_loader(config: Config):
         )
 
     return load
+
+
+def capability(config: Config, model: str, kinds: list[str]) -> Callable[[Any], Capability]:
+    """What a worker that loaded ``model`` can run: its handlers' kinds, images up to the engine's area."""
+    return lambda engine: Capability(model=model, kinds=tuple(kinds), max_area=config.generation.max_area * 4)
+
+
+def image_store(config: Config) -> Any:
+    """The image store every machine of this bot shares (config ``[storage]``)."""
+    return ImageStore(config.data_dir / "images")
+
+
+async def load_inputs(store: Any, max_pixels: int, params: JobParams) -> Inputs:
+    """A job's stored input images, decoded (capped at ``max_pixels``) and resized to the job's size off the
+    event loop (`_decode_inputs`)."""
+    if isinstance(params, HypernetTrainParams):
+        keys: list[str] = list(params.train_images)
+    else:
+        keys = [k for k in (getattr(params, "init_image", None), getattr(params, "mask", None)) if k]
+    data = [await store.get(k) for k in keys]
+    return await asyncio.get_running_loop().run_in_executor(None, _decode_inputs, params, data, max_pixels)
 
 
 class Services:
@@ -100,37 +125,55 @@ class Services:
         )
         self.db = Database(config.database_url)
         self.ledger = Ledger(self.db, self.policy)
-        self.queue = JobQueue(self.db, self.policy)
-        self.store = ImageStore(config.data_dir / "images")
+        self.queue = JobQueue(self.db, self.policy, guild_weights=config.server_weights)
+        self.store = image_store(config)
         self.images = self.queue.images
         self.publisher = DiscordPublisher(bot, self.ledger, config.worker.progress_interval_s)
         self.settings = ServerSettings(self.db, config, self.policy)
+        self.models = Models(config, self.queue, self.settings)
         self.rules = ServerRules(self)
         self.edit_cache = TunedCache(config.data_dir / "imagic", config.edit.cache_mb * 2**20)
         self.edit_cache.cleanup()
         w = config.worker
-        self.worker = Worker(
+        self.announcer = Announcer(
             queue=self.queue,
-            store=self.store,
             publisher=self.publisher,
-            engine_loader=engine_loader or default_engine_loader(config),
-            handlers=handlers(self.edit_cache, ModuleCache()),
-            load_inputs=self.load_inputs,
-            max_batch=w.max_batch,
-            lease_s=w.lease_s,
-            max_attempts=w.max_attempts,
-            poll_interval_s=w.poll_interval_s,
-            preview_every=w.preview_every,
+            announcer_id=lambda: self.registration.worker_id,
             announce_retries=w.announce_retries,
             announce_backoff_s=w.announce_backoff_s,
             announce_backoff_max_s=w.announce_backoff_max_s,
-            screen=self.rules.screen,
+            poll_interval_s=w.poll_interval_s,
         )
+        self.worker: Worker | None = None
+        if w.embedded:  # one machine: the bot runs the default model's worker itself, and it announces at once
+            kinds = handlers(self.edit_cache, ModuleCache())
+            self.worker = Worker(
+                queue=self.queue,
+                store=self.store,
+                engine_loader=engine_loader or default_engine_loader(config),
+                handlers=kinds,
+                load_inputs=functools.partial(load_inputs, self.store, config.limits.max_input_pixels),
+                progress=self._show_progress,
+                announcer=self.announcer,
+                kind="embedded",
+                capability=capability(config, config.default_model, list(kinds)),
+                max_batch=w.max_batch,
+                lease_s=w.lease_s,
+                max_attempts=w.max_attempts,
+                poll_interval_s=w.poll_interval_s,
+                preview_every=w.preview_every,
+                screen=self.rules.screen,
+            )
+        # the bot's place in the registry: its worker's, or its own as a bot that only posts (kind "bot")
+        self.registration = self.worker.registration if self.worker else Registration(
+            self.queue, kind="bot", lease_s=w.lease_s, max_attempts=w.max_attempts
+        )
+        self._beat_task: asyncio.Task | None = None
         self.hypernets = Hypernets(self)
         self.jobs = JobService(
             config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets,
-            store=self.store,
-        )
+            store=self.store, models=self.models,
+        )  # fmt: skip
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
         self._sweeper: asyncio.Task[None] | None = None
@@ -145,15 +188,41 @@ class Services:
             log.info("image safety check: %s", self.rules.describe_check())
         await self.db.upgrade()
         self._sweeper = asyncio.create_task(self._sweep_periodically(), name="image-store-sweep")
-        await self.worker.start()
-        self.jobs.count_tokens = self.worker.engine.count_tokens
+        await self.queue.name_unnamed(self.config.default_model)  # jobs queued before models had names
+        if self.worker is not None:
+            await self.worker.start()
+            self.jobs.count_tokens = self.worker.engine.count_tokens
+        else:
+            await self.registration.register()
+            self._beat_task = asyncio.create_task(self.registration.keep_alive(), name="bot-heartbeat")
+        await self.announcer.start()
 
     async def stop(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             await asyncio.gather(self._sweeper, return_exceptions=True)
-        await self.worker.stop()
+        await self.announcer.stop()
+        if self.worker is not None:
+            await self.worker.stop()
+        elif self._beat_task is not None:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
+            await self.registration.leave()
         await self.db.close()
+
+    def wake_worker(self) -> None:
+        """Jobs may be claimed now (the embedded worker's; remote workers poll)."""
+        if self.worker is not None:
+            self.worker.wake()
+
+    @property
+    def stats(self) -> WorkerStats:
+        """Seconds per cost unit for ETAs: the embedded worker's measure, else a default."""
+        return self.worker.stats if self.worker is not None else WorkerStats()
+
+    async def _show_progress(self, jobs: list[Any], p: Any) -> None:
+        for job in jobs:
+            await self.publisher.progress(job, p)
 
     # -- the image store: garbage collection and retention --------------------------------------
     async def sweep_images(self) -> gc.Files:
@@ -169,17 +238,6 @@ class Services:
             except Exception:  # the database or the disk failed for a moment: sweep next time
                 log.exception("sweeping the image store failed")
             await asyncio.sleep(self.config.storage.sweep_interval_h * 3600)
-
-    # -- inputs ------------------------------------------------------------------------------------
-    async def load_inputs(self, params: JobParams) -> Inputs:
-        """A job's stored input images, decoded (capped) and resized to the job's size off the event loop."""
-        if isinstance(params, HypernetTrainParams):
-            keys: list[str] = list(params.train_images)
-        else:
-            keys = [k for k in (getattr(params, "init_image", None), getattr(params, "mask", None)) if k]
-        data = [await self.store.get(k) for k in keys]
-        cap = self.config.limits.max_input_pixels
-        return await asyncio.get_running_loop().run_in_executor(None, _decode_inputs, params, data, cap)
 
     async def stored_image(self, key: str) -> bytes:
         """A result's stored picture; a `UserError` that says so when the retention policy removed it."""
@@ -277,8 +335,10 @@ class Services:
         for job in jobs:
             self.publisher.track(job.id, interaction=interaction, message=message)
             position = await self.queue.position(job.id)
-            eta = await self.queue.eta(job.id, self.worker.stats.seconds_per_cost)
+            eta = await self.queue.eta(job.id, self.stats.seconds_per_cost)
             lines.append(f"⏳ Job #{job.id} queued — position {position}, about {eta:.0f} s · {job.cost} credits")
+        if note := await self.models.offline_note({job.model for job in jobs}):
+            lines.append(note)
         text = "\n".join(lines)
         view = ui.cancel_view(jobs[0].id) if len(jobs) == 1 else None
         try:

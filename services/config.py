@@ -36,6 +36,7 @@ class DiscordConfig:
 
 @dataclass
 class ModelConfig:
+    name: str = "default"  # what members choose in /imagine model: and workers advertise
     path: str = ""  # empty: the toy-world model shipped in toyworld/model
     device: str = "auto"  # auto | cuda | mps | cpu
     dtype: str = "auto"  # auto | fp16 | bf16 | fp32
@@ -59,6 +60,9 @@ class StorageConfig:
 
 @dataclass
 class WorkerConfig:
+    embedded: bool = True  # the bot runs a worker itself (one machine); false: only python -m worker processes run jobs
+    model: str = ""  # python -m worker: the name of the model this worker serves (empty: the default model)
+    drain_s: float = 300.0  # python -m worker on SIGTERM: finish the running batch for up to this long, then release it
     max_batch: int = 4
     lease_s: float = 10.0
     max_attempts: int = 3
@@ -72,6 +76,7 @@ class WorkerConfig:
 
 @dataclass
 class GenerationConfig:
+    default_model: str = ""  # the model of requests that name none (empty: the first of [[models]], or [model])
     default_steps: int = 28
     default_cfg: float = 7.0
     default_sampler: str = "Euler a"
@@ -164,6 +169,25 @@ class Config:
     edit: EditConfig = field(default_factory=EditConfig)
     hypernet: HypernetConfig = field(default_factory=HypernetConfig)
     moderation: ModerationConfig = field(default_factory=ModerationConfig)
+    #: [[models]]: the models on offer, each a [model] table (keys it does not set come from [model]); empty:
+    #: the one model of [model]
+    model_list: list[ModelConfig] = field(default_factory=list)
+    #: [server_weights]: a server's share of the GPUs relative to the others ("<guild id>" = weight; default 1)
+    server_weights: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def models(self) -> dict[str, ModelConfig]:
+        """The models on offer by name, the default first."""
+        models = {m.name: m for m in (self.model_list or [self.model])}
+        default = self.default_model
+        return {default: models[default], **models}
+
+    @property
+    def default_model(self) -> str:
+        return self.generation.default_model or (self.model_list or [self.model])[0].name
+
+    def model_path_of(self, model: ModelConfig) -> Path:
+        return Path(model.path) if model.path else TOYWORLD_MODEL
 
     @property
     def data_dir(self) -> Path:
@@ -175,7 +199,8 @@ class Config:
 
     @property
     def model_path(self) -> Path:
-        return Path(self.model.path) if self.model.path else TOYWORLD_MODEL
+        """The checkpoint of the default model."""
+        return self.model_path_of(self.models[self.default_model])
 
 
 # Environment variable -> (section, key)
@@ -228,11 +253,63 @@ def _coerce(value: Any, typ: type, where: str, errors: list[str]) -> Any:
     return None
 
 
+_SPECIAL = ("model_list", "server_weights")  # read by _read_models / _read_weights, not as [sections]
+
+
+def _read_section(section: Any, name: str, values: dict[str, Any], errors: list[str]) -> None:
+    hints = get_type_hints(type(section))
+    for key, value in values.items():
+        if key not in hints:
+            errors.append(f"unknown key {name}.{key} (known: {', '.join(hints)})")
+            continue
+        if isinstance(value, bool) and (name, key) in _FORMER_BOOLS:
+            value = _FORMER_BOOLS[name, key][0 if value else 1]
+        coerced = _coerce(value, hints[key], f"{name}.{key}", errors)
+        if coerced is not None:
+            setattr(section, key, coerced)
+
+
+def _read_models(config: Config, models: Any, errors: list[str]) -> None:
+    """``[[models]]``: tables of [model]'s keys, each a copy of [model] with its own values."""
+    if not isinstance(models, list) or not all(isinstance(m, dict) for m in models):
+        errors.append("[[models]] must be an array of tables")
+        return
+    for i, values in enumerate(models):
+        if "name" not in values or "path" not in values:
+            errors.append(f"[[models]] #{i + 1}: give it a name and a path")
+        model = dataclasses.replace(config.model)
+        _read_section(model, f"models[{i + 1}]", values, errors)
+        config.model_list.append(model)
+    names = [m.name for m in config.model_list]
+    if len(set(names)) != len(names):
+        errors.append(f"[[models]]: names must differ, got {', '.join(names)}")
+    known = [m.name for m in (config.model_list or [config.model])]
+    for what, name in (("generation.default_model", config.generation.default_model), ("worker.model", config.worker.model)):
+        if name and name not in known:
+            errors.append(f"{what} = {name!r} is not a model of the configuration (known: {', '.join(known)})")
+
+
+def _read_weights(config: Config, weights: Any, errors: list[str]) -> None:
+    if not isinstance(weights, dict):
+        errors.append("[server_weights] must be a table of \"<server id>\" = weight")
+        return
+    for key, value in weights.items():
+        weight = _coerce(value, float, f"server_weights.{key}", errors)
+        if not str(key).isdigit():
+            errors.append(f"server_weights.{key}: the key must be a server (guild) id")
+        elif weight is not None and weight <= 0:
+            errors.append(f"server_weights.{key} must be above 0")
+        elif weight is not None:
+            config.server_weights[int(key)] = weight
+
+
 def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Config:
     """Validate a parsed TOML mapping (+ environment) into a `Config`; raise `ConfigError` listing all problems."""
     errors: list[str] = []
     config = Config()
-    sections = {f.name: f for f in dataclasses.fields(Config)}
+    sections = {f.name: f for f in dataclasses.fields(Config) if f.name not in _SPECIAL}
+    data = dict(data)
+    models, weights = data.pop("models", []), data.pop("server_weights", {})
     for section_name, values in data.items():
         if section_name not in sections:
             errors.append(f"unknown section [{section_name}] (known: {', '.join(sections)})")
@@ -240,23 +317,15 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
         if not isinstance(values, dict):
             errors.append(f"[{section_name}] must be a table")
             continue
-        section = getattr(config, section_name)
-        hints = get_type_hints(type(section))
-        for key, value in values.items():
-            if key not in hints:
-                errors.append(f"unknown key {section_name}.{key} (known: {', '.join(hints)})")
-                continue
-            if isinstance(value, bool) and (section_name, key) in _FORMER_BOOLS:
-                value = _FORMER_BOOLS[section_name, key][0 if value else 1]
-            coerced = _coerce(value, hints[key], f"{section_name}.{key}", errors)
-            if coerced is not None:
-                setattr(section, key, coerced)
+        _read_section(getattr(config, section_name), section_name, values, errors)
     for var, (section_name, key) in ENV_OVERRIDES.items():
         if env and env.get(var):
             section = getattr(config, section_name)
             coerced = _coerce(env[var], get_type_hints(type(section))[key], f"${var}", errors)
             if coerced is not None:
                 setattr(section, key, coerced)
+    _read_models(config, models, errors)
+    _read_weights(config, weights, errors)
     for (section_name, key), allowed in _CHOICES.items():
         value = getattr(getattr(config, section_name), key)
         if value not in allowed:

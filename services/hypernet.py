@@ -124,6 +124,9 @@ class Hypernets:
     @property
     def widths(self) -> set[int]:
         if self._widths is None:
+            if self.services.worker is None:
+                raise UserError("Uploaded modules are checked against the model, and this bot runs none itself "
+                                "(`[worker] embedded = false`). Train a module with `/hypernet train` instead.")
             self._widths = hypernetwork.model_widths(self.services.worker.engine.unet)
         return self._widths
 

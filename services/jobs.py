@@ -99,6 +99,7 @@ class ImagineOptions:
     undesired: str = "light"
     strength: float | None = None  # img2img of an upload: how much to change it (0 = keep, 1 = redraw)
     noise: float | None = None  # img2img of an upload: NovelAI's extra noise (0-1)
+    model: str | None = None  # a model of config's [[models]] (None: the server's default)
 
 
 @dataclass(frozen=True)
@@ -132,9 +133,11 @@ class JobService:
         rules: Any = None,
         hypernets: Any = None,
         store: Any = None,
+        models: Any = None,
     ) -> None:
         self.config = config
         self.store = store  # storage.ImageStore: where a request's uploads go once it was accepted
+        self.models = models  # services.models.Models: the model of each job, checked against the registry
         self.geometry = geometry
         self.hypernets = hypernets  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
         self.rules = rules  # services.rules.ServerRules: the server's rules, applied in submit()
@@ -166,6 +169,7 @@ class JobService:
         elif o.strength is not None or o.noise is not None:
             raise UserError("`strength` and `noise` apply to a picture: add one with `image:`.")
         self.check_tokens(settings["negative"])
+        settings["model"] = o.model or ""  # "": the server's default, chosen at submit
         return [ImagineParams(prompt=full, user_prompt=text, **settings) for full, text in self.prompts(prompt, o.quality)]
 
     def prompts(self, prompt: str, quality: bool) -> list[tuple[str, str]]:
@@ -297,6 +301,8 @@ class JobService:
                     params_version=PARAMS_VERSION,
                     batch_key=params.batch_group(),
                     cost=self.cost(params, policy),
+                    model=params.model,
+                    area=params.width * params.height,
                 )
                 job, _created = await self.queue.enqueue(spec)
                 jobs.append(job)
@@ -318,6 +324,10 @@ class JobService:
         """Everything `submit` checks before it writes: modules, the server's rules and the member's
         credits.  Returns the parameters as they will be queued, the guild's cost policy and the total
         price; raises `UserError`."""
+        if self.models is not None:  # the server's default model where the request named none
+            default = await self.models.default_for(guild_id)
+            params_list = [p if p.model else dataclasses.replace(p, model=default) for p in params_list]
+            await self.models.check({p.model for p in params_list})
         if self.hypernets is not None:  # <hypernet:name:w> tags out of the prompt, the modules into the params
             params_list = await self.hypernets.apply(guild_id, user_id, params_list)
         if self.rules is not None:  # the server's limits, banned words, negatives and NSFW rules

@@ -204,9 +204,16 @@ class ServerRules:
 
     async def screen(self, params: JobParams, images: list[GeneratedImage]) -> list[GeneratedImage]:
         """Run the installed safety check on results bound for a non-NSFW channel; blur what it flags."""
-        check = self.safety_check
-        if check is None or not params.screen:
-            return images
-        loop = asyncio.get_running_loop()
-        flags = await loop.run_in_executor(self.services.worker.gpu, lambda: [check(img.image) for img in images])
-        return [blurred(img) if flagged else img for img, flagged in zip(images, flags, strict=True)]
+        return await screen_images(self.safety_check, self.services.worker.gpu, params, images)
+
+
+async def screen_images(
+    check: SafetyCheck | None, executor: Any, params: JobParams, images: list[GeneratedImage]
+) -> list[GeneratedImage]:
+    """``check`` (on ``executor``, the GPU thread) on results bound for a non-NSFW channel; what it flags is
+    blurred. The bot's embedded worker and ``python -m worker`` both screen this way."""
+    if check is None or not params.screen:
+        return images
+    loop = asyncio.get_running_loop()
+    flags = await loop.run_in_executor(executor, lambda: [check(img.image) for img in images])
+    return [blurred(img) if flagged else img for img, flagged in zip(images, flags, strict=True)]

@@ -7,6 +7,7 @@ The schema, as stored (the layout of migration 0001; ``storage.settings`` keeps 
     guild_settings.settings = {
         "limits": {"max_steps": 20, ...},        # the guild's overrides of LIMIT_NAMES (/admin limits)
         "negative": "ugly hands",                  # added to every request's negative (/admin negative)
+        "model": "anime",                          # the server's default model (/admin model)
         "nsfw": {"terms": "gore, blood", "negative": "...", "image_check": false},   # /admin nsfw
         "cost_policy": {"start_balance": 42, "topup_floor": 10, "topup_period_s": 3600.0,
                         "multipliers": {"imagine": 3.0, ...}, "max_queued_per_user": 2},  # /admin credits policy,
@@ -137,6 +138,7 @@ class GuildSettings:
     ceilings: Limits  # the bot's own limits: the defaults and every override's ceiling
     limit_overrides: Mapping[str, int]
     negative: str
+    model: str  # the server's default model ("": the bot's)
     nsfw: NsfwRules
     policy: CostPolicy
     banned: WordFilter  # ``disabled``: stored regexes RE2 cannot run (written before it was the engine)
@@ -179,6 +181,7 @@ class ServerSettings:
             ceilings=self.ceilings,
             limit_overrides=dict(blob.get("limits") or {}),
             negative=blob.get("negative") or "",
+            model=blob.get("model") or "",
             nsfw=NsfwRules(
                 terms=compile_entries(split_terms(nsfw.get("terms", conf.nsfw_terms))),
                 negative=nsfw.get("negative", conf.sfw_negative),
@@ -293,6 +296,12 @@ class ServerSettings:
     async def remove_banned_word(self, guild_id: int, entry: str) -> bool:
         """Allow a banned entry again; False if it was not banned."""
         return await moderation.remove_banned_word(self.db, guild_id, entry)
+
+    async def set_model(self, guild_id: int, actor_id: int, name: str | None) -> None:
+        """Set (None: remove) the server's default model; it must be one of config.toml's models."""
+        if name is not None and name not in self.config.models:
+            raise UserError(f"There is no model `{name}`; the models are {', '.join(self.config.models)}.")
+        await settings.update_guild_settings(self.db, guild_id, {"model": name}, actor_id)
 
     async def set_negative(self, guild_id: int, actor_id: int, value: str | None) -> str | None:
         """Set (None or blank: remove) the negative prompt added to every request; returns what is stored."""

@@ -58,7 +58,14 @@ Queue
         # interaction_id: the request's idempotency key, int or str (<= 200 chars, e.g. "<interaction>:<n>"
         # when one request makes several jobs); stored and returned as str.
         # raises InsufficientCredits(cost, balance) / QueueFull(limit) with nothing written
-    batch = await queue.claim(worker_id, max_batch=4, lease_s=120) -> list[Job]   # same batch_key as head
+    queue = JobQueue(db, policy, guild_weights={guild_id: 2.0})  # a server's share across servers (default 1)
+    batch = await queue.claim(worker_id, max_batch=4, lease_s=120, capability=Capability(model, kinds, max_area))
+        # -> list[Job]: fair order (servers by stride pass, then members by start tag on the server's clock), pick
+        # by pick; mates share the head's batch_key; only jobs the capability can run (None: any)
+    await queue.model_states() -> {name: ModelState(served, live_workers)}; await queue.name_unnamed(model)
+    await queue.report_progress(job_ids, step, total, stage, preview_png); await queue.progress_of(ids, since)
+    await queue.listen(callback) -> stop | None   # PostgreSQL NOTIFY "final:<id>" / "progress:<id>"; SQLite: None
+    await queue.depth_by_guild() -> {guild_id: {"queued": n, "running": n}}
     await queue.complete(job_id, result, final_cost=None, images=(), worker_id=None) -> bool
         # 'settle:<job>' (0, or partial refund) and the image records in one transaction; with worker_id only
         # while that worker holds the job
@@ -69,7 +76,7 @@ Queue
         # expired leases, expired workers and the workers named dead (their process is gone) lose their jobs
     await queue.release(job_ids) -> int                           # shutdown: running -> queued, attempt undone
     # the worker registry: a worker lives while it beats; its running jobs' leases are renewed with it
-    await queue.register_worker(worker_id, kind="embedded"|"remote", host=…, pid=…, lease_s=…)
+    await queue.register_worker(worker_id, kind="embedded"|"remote"|"bot", host=…, pid=…, lease_s=…, capability=None)
     await queue.heartbeat(worker_id, lease_s) -> list[int] | None # jobs it still holds; None: re-register
     await queue.deregister_worker(worker_id); await queue.workers() -> list[WorkerRecord]
     # announcements: every done or failed job gets exactly one final answer, at any delay
@@ -124,7 +131,7 @@ Other repositories (module functions taking ``db``)
 """
 
 from storage import gc, hypernetworks, images, members, moderation, settings
-from storage.db import Database, masked_url, utcnow
+from storage.db import Database, is_unavailable, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
 from storage.images import ImageRepo
@@ -150,10 +157,20 @@ from storage.models import (
     WorkerRecord,
 )
 from storage.policy import CostPolicy, compute_cost, denoised_steps
-from storage.queue import JobQueue, JobSpec, SqlJobQueue
+from storage.queue import (
+    NOTIFY_CHANNEL,
+    Capability,
+    JobQueue,
+    JobSpec,
+    ModelState,
+    ProgressReport,
+    SqlJobQueue,
+)
 
 __all__ = [
+    "NOTIFY_CHANNEL",
     "Account",
+    "Capability",
     "AuditEntry",
     "Ban",
     "BannedWord",
@@ -177,7 +194,9 @@ __all__ = [
     "LedgerEntry",
     "LedgerKind",
     "LocalImageStore",
+    "ModelState",
     "ModuleStatus",
+    "ProgressReport",
     "QueueFull",
     "SqlJobQueue",
     "StorageError",
@@ -188,6 +207,7 @@ __all__ = [
     "denoised_steps",
     "gc",
     "images",
+    "is_unavailable",
     "masked_url",
     "members",
     "moderation",

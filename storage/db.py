@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import create_engine, event
 from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -39,8 +40,26 @@ T = TypeVar("T")
 BEGIN_OPTION = "storage_sqlite_begin"
 
 
+# PostgreSQL: a transaction chosen as a deadlock's victim, or that cannot be serialised, is run again
+RETRY_SQLSTATES = {"40001", "40P01"}
+RETRIES = 5
+
+
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+def _sqlstate(exc: BaseException) -> str | None:
+    orig = getattr(exc, "orig", None)
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database could not be reached (down, restarting, the network cut) rather than
+    that the statement was wrong: the caller may try again later."""
+    if isinstance(exc, DBAPIError):
+        return bool(exc.connection_invalidated) or isinstance(exc.orig, OSError) or (_sqlstate(exc) or "").startswith("08")
+    return isinstance(exc, OSError | ConnectionError)
 
 
 def masked_url(url: str | URL) -> str:
@@ -118,6 +137,8 @@ class Database:
         self.clock: Callable[[], datetime] = clock or utcnow
         if self.is_sqlite:
             _ensure_sqlite_dir(self.url)
+        if not self.is_sqlite:  # a connection the server dropped (a restart) is replaced, not handed out
+            engine_kwargs.setdefault("pool_pre_ping", True)
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, **engine_kwargs)
         write_engine = self.engine
         if self.is_sqlite:
@@ -173,10 +194,19 @@ class Database:
 
     # sync units ------------------------------------------------------------------------------------------
     async def run_write(self, fn: Callable[[Session], T]) -> T:
-        """Run ``fn(session)`` in one write transaction; committed if it returns, rolled back if it raises."""
+        """Run ``fn(session)`` in one write transaction; committed if it returns, rolled back if it raises. On
+        PostgreSQL a deadlock's victim or a serialisation failure is rolled back and run again (``fn`` must not
+        have effects outside the transaction)."""
         if self._writer is None:
-            async with self.write() as session:
-                return await session.run_sync(fn)
+            for attempt in range(RETRIES):
+                try:
+                    async with self.write() as session:
+                        return await session.run_sync(fn)
+                except DBAPIError as exc:  # a deadlock's victim or a serialisation failure runs again
+                    if _sqlstate(exc) not in RETRY_SQLSTATES or attempt == RETRIES - 1:
+                        raise
+                    log.info("transaction retried after %s", _sqlstate(exc))
+                    await asyncio.sleep(0.01 * 2**attempt)
         async with self._locked():
             return await self._in_thread(
                 self._writer, functools.partial(self._sync_unit, self._sync_write_sessions, fn)
@@ -206,6 +236,24 @@ class Database:
             with contextlib.suppress(BaseException):
                 await future
             raise
+
+    # notifications ---------------------------------------------------------------------------------------
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
+        """PostgreSQL: call ``callback(payload)`` for every ``NOTIFY`` on ``channel`` (on its own connection);
+        returns the coroutine function that stops listening. SQLite has no notifications: None (poll instead).
+        A connection lost later stops the notifications silently: listeners poll too, more slowly."""
+        if self.is_sqlite:
+            return None
+        import asyncpg
+
+        conn = await asyncpg.connect(self.url.set(drivername="postgresql").render_as_string(hide_password=False))
+        await conn.add_listener(channel, lambda _conn, _pid, _channel, payload: callback(payload))
+
+        async def stop() -> None:
+            with contextlib.suppress(Exception):
+                await conn.close(timeout=5)
+
+        return stop
 
     # migrations ------------------------------------------------------------------------------------------
     async def upgrade(self, revision: str = "head") -> None:

@@ -18,9 +18,11 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Text,
@@ -228,6 +230,7 @@ class Job(Base):
         Index("ix_jobs_status_start_tag_id", "status", "start_tag", "id"),
         Index("ix_jobs_user_id_status", "user_id", "status"),
         Index("ix_jobs_guild_id_status", "guild_id", "status"),
+        Index("ix_jobs_status_model_guild_id", "status", "model", "guild_id"),
     )
 
     id: Mapped[int] = mapped_column(IdType, primary_key=True)
@@ -243,6 +246,9 @@ class Job(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)  # JSON of the kind's typed parameters
     params_version: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
     batch_key: Mapped[str] = mapped_column(String(255))
+    # what a worker needs to run it: the model's name (config's [[models]]) and the pixel area of its images
+    model: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    area: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     cost: Mapped[int] = mapped_column(BigInteger)
     status: Mapped[str] = mapped_column(String(16))
     start_tag: Mapped[int] = mapped_column(BigInteger)
@@ -277,25 +283,72 @@ class WorkerRecord(Base):
     __tablename__ = "workers"
 
     id: Mapped[str] = mapped_column(String(100), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(32))  # "embedded" (in the bot) or "remote"
+    # "embedded" (a bot's own worker), "remote" (``python -m worker``: claims, never posts) or "bot" (a bot
+    # without a worker: it only posts results)
+    kind: Mapped[str] = mapped_column(String(32))
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     started_at: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
     expires_at: Mapped[datetime]
+    # what it serves (a "bot" serves nothing): the model, the largest image area, the job kinds it runs
+    model: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    max_area: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    features: Mapped[list[str]] = mapped_column(JsonType, default=list)
+
+
+class ServedModel(Base):
+    """A model some worker has served, and what its last worker advertised: a model never seen here is refused,
+    one whose workers are all down is queued with a note."""
+
+    __tablename__ = "served_models"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    max_area: Mapped[int] = mapped_column(Integer)
+    features: Mapped[list[str]] = mapped_column(JsonType, default=list)
+    first_seen: Mapped[datetime]
+    last_seen: Mapped[datetime]
+
+
+class JobProgress(Base):
+    """The latest progress of a running job of a remote worker (the bot relays it to the requester)."""
+
+    __tablename__ = "job_progress"
+
+    job_id: Mapped[int] = mapped_column(IdType, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    step: Mapped[int] = mapped_column(Integer)
+    total: Mapped[int] = mapped_column(Integer)
+    stage: Mapped[str] = mapped_column(String(64), default="", server_default="")
+    preview: Mapped[bytes | None] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]
 
 
 class FairShare(Base):
-    """Per-user finish tag of start-time fair queuing (guild-agnostic: one GPU, one queue)."""
+    """A member's finish tag of start-time fair queuing within one server (members share their server's turns)."""
 
     __tablename__ = "fair_share"
 
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     user_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
     finish_tag: Mapped[int] = mapped_column(BigInteger)
 
 
+class GuildShare(Base):
+    """A server's place in the fair order across servers: its ``pass`` (virtual time in thousandths of a
+    credit, advanced by ``cost * 1000 / weight`` for each job it gets), its ``weight`` (config), and
+    ``clock``, the virtual time of fair queuing among its own members."""
+
+    __tablename__ = "guild_share"
+
+    guild_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    pass_: Mapped[int] = mapped_column("pass", BigInteger, default=0, server_default="0")
+    weight: Mapped[float] = mapped_column(Float, default=1.0, server_default="1")
+    clock: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+
+
 class QueueClock(Base):
-    """Exactly one row (id=1, inserted by the initial migration): the queue's virtual time."""
+    """Exactly one row (id=1, inserted by the initial migration): the virtual time across servers (the pass of
+    the server served last)."""
 
     __tablename__ = "queue_clock"
 

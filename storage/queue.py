@@ -4,10 +4,17 @@
 SQL implementation (:class:`SqlJobQueue`), which works on SQLite and PostgreSQL. A PostgreSQL + procrastinate
 backend can subclass ``JobQueue`` later and be chosen the same way.
 
-Fairness is start-time fair queuing across users (guild-agnostic: one GPU, one queue). A job's start tag is
-``max(virtual_now, user_finish)``, the user's finish tag then advances by the job's cost, and claims take the
-smallest ``(start_tag, id)``; ``virtual_now`` is the start tag of the last claimed job. A burst of twenty jobs
-from one user therefore gets tags 0, c, 2c, … while a newcomer's single job gets ``virtual_now`` and runs next.
+Fairness has two levels: servers first, then members within a server. Each server with queued work gets an
+equal share of the GPUs (or its configured weight's share): a claim serves the server with the smallest ``pass``
+(``guild_share``), whose pass then advances by ``cost * 1000 / weight`` — stride scheduling, on the credits the
+jobs cost; a server that had nothing queued joins at the queue-wide virtual time (the pass of the server served
+last), so idle time earns no credit. Within the server the claim takes its members' job with the smallest
+``(start_tag, id)`` — start-time fair queuing on the server's own clock: a job's start tag is
+``max(server_clock, member_finish)``, the member's finish tag then advances by the job's cost, and the server's
+clock is the start tag of its last claimed job. A burst of twenty jobs from one member therefore gets tags 0, c,
+2c, … while a newcomer's single job gets the server's clock and runs next; a server of one busy member and a
+server of ten get the same share. A worker claims only what it can run (its ``Capability``: model, job kinds,
+largest area); concurrent claims on PostgreSQL lock their rows with ``FOR UPDATE SKIP LOCKED``.
 
 Credits: enqueue reserves the cost (``reserve:<job>``); completion settles it (``settle:<job>``, delta 0, or a
 partial refund if the final cost is lower); failure, cancellation or exhausted retries refund it in full
@@ -20,13 +27,29 @@ from __future__ import annotations
 import abc
 import builtins
 import dataclasses
+import heapq
 import logging
-from collections.abc import Iterable
+import math
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Integer, Table, bindparam, case, delete, func, or_, select, tuple_, update
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    String,
+    Table,
+    bindparam,
+    case,
+    delete,
+    func,
+    or_,
+    select,
+    text,
+    tuple_,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, make_transient_to_detached
 
@@ -38,11 +61,14 @@ from storage.models import (
     ACTIVE_STATUSES,
     FairShare,
     GuildSettings,
+    GuildShare,
     Image,
     Job,
+    JobProgress,
     JobStatus,
     LedgerKind,
     QueueClock,
+    ServedModel,
     WorkerRecord,
 )
 from storage.policy import CostPolicy
@@ -52,6 +78,9 @@ log = logging.getLogger(__name__)
 jobs: Table = Job.__table__  # type: ignore[assignment]
 fair_share: Table = FairShare.__table__  # type: ignore[assignment]
 queue_clock: Table = QueueClock.__table__  # type: ignore[assignment]
+guild_share: Table = GuildShare.__table__  # type: ignore[assignment]
+served_models: Table = ServedModel.__table__  # type: ignore[assignment]
+job_progress: Table = JobProgress.__table__  # type: ignore[assignment]
 workers: Table = WorkerRecord.__table__  # type: ignore[assignment]
 images_table: Table = Image.__table__  # type: ignore[assignment]
 
@@ -59,6 +88,10 @@ QUEUED = JobStatus.QUEUED.value
 RUNNING = JobStatus.RUNNING.value
 DONE = JobStatus.DONE.value
 FAILED = JobStatus.FAILED.value
+PASS_UNIT = 1000  # a server's pass advances by cost * PASS_UNIT / weight per job it is served
+NOTIFY_CHANNEL = "bot_jobs"  # PostgreSQL: "progress:<job>" and "final:<job>" are announced here on commit
+#: the kinds of workers that post results (a "remote" worker only runs jobs)
+ANNOUNCER_KINDS = ("embedded", "bot")
 
 
 @dataclass(frozen=True)
@@ -79,7 +112,38 @@ class JobSpec:
     batch_key: str = ""
     cost: int = 1
     parent_job_id: int | None = None
+    model: str = ""  # the model it runs on (a worker serving another never claims it)
+    area: int = 0  # pixels of its largest image (a worker with a smaller max_area never claims it)
 
+
+@dataclass(frozen=True)
+class Capability:
+    """What a worker can run, as it advertises it in the registry: one model, the job kinds it has handlers and
+    features for (e.g. no training), and the largest image area its GPU holds."""
+
+    model: str
+    kinds: tuple[str, ...]
+    max_area: int
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """A model as the registry knows it: whether a worker has ever served it here, and how many live now."""
+
+    served: bool
+    live_workers: int
+
+
+@dataclass(frozen=True)
+class ProgressReport:
+    """The latest progress of a job of a remote worker, for the bot to relay."""
+
+    job_id: int
+    step: int
+    total: int
+    stage: str
+    preview: bytes | None
+    updated_at: datetime
 
 class JobQueue(abc.ABC):
     """Interface of the durable job queue. ``JobQueue(db, policy)`` returns a :class:`SqlJobQueue`."""
@@ -102,9 +166,12 @@ class JobQueue(abc.ABC):
 
     # workers ---------------------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def claim(self, worker_id: str, max_batch: int = 4, lease_s: float = 120) -> list[Job]:
-        """Next job in fair order plus up to ``max_batch - 1`` queued jobs with the same ``batch_key``; all
-        become ``running`` with a lease and ``attempts + 1``. Skips paused guilds. Empty list if idle."""
+    async def claim(
+        self, worker_id: str, max_batch: int = 4, lease_s: float = 120, capability: Capability | None = None
+    ) -> list[Job]:
+        """Next job in fair order (servers, then members) plus up to ``max_batch - 1`` queued jobs with the same
+        ``batch_key``; all become ``running`` with a lease and ``attempts + 1``. Skips paused guilds, and with a
+        ``capability`` every job it cannot run. Empty list if idle."""
 
     @abc.abstractmethod
     async def complete(
@@ -119,8 +186,9 @@ class JobQueue(abc.ABC):
         """Done + settle, and the job's ``images`` recorded (``Image`` fields: key, width, height, seed, params,
         batch_index) — all in one transaction, so a job cancelled or refunded meanwhile leaves no image in
         anyone's history. ``final_cost`` below the reserved cost refunds the difference. With ``worker_id``, only
-        if that worker still holds the job. False (and nothing changes) otherwise, or if the job was already
-        done, failed or cancelled."""
+        if that worker still holds the job (or the job went back to the queue while the worker was cut off from the
+        database, and nobody claimed it since: the finished result stands). False (and nothing changes) otherwise,
+        or if the job was already done, failed or cancelled."""
 
     @abc.abstractmethod
     async def fail(self, job_id: int, error: str) -> bool:
@@ -140,9 +208,40 @@ class JobQueue(abc.ABC):
 
     # the worker registry -------------------------------------------------------------------------------
     @abc.abstractmethod
-    async def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int, lease_s: float) -> None:
-        """Add (or renew) a live worker: ``kind`` "embedded" (in a bot) or "remote", the ``host`` and ``pid`` of
-        its process; it is live for ``lease_s`` unless it beats again."""
+    async def register_worker(
+        self, worker_id: str, *, kind: str, host: str, pid: int, lease_s: float, capability: Capability | None = None
+    ) -> None:
+        """Add (or renew) a live worker: ``kind`` "embedded" (in a bot), "remote" or "bot" (posts, runs nothing),
+        the ``host`` and ``pid`` of its process, what it can run (the model is recorded as served); it is live for
+        ``lease_s`` unless it beats again."""
+
+    @abc.abstractmethod
+    async def model_states(self) -> dict[str, ModelState]:
+        """The models some worker has ever served here, with their live workers now."""
+
+    @abc.abstractmethod
+    async def name_unnamed(self, model: str) -> int:
+        """Jobs queued before models had names (revision 0005) run on ``model``; how many were named."""
+
+    @abc.abstractmethod
+    async def report_progress(
+        self, job_ids: Iterable[int], step: int, total: int, stage: str = "", preview: bytes | None = None
+    ) -> None:
+        """A remote worker's progress on its running jobs (kept: the latest; announced on PostgreSQL)."""
+
+    @abc.abstractmethod
+    async def progress_of(self, job_ids: Iterable[int], since: datetime | None = None) -> builtins.list[ProgressReport]:
+        """The latest progress of those of ``job_ids`` still running, reported after ``since``."""
+
+    @abc.abstractmethod
+    async def listen(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
+        """Call ``callback(payload)`` when a job finishes (``"final:<id>"``) or reports progress
+        (``"progress:<id>"``): PostgreSQL's ``LISTEN``; returns what stops it, or None where there are no
+        notifications (SQLite: poll)."""
+
+    @abc.abstractmethod
+    async def depth_by_guild(self) -> dict[int, dict[str, int]]:
+        """Queued and running jobs per guild: ``{guild_id: {"queued": n, "running": n}}``."""
 
     @abc.abstractmethod
     async def heartbeat(self, worker_id: str, lease_s: float) -> builtins.list[int] | None:
@@ -175,9 +274,9 @@ class JobQueue(abc.ABC):
 
     @abc.abstractmethod
     async def due_announcements(self, worker_id: str, limit: int = 20) -> builtins.list[Job]:
-        """Done or failed jobs still unanswered whose next try is due and that are this worker's or belonged to
-        a worker no longer alive (they become this worker's) — for any age: a result found after a long outage
-        is still announced."""
+        """Done or failed jobs still unanswered whose next try is due and that are this worker's or belong to no
+        live announcer (a remote worker's, or a dead worker's: they become this worker's) — for any age: a result
+        found after a long outage is still announced."""
 
     @abc.abstractmethod
     async def postpone_announcement(self, job_id: int, delay_s: float) -> int:
@@ -246,20 +345,45 @@ _QUEUED_OF_USER = (
 )
 _INSERT_JOB = jobs.insert().returning(jobs.c.id)
 _CLAIMABLE = (jobs.c.status == QUEUED, jobs.c.guild_id.not_in(_paused_guilds()))
-_CLAIM_HEAD = (
-    select(jobs.c.id, jobs.c.batch_key, jobs.c.start_tag)
-    .where(*_CLAIMABLE)
-    .order_by(jobs.c.start_tag, jobs.c.id)
-    .limit(1)
-    .with_for_update(skip_locked=True)
-)
-_CLAIM_MATES = (
-    select(jobs.c.id)
-    .where(*_CLAIMABLE, jobs.c.batch_key == bindparam("p_batch_key"), jobs.c.id != bindparam("p_head_id"))
-    .order_by(jobs.c.start_tag, jobs.c.id)
-    .limit(bindparam("p_limit", type_=Integer()))
-    .with_for_update(skip_locked=True)
-)
+
+
+def _runnable(capability: Capability | None) -> tuple[Any, ...]:
+    """Queued jobs of unpaused guilds that a worker of ``capability`` can run (any, without one)."""
+    if capability is None:
+        return _CLAIMABLE
+    return (
+        *_CLAIMABLE,
+        jobs.c.model == capability.model,
+        jobs.c.kind.in_(capability.kinds),
+        jobs.c.area <= capability.max_area,
+    )
+
+
+def _claim_statements(capability: Capability | None) -> tuple[Any, Any]:
+    """(servers with work, a server's next job) for a worker of ``capability``. The next job skips the jobs
+    already picked for the batch and, for a batch mate, any of another batch group."""
+    runnable = _runnable(capability)
+    servers = (
+        select(guild_share.c.guild_id, guild_share.c["pass"], guild_share.c.weight)
+        .where(select(jobs.c.id).where(*runnable, jobs.c.guild_id == guild_share.c.guild_id).exists())
+        .order_by(guild_share.c["pass"], guild_share.c.guild_id)
+    )
+    head = (
+        select(jobs.c.id, jobs.c.batch_key, jobs.c.cost, jobs.c.start_tag)
+        .where(
+            *runnable,
+            jobs.c.guild_id == bindparam("p_guild_id"),
+            jobs.c.id.not_in(bindparam("p_picked", expanding=True)),
+            or_(bindparam("p_any", type_=Boolean()), jobs.c.batch_key == bindparam("p_batch_key", type_=String())),
+        )
+        .order_by(jobs.c.start_tag, jobs.c.id)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    )
+    return servers, head
+
+
+_claim_cache: dict[Capability | None, tuple[Any, Any]] = {}
 _CLAIM = (
     update(jobs)
     .where(jobs.c.id.in_(bindparam("p_ids", expanding=True)), jobs.c.status == QUEUED)
@@ -277,6 +401,16 @@ _ADVANCE_CLOCK = (
     update(queue_clock)
     .where(queue_clock.c.id == 1, queue_clock.c.virtual_now < bindparam("p_tag"))
     .values(virtual_now=bindparam("p_tag"))
+)
+_SERVE_GUILD = (
+    update(guild_share)
+    .where(guild_share.c.guild_id == bindparam("p_guild_id"))
+    .values(
+        {
+            "pass": guild_share.c["pass"] + bindparam("p_delta", type_=BigInteger()),
+            "clock": case((guild_share.c.clock < bindparam("p_tag"), bindparam("p_tag")), else_=guild_share.c.clock),
+        }
+    )
 )
 _FINISH = (
     update(jobs)
@@ -322,23 +456,45 @@ _INSERT_IMAGE = images_table.insert()
 _fair_share_upserts: dict[str, Any] = {}
 
 
-def _fair_share_upsert(s: Session) -> Any:
-    """``start = max(virtual_now, user_finish)``; ``user_finish = start + cost`` — one atomic upsert returning
-    the new finish tag (built once per dialect)."""
+def _fair_share_upserts_of(s: Session) -> tuple[Any, Any]:
+    """The two upserts of an enqueue (built once per dialect): the server joins the fair order across servers
+    (``pass = max(pass, virtual_now)``, its weight from config) and returns its clock; then the member's
+    ``start = max(server_clock, member_finish)``, ``member_finish = start + cost``, returning the finish tag."""
     dialect = s.get_bind().dialect.name
-    stmt = _fair_share_upserts.get(dialect)
-    if stmt is None:
+    stmts = _fair_share_upserts.get(dialect)
+    if stmts is None:
         virtual_now = select(queue_clock.c.virtual_now).where(queue_clock.c.id == 1).scalar_subquery()
-        later = case((fair_share.c.finish_tag > virtual_now, fair_share.c.finish_tag), else_=virtual_now)
+        server = (
+            _sql.upsert(s, guild_share)
+            .values({"guild_id": bindparam("p_guild_id"), "pass": virtual_now, "weight": bindparam("p_weight"), "clock": 0})
+            .on_conflict_do_update(
+                index_elements=[guild_share.c.guild_id],
+                set_={
+                    "pass": case((guild_share.c["pass"] < virtual_now, virtual_now), else_=guild_share.c["pass"]),
+                    "weight": bindparam("p_weight"),
+                },
+            )
+            .returning(guild_share.c.clock)
+        )
+        clock = bindparam("p_clock", type_=BigInteger())
+        later = case((fair_share.c.finish_tag > clock, fair_share.c.finish_tag), else_=clock)
         cost = bindparam("p_cost", type_=BigInteger())
-        stmt = (
+        member = (
             _sql.upsert(s, fair_share)
-            .values(user_id=bindparam("p_user_id"), finish_tag=virtual_now + cost)
-            .on_conflict_do_update(index_elements=[fair_share.c.user_id], set_={"finish_tag": later + cost})
+            .values(guild_id=bindparam("p_guild_id"), user_id=bindparam("p_user_id"), finish_tag=clock + cost)
+            .on_conflict_do_update(
+                index_elements=[fair_share.c.guild_id, fair_share.c.user_id], set_={"finish_tag": later + cost}
+            )
             .returning(fair_share.c.finish_tag)
         )
-        _fair_share_upserts[dialect] = stmt
-    return stmt
+        stmts = _fair_share_upserts[dialect] = (server, member)
+    return stmts
+
+
+def _notify(s: Session, payload: str) -> None:
+    """PostgreSQL: tell listeners (the bot) ``payload`` when this transaction commits. SQLite: they poll."""
+    if s.get_bind().dialect.name == "postgresql":
+        s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload})
 
 
 def _detached_job(values: Any) -> Job:
@@ -353,9 +509,13 @@ class SqlJobQueue(JobQueue):
     ``run_read``); every state change is conditional on the job's current status, so concurrent or repeated
     calls cannot double-charge, double-refund or double-claim."""
 
-    def __init__(self, db: Database, policy: CostPolicy | None = None) -> None:
+    def __init__(
+        self, db: Database, policy: CostPolicy | None = None, guild_weights: dict[int, float] | None = None
+    ) -> None:
         self.db = db
         self.policy = policy or CostPolicy()
+        #: a server's share of the GPUs relative to the others (default 1), from config
+        self.guild_weights = dict(guild_weights or {})
         #: the image records of the same database (a convenience for the worker: ``queue.images.record(...)``)
         self.images = ImageRepo(db)
 
@@ -401,7 +561,12 @@ class SqlJobQueue(JobQueue):
             raise QueueFull(policy.max_queued_per_user)
         if account.balance < spec.cost:
             raise InsufficientCredits(spec.cost, account.balance)
-        finish_tag = s.scalar(_fair_share_upsert(s), {"p_user_id": spec.user_id, "p_cost": spec.cost})
+        server, member = _fair_share_upserts_of(s)
+        weight = float(self.guild_weights.get(spec.guild_id, 1.0))
+        clock = s.scalar(server, {"p_guild_id": spec.guild_id, "p_weight": weight})
+        finish_tag = s.scalar(
+            member, {"p_guild_id": spec.guild_id, "p_user_id": spec.user_id, "p_clock": clock, "p_cost": spec.cost}
+        )
         values: dict[str, Any] = {
             "kind": spec.kind,
             "guild_id": spec.guild_id,
@@ -413,6 +578,8 @@ class SqlJobQueue(JobQueue):
             "params": dict(spec.params),
             "params_version": spec.params_version,
             "batch_key": spec.batch_key,
+            "model": spec.model,
+            "area": spec.area,
             "cost": spec.cost,
             "status": QUEUED,
             "start_tag": int(finish_tag) - spec.cost,
@@ -451,7 +618,7 @@ class SqlJobQueue(JobQueue):
 
         def unit(s: Session) -> bool:
             row = s.execute(
-                select(jobs.c.status, jobs.c.user_id, jobs.c.start_tag, jobs.c.cost)
+                select(jobs.c.status, jobs.c.guild_id, jobs.c.user_id, jobs.c.start_tag, jobs.c.cost)
                 .where(jobs.c.id == job_id)
                 .with_for_update()
             ).first()
@@ -471,6 +638,7 @@ class SqlJobQueue(JobQueue):
                 s.execute(
                     update(fair_share)
                     .where(
+                        fair_share.c.guild_id == row.guild_id,
                         fair_share.c.user_id == row.user_id,
                         fair_share.c.finish_tag == row.start_tag + row.cost,
                     )
@@ -482,9 +650,14 @@ class SqlJobQueue(JobQueue):
 
     async def fail(self, job_id: int, error: str) -> bool:
         now = self.db.now()
-        return await self.db.run_write(
-            lambda s: _finish(s, job_id, JobStatus.FAILED, now, {"error": error[:4000]}, reason="failed")
-        )
+
+        def unit(s: Session) -> bool:
+            done = _finish(s, job_id, JobStatus.FAILED, now, {"error": error[:4000]}, reason="failed")
+            if done:
+                _notify(s, f"final:{job_id}")
+            return done
+
+        return await self.db.run_write(unit)
 
     async def complete(
         self,
@@ -500,10 +673,17 @@ class SqlJobQueue(JobQueue):
 
         def unit(s: Session) -> bool:
             if worker_id is not None:
-                holder = s.execute(select(jobs.c.worker_id, jobs.c.status).where(jobs.c.id == job_id)).first()
-                if holder is None or holder.status != RUNNING or holder.worker_id != worker_id:
+                holder = s.execute(
+                    select(jobs.c.worker_id, jobs.c.status).where(jobs.c.id == job_id).with_for_update()
+                ).first()
+                ours = holder is not None and holder.status == RUNNING and holder.worker_id == worker_id
+                if not ours and (holder is None or holder.status != QUEUED):
                     return False
+                if not ours:  # re-queued while this worker was cut off, and not claimed again: its result stands
+                    s.execute(update(jobs).where(jobs.c.id == job_id).values(worker_id=worker_id))
             done = _finish(s, job_id, JobStatus.DONE, now, {"result": result}, final_cost=final_cost, reason="completed")
+            if done:
+                _notify(s, f"final:{job_id}")
             if done and rows:
                 job = s.execute(select(jobs.c.guild_id, jobs.c.user_id).where(jobs.c.id == job_id)).one()
                 s.execute(
@@ -523,32 +703,50 @@ class SqlJobQueue(JobQueue):
         return status == JobStatus.CANCELLED
 
     # workers ---------------------------------------------------------------------------------------------
-    async def claim(self, worker_id: str, max_batch: int = 4, lease_s: float = 120) -> list[Job]:
+    async def claim(
+        self, worker_id: str, max_batch: int = 4, lease_s: float = 120, capability: Capability | None = None
+    ) -> list[Job]:
         if max_batch < 1:
             raise ValueError("max_batch must be >= 1")
         now = self.db.now()
+        if capability not in _claim_cache:
+            _claim_cache[capability] = _claim_statements(capability)
+        servers, next_of = _claim_cache[capability]
 
         def unit(s: Session) -> list[Job]:
-            head = s.execute(_CLAIM_HEAD).first()
-            if head is None:
+            # the fair order, followed pick by pick: the server of the smallest pass gives its next job, its pass
+            # advances, and so on; after the head, only jobs of the head's batch group join the batch
+            turns = [(int(p), g, float(w)) for g, p, w in s.execute(servers).all()]
+            heapq.heapify(turns)
+            weights = {g: w for _, g, w in turns}
+            picked: list[Any] = []
+            served: dict[int, list[Any]] = {}
+            head_pass = 0
+            while turns and len(picked) < max_batch:
+                pass_, guild_id, weight = heapq.heappop(turns)
+                params = {
+                    "p_guild_id": guild_id, "p_picked": [j.id for j in picked],
+                    "p_any": not picked, "p_batch_key": picked[0].batch_key if picked else "",
+                }  # fmt: skip
+                job = s.execute(next_of, params).first()
+                if job is None:  # nothing (else) here for this batch, or taken by a concurrent claim
+                    continue
+                if not picked:
+                    head_pass = pass_
+                picked.append(job)
+                served.setdefault(guild_id, []).append(job)
+                heapq.heappush(turns, (pass_ + round(PASS_UNIT * job.cost / max(weight, 1e-6)), guild_id, weight))
+            if not picked:
                 return []
-            ids = [head.id]
-            if max_batch > 1:
-                ids += s.scalars(
-                    _CLAIM_MATES,
-                    {"p_batch_key": head.batch_key, "p_head_id": head.id, "p_limit": max_batch - 1},
-                ).all()
-            params = {
-                "p_ids": ids,
-                "p_worker_id": worker_id,
-                "p_lease": now + timedelta(seconds=lease_s),
-                "p_now": now,
-            }
-            rows = s.execute(_CLAIM, params).all()
-            s.execute(_ADVANCE_CLOCK, {"p_tag": head.start_tag})
-            claimed = [_detached_job(row._mapping) for row in rows]
-            claimed.sort(key=lambda j: (j.start_tag, j.id))
-            return claimed
+            params = {"p_ids": [j.id for j in picked], "p_worker_id": worker_id, "p_lease": now + timedelta(seconds=lease_s), "p_now": now}
+            claimed = {row.id: _detached_job(row._mapping) for row in s.execute(_CLAIM, params).all()}
+            for guild_id in sorted(served):  # one lock order for every claimer: no deadlock between them
+                got = served[guild_id]
+                delta = sum(round(PASS_UNIT * j.cost / max(weights[guild_id], 1e-6)) for j in got)
+                s.execute(_SERVE_GUILD, {"p_guild_id": guild_id, "p_delta": delta, "p_tag": max(j.start_tag for j in got)})
+            # virtual time across servers: the pass the head's server was served at (locked last, as by everyone)
+            s.execute(_ADVANCE_CLOCK, {"p_tag": head_pass})
+            return [claimed[j.id] for j in picked if j.id in claimed]
 
         return await self.db.run_write(unit)
 
@@ -634,7 +832,9 @@ class SqlJobQueue(JobQueue):
 
     async def due_announcements(self, worker_id: str, limit: int = 20) -> builtins.list[Job]:
         now = self.db.now()
-        live = select(workers.c.id).where(workers.c.expires_at >= now, workers.c.id != worker_id)
+        live = select(workers.c.id).where(
+            workers.c.expires_at >= now, workers.c.id != worker_id, workers.c.kind.in_(ANNOUNCER_KINDS)
+        )
 
         def unit(s: Session) -> builtins.list[Job]:
             ids = s.scalars(
@@ -695,9 +895,16 @@ class SqlJobQueue(JobQueue):
         return await self.db.run_write(unit)
 
     # the worker registry ---------------------------------------------------------------------------------
-    async def register_worker(self, worker_id: str, *, kind: str, host: str, pid: int, lease_s: float) -> None:
+    async def register_worker(
+        self, worker_id: str, *, kind: str, host: str, pid: int, lease_s: float, capability: Capability | None = None
+    ) -> None:
         now = self.db.now()
-        values = {"kind": kind, "host": host, "pid": pid, "heartbeat_at": now, "expires_at": now + timedelta(seconds=lease_s)}
+        serves: dict[str, Any] = {"model": "", "max_area": 0, "features": []}
+        if capability is not None:
+            serves = {"model": capability.model, "max_area": capability.max_area, "features": builtins.list(capability.kinds)}
+        values = {
+            "kind": kind, "host": host, "pid": pid, "heartbeat_at": now, "expires_at": now + timedelta(seconds=lease_s), **serves,
+        }  # fmt: skip
 
         def unit(s: Session) -> None:
             s.execute(
@@ -705,8 +912,87 @@ class SqlJobQueue(JobQueue):
                 .values(id=worker_id, started_at=now, **values)
                 .on_conflict_do_update(index_elements=[workers.c.id], set_=values)
             )
+            if capability is not None:
+                advert = {"max_area": capability.max_area, "features": serves["features"], "last_seen": now}
+                s.execute(
+                    _sql.upsert(s, served_models)
+                    .values(name=capability.model, first_seen=now, **advert)
+                    .on_conflict_do_update(index_elements=[served_models.c.name], set_=advert)
+                )
 
         await self.db.run_write(unit)
+
+    async def model_states(self) -> dict[str, ModelState]:
+        now = self.db.now()
+        live = (
+            select(workers.c.model, func.count())
+            .where(workers.c.expires_at >= now, workers.c.model != "")
+            .group_by(workers.c.model)
+        )
+
+        def unit(s: Session) -> dict[str, ModelState]:
+            counts = {model: int(n) for model, n in s.execute(live).all()}
+            return {name: ModelState(True, counts.get(name, 0)) for name in s.scalars(select(served_models.c.name))}
+
+        return await self.db.run_read(unit)
+
+    async def name_unnamed(self, model: str) -> int:
+        stmt = update(jobs).where(jobs.c.model == "", jobs.c.status.in_(ACTIVE_STATUSES)).values(model=model)
+        return await self.db.run_write(lambda s: s.execute(stmt).rowcount)
+
+    async def report_progress(
+        self, job_ids: Iterable[int], step: int, total: int, stage: str = "", preview: bytes | None = None
+    ) -> None:
+        now = self.db.now()
+        rows = [
+            {"job_id": i, "step": step, "total": total, "stage": stage[:64], "preview": preview, "updated_at": now}
+            for i in job_ids
+        ]
+        if not rows:
+            return
+
+        def unit(s: Session) -> None:
+            stmt = _sql.upsert(s, job_progress)
+            s.execute(
+                stmt.on_conflict_do_update(
+                    index_elements=[job_progress.c.job_id],
+                    set_={c: stmt.excluded[c] for c in ("step", "total", "stage", "preview", "updated_at")},
+                ),
+                rows,
+            )
+            for row in rows:
+                _notify(s, f"progress:{row['job_id']}")
+
+        await self.db.run_write(unit)
+
+    async def progress_of(self, job_ids: Iterable[int], since: datetime | None = None) -> builtins.list[ProgressReport]:
+        ids = builtins.list(job_ids)
+        if not ids:
+            return []
+        stmt = (
+            select(job_progress)
+            .join(jobs, jobs.c.id == job_progress.c.job_id)
+            .where(job_progress.c.job_id.in_(ids), jobs.c.status == RUNNING)
+            .order_by(job_progress.c.job_id)
+        )
+        if since is not None:
+            stmt = stmt.where(job_progress.c.updated_at > since)
+        rows = await self.db.run_read(lambda s: s.execute(stmt).all())
+        return [ProgressReport(**row._mapping) for row in rows]
+
+    async def listen(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
+        return await self.db.listen(NOTIFY_CHANNEL, callback)
+
+    async def depth_by_guild(self) -> dict[int, dict[str, int]]:
+        stmt = (
+            select(jobs.c.guild_id, jobs.c.status, func.count())
+            .where(jobs.c.status.in_(ACTIVE_STATUSES))
+            .group_by(jobs.c.guild_id, jobs.c.status)
+        )
+        depth: dict[int, dict[str, int]] = {}
+        for guild_id, status, n in await self.db.run_read(lambda s: s.execute(stmt).all()):
+            depth.setdefault(guild_id, {QUEUED: 0, RUNNING: 0})[status] = int(n)
+        return depth
 
     async def heartbeat(self, worker_id: str, lease_s: float) -> builtins.list[int] | None:
         now = self.db.now()
@@ -753,27 +1039,38 @@ class SqlJobQueue(JobQueue):
         return await self.db.run_read(lambda s: builtins.list(s.scalars(stmt).all()))
 
     @staticmethod
-    def _ahead(job_id: int, start_tag: int, guild_id: int) -> Any:
-        """Queued jobs that a claim would take before this one (paused guilds other than its own excluded)."""
-        return (
-            jobs.c.status == QUEUED,
-            tuple_(jobs.c.start_tag, jobs.c.id) < tuple_(start_tag, job_id),
-            (jobs.c.guild_id == guild_id) | jobs.c.guild_id.not_in(_paused_guilds()),
-        )
+    def _ahead(s: Session, job: Any) -> tuple[int, float]:
+        """(jobs, credits) that claims take before ``job`` (queued): its server's jobs ahead of it in its members'
+        fair order, and from each other server with queued work what the fair order across servers gives it
+        meanwhile — the credits it is served until ``job``'s server's pass reaches ``job``'s turn."""
+        own_jobs, own_cost = s.execute(
+            select(func.count(), func.coalesce(func.sum(jobs.c.cost), 0)).where(
+                jobs.c.status == QUEUED,
+                jobs.c.guild_id == job.guild_id,
+                tuple_(jobs.c.start_tag, jobs.c.id) < tuple_(job.start_tag, job.id),
+            )
+        ).one()
+        share = s.execute(select(guild_share.c["pass"], guild_share.c.weight).where(guild_share.c.guild_id == job.guild_id)).first()
+        turn = (share[0] if share else 0) + PASS_UNIT * int(own_cost) / (share.weight if share else 1.0)
+        others = s.execute(
+            select(func.count(), func.sum(jobs.c.cost), guild_share.c["pass"], guild_share.c.weight)
+            .join(guild_share, guild_share.c.guild_id == jobs.c.guild_id)
+            .where(*_CLAIMABLE, jobs.c.guild_id != job.guild_id)
+            .group_by(jobs.c.guild_id, guild_share.c["pass"], guild_share.c.weight)
+        ).all()
+        n, cost = int(own_jobs), float(own_cost)
+        for count, total, pass_, weight in others:
+            served = min(float(total), max(0.0, (turn - pass_) * weight / PASS_UNIT))
+            n += math.ceil(count * served / total) if total else 0
+            cost += served
+        return n, cost
 
     async def position(self, job_id: int) -> int:
         def unit(s: Session) -> int:
-            job = s.execute(
-                select(jobs.c.status, jobs.c.start_tag, jobs.c.guild_id).where(jobs.c.id == job_id)
-            ).first()
+            job = s.execute(select(jobs.c.id, jobs.c.status, jobs.c.start_tag, jobs.c.guild_id).where(jobs.c.id == job_id)).first()
             if job is None or job.status != QUEUED:
                 return 0
-            ahead = s.scalar(
-                select(func.count())
-                .select_from(jobs)
-                .where(*self._ahead(job_id, job.start_tag, job.guild_id))
-            )
-            return int(ahead or 0) + 1
+            return self._ahead(s, job)[0] + 1
 
         return await self.db.run_read(unit)
 
@@ -787,7 +1084,7 @@ class SqlJobQueue(JobQueue):
         def unit(s: Session) -> float:
             job = s.execute(
                 select(
-                    jobs.c.status, jobs.c.start_tag, jobs.c.cost, jobs.c.guild_id, jobs.c.started_at
+                    jobs.c.id, jobs.c.status, jobs.c.start_tag, jobs.c.cost, jobs.c.guild_id, jobs.c.started_at
                 ).where(jobs.c.id == job_id)
             ).first()
             if job is None or job.status not in ACTIVE_STATUSES:
@@ -795,13 +1092,8 @@ class SqlJobQueue(JobQueue):
             if job.status == RUNNING:
                 return remaining(job.cost, job.started_at)
             running = s.execute(select(jobs.c.cost, jobs.c.started_at).where(jobs.c.status == RUNNING)).all()
-            ahead = s.scalar(
-                select(func.coalesce(func.sum(jobs.c.cost), 0)).where(
-                    *self._ahead(job_id, job.start_tag, job.guild_id)
-                )
-            )
             busy = sum(remaining(c, st) for c, st in running)
-            return busy + (int(ahead or 0) + job.cost) * seconds_per_cost_unit
+            return busy + (self._ahead(s, job)[1] + job.cost) * seconds_per_cost_unit
 
         return await self.db.run_read(unit)
 

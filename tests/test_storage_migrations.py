@@ -1,5 +1,6 @@
 """Alembic: upgrade from empty, downgrade to base and back, models and migrations agree, CLI, 0002's
-conversion of job rows and price overrides written at 0001, and 0003's dropped column."""
+conversion of job rows and price overrides written at 0001, 0003's dropped column, and 0005's fair order per
+server (queued jobs keep their turns)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from worker.jobs import EditRemixParams, HypernetUse, ImagineMode, params_of
 TABLES = {
     "users", "guilds", "guild_settings", "channel_settings", "accounts", "ledger_entries", "jobs", "fair_share",
     "queue_clock", "images", "favourites", "hypernetwork_modules", "audit_log", "bans", "banned_words", "workers",
+    "guild_share", "served_models", "job_progress",
 }  # fmt: skip
 
 
@@ -37,7 +39,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
     try:
         assert await db.current_revision() is None
         await db.upgrade()
-        assert await db.current_revision() == head_revision() == "0004"
+        assert await db.current_revision() == head_revision()
         assert TABLES <= await table_names(db)
         await db.upgrade()  # idempotent
         job, _ = await JobQueue(db).enqueue(spec(1))
@@ -45,7 +47,7 @@ async def test_upgrade_from_empty_downgrade_and_back(backend, tmp_path):
         assert await db.current_revision() is None
         assert await table_names(db) <= {"alembic_version"}
         await db.upgrade("head")
-        assert await db.current_revision() == "0004"
+        assert await db.current_revision() == head_revision()
         # a fresh schema works: the clock row is back, the queue and ledger run
         job, created = await JobQueue(db).enqueue(spec(1))
         assert created and job.start_tag == 0
@@ -73,7 +75,7 @@ def test_command_line(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == "None"
     assert storage_cli(["upgrade", url]) == 0
     assert storage_cli(["current", url]) == 0
-    assert capsys.readouterr().out.strip() == "0004"
+    assert capsys.readouterr().out.strip() == head_revision()
     assert storage_cli(["check", url]) == 0
     assert storage_cli(["downgrade", url, "base"]) == 0
     assert storage_cli(["current", url]) == 0
@@ -175,5 +177,40 @@ async def test_0003_drops_channel_nsfw_and_keeps_the_channel_rules(backend, tmp_
         await db.downgrade("0002")  # and back: the column returns, unset
         columns = await run_with_connection(db.url, lambda c: [col["name"] for col in inspect(c).get_columns("channel_settings")])
         assert "nsfw" in columns
+    finally:
+        await close_database(db)
+
+
+async def test_0005_keeps_queued_turns_and_moves_tags_per_server(backend, tmp_path):
+    db = await open_database(backend, tmp_path, upgrade=False)
+    try:
+        await db.upgrade("0004")
+        for guild, user in ((1, 7), (2, 7), (2, 8)):
+            await Ledger(db).balance(guild, user)
+        rows = await db.run_read(lambda s: s.execute(text("SELECT id, guild_id, user_id FROM accounts ORDER BY id")).all())
+        account = {(g, u): i for i, g, u in rows}
+        ids = []
+        async with db.write() as s:
+            for guild, user, tag, status in [(1, 7, 0, "done"), (1, 7, 4, "queued"), (2, 7, 8, "queued"), (2, 8, 6, "queued")]:
+                ids.append((await s.execute(text(
+                    "INSERT INTO jobs (kind, guild_id, user_id, account_id, params, batch_key, cost, status, start_tag, "
+                    "attempts, created_at, updated_at) VALUES ('imagine', :g, :u, :a, '{}', 'k', 2, :st, :tag, 0, "
+                    "CURRENT_TIMESTAMP, CURRENT_TIMESTAMP) RETURNING id"
+                ), {"g": guild, "u": user, "a": account[guild, user], "st": status, "tag": tag})).scalar())  # fmt: skip
+            await s.execute(text("UPDATE queue_clock SET virtual_now = 5"))
+        await db.upgrade()
+        shares = await db.run_read(lambda s: s.execute(text("SELECT guild_id, pass, clock FROM guild_share ORDER BY guild_id")).all())
+        assert [tuple(r) for r in shares] == [(1, 0, 5), (2, 0, 5)]
+        tags = await db.run_read(lambda s: s.execute(text("SELECT guild_id, user_id, finish_tag FROM fair_share ORDER BY 1, 2")).all())
+        assert [tuple(r) for r in tags] == [(1, 7, 6), (2, 7, 10), (2, 8, 8)]
+        queue = JobQueue(db)
+        later, _ = await queue.enqueue(spec(7, guild_id=2))  # after the member's queued job in that server
+        assert later.start_tag == 10
+        order = []
+        while batch := await queue.claim("w", max_batch=1):
+            order.append(batch[0].id)
+        assert order == [ids[1], ids[3], ids[2], later.id]  # the servers alternate; in server 2, the older turn first
+        await db.downgrade("0004")
+        assert "guild_share" not in await table_names(db)
     finally:
         await close_database(db)

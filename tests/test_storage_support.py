@@ -2,22 +2,19 @@
 Database plumbing itself: pragmas, BEGIN IMMEDIATE, clocks.
 
 Backends: ``sqlite`` (units on the writer thread, the default), ``sqlite-async`` (units through
-``AsyncSession.run_sync`` on aiosqlite — the code path PostgreSQL takes) and ``postgres`` (a throwaway local
-cluster started once per test run when ``initdb``/``pg_ctl`` and ``asyncpg`` are installed, or the server in
-``STORAGE_TEST_PG_URL``; skipped otherwise).
+``AsyncSession.run_sync`` on aiosqlite — the code path PostgreSQL takes) and ``postgres`` (the PostgreSQL
+service at 127.0.0.1:5432 with trust auth, or the server in ``STORAGE_TEST_PG_URL``; each test gets a fresh
+database with a random name, copied from one migrated once per session, and dropped after; never skipped).
 """
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
-import importlib.util
+import getpass
 import os
-import shutil
-import socket
 import sqlite3
-import subprocess
-import tempfile
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +23,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from storage import CostPolicy, Database, JobQueue, JobSpec, Ledger
+from storage import CostPolicy, Database, JobQueue, JobSpec, Ledger, masked_url
 
 BACKENDS = ["sqlite", "sqlite-async", "postgres"]
 SQLITE_BACKENDS = ["sqlite", "sqlite-async"]
@@ -43,83 +40,82 @@ class FakeClock:
         self.now += timedelta(seconds=seconds)
 
 
-# --- throwaway PostgreSQL ------------------------------------------------------------------------------------
-_pg: dict[str, object] = {}
+# --- PostgreSQL: the server that runs as a service on these machines and in CI -------------------------------
+PG_SERVER = "postgresql+asyncpg://{user}@127.0.0.1:5432/postgres"
+_pg: dict[str, str] = {}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def pg_admin_url() -> str | None:
-    """``postgresql+asyncpg://…/postgres`` of a server tests may create databases on, or None."""
-    if "url" in _pg:
-        return _pg["url"]  # type: ignore[return-value]
-    _pg["url"] = None
-    if importlib.util.find_spec("asyncpg") is None:
-        _pg["why"] = "asyncpg is not installed"
-        return None
-    if os.environ.get("STORAGE_TEST_PG_URL"):
-        _pg["url"] = os.environ["STORAGE_TEST_PG_URL"]
-        return _pg["url"]  # type: ignore[return-value]
-    initdb, pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
-    if not initdb or not pg_ctl:
-        _pg["why"] = "no PostgreSQL server binaries (initdb, pg_ctl)"
-        return None
-    folder = Path(tempfile.mkdtemp(prefix="storage-pg-"))
-    prefix: list[str] = []
-    if os.geteuid() == 0:  # initdb refuses to run as root
-        if shutil.which("runuser") is None:
-            _pg["why"] = "running as root without runuser"
-            return None
-        shutil.chown(folder, user="postgres")
-        prefix = ["runuser", "-u", "postgres", "--"]
-    port = _free_port()
-    data, log = folder / "data", folder / "log"
-    try:
-        subprocess.run(
-            [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"],
-            check=True,
-            capture_output=True,
-            timeout=120,
-        )
-        options = (
-            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
-        )
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-o", options, "-l", str(log), "-w", "start"],
-            check=True,
-            capture_output=True,
-            timeout=60,
-        )
-    except (subprocess.SubprocessError, OSError) as e:
-        _pg["why"] = f"could not start PostgreSQL: {e}"
-        shutil.rmtree(folder, ignore_errors=True)
-        return None
-
-    def stop() -> None:
-        subprocess.run(
-            [*prefix, pg_ctl, "-D", str(data), "-m", "immediate", "stop"], capture_output=True, timeout=60
-        )
-        shutil.rmtree(folder, ignore_errors=True)
-
-    atexit.register(stop)
-    _pg["url"] = f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
-    return _pg["url"]  # type: ignore[return-value]
-
-
-async def _pg_admin(sql: str) -> None:
+async def _pg_connect(url: str):
     import asyncpg
 
-    url = pg_admin_url()
-    assert url is not None
-    conn = await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"))
+    return await asyncpg.connect(url.replace("postgresql+asyncpg", "postgresql"), timeout=10)
+
+
+async def pg_admin_url() -> str:
+    """``postgresql+asyncpg://…/postgres`` of the server tests create their databases on: ``STORAGE_TEST_PG_URL``,
+    else the local service (127.0.0.1:5432, trust auth) as ``postgres`` or as the current user. Never skipped: a
+    machine without it fails the PostgreSQL tests, saying why."""
+    if "url" in _pg:
+        return _pg["url"]
+    if os.environ.get("STORAGE_TEST_PG_URL"):
+        candidates = [os.environ["STORAGE_TEST_PG_URL"]]
+    else:
+        candidates = [PG_SERVER.format(user=user) for user in ("postgres", getpass.getuser())]
+    errors = []
+    for url in candidates:
+        try:
+            conn = await _pg_connect(url)
+        except Exception as exc:  # wrong user, or no server: try the next, then say why
+            errors.append(f"{masked_url(url)}: {exc}")
+            continue
+        await conn.close()
+        _pg["url"] = url
+        return url
+    raise RuntimeError("no PostgreSQL server for the storage tests (" + "; ".join(errors) + ")")
+
+
+async def pg_admin(sql: str) -> None:
+    conn = await _pg_connect(await pg_admin_url())
     try:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+def _drop_at_exit(name: str) -> None:
+    atexit.register(lambda: asyncio.run(pg_admin(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+
+
+async def _pg_template() -> str:
+    """A database migrated to head once per test session: each test's database is a copy of it (fast)."""
+    if "template" not in _pg:
+        name = f"t_tmpl_{uuid.uuid4().hex[:12]}"
+        await pg_admin(f"CREATE DATABASE {name}")
+        _drop_at_exit(name)
+        db = Database(pg_database_url(await pg_admin_url(), name))
+        try:
+            await db.upgrade()
+        finally:
+            await db.close()
+        _pg["template"] = name
+    return _pg["template"]
+
+
+def pg_database_url(admin_url: str, name: str) -> str:
+    return admin_url.rsplit("/", 1)[0] + f"/{name}"
+
+
+async def create_pg_database(*, upgrade: bool = True) -> str:
+    """A fresh database with a random name on the PostgreSQL server (at head, or empty); its URL. Drop it
+    with ``drop_pg_database`` (or it goes when the test session ends)."""
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    template = f" TEMPLATE {await _pg_template()}" if upgrade else ""
+    await pg_admin(f"CREATE DATABASE {name}{template}")
+    return pg_database_url(await pg_admin_url(), name)
+
+
+async def drop_pg_database(url: str) -> None:
+    await pg_admin(f"DROP DATABASE IF EXISTS {url.rsplit('/', 1)[1]} WITH (FORCE)")
 
 
 _created_pg_databases: dict[int, str] = {}
@@ -128,26 +124,20 @@ _created_pg_databases: dict[int, str] = {}
 async def close_database(db: Database) -> None:
     """Close; a PostgreSQL test database is dropped as well."""
     await db.close()
-    name = _created_pg_databases.pop(id(db), None)
-    if name is not None:
-        await _pg_admin(f"DROP DATABASE IF EXISTS {name}")
+    url = _created_pg_databases.pop(id(db), None)
+    if url is not None:
+        await drop_pg_database(url)
 
 
 async def open_database(
     backend: str, tmp_path: Path, clock: FakeClock | None = None, *, upgrade: bool = True
 ) -> Database:
     if backend == "postgres":
-        admin = pg_admin_url()
-        if admin is None:
-            pytest.skip(f"PostgreSQL backend unavailable: {_pg.get('why')}")
-        name = f"t_{uuid.uuid4().hex[:12]}"
-        await _pg_admin(f"CREATE DATABASE {name}")
-        db = Database(admin.rsplit("/", 1)[0] + f"/{name}", clock=clock)
-        _created_pg_databases[id(db)] = name
-    else:
-        db = Database(
-            f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", clock=clock, sqlite_threads=backend == "sqlite"
-        )
+        url = await create_pg_database(upgrade=upgrade)
+        db = Database(url, clock=clock)
+        _created_pg_databases[id(db)] = url
+        return db
+    db = Database(f"sqlite+aiosqlite:///{tmp_path / 'bot.db'}", clock=clock, sqlite_threads=backend == "sqlite")
     if upgrade:
         await db.upgrade()
     return db

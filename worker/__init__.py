@@ -1,60 +1,46 @@
 """The GPU worker: claims jobs from the durable queue and runs every torch call on one thread.
 
-The asyncio loop that talks to Discord never waits on the GPU: the engine is loaded and every
-generation runs on a single dedicated thread (`gpu` executor); progress crosses back to the loop
-with `call_soon_threadsafe`.  The worker owns the job life cycle after enqueue:
+The asyncio loop never waits on the GPU: the engine is loaded and every generation runs on a single dedicated
+thread (`gpu` executor); progress crosses back to the loop with `call_soon_threadsafe`.  The worker owns the
+job life cycle after enqueue:
 
-claim (lease) → run (batched) → store PNGs → complete (settle credits, record the images) → announce
+claim (lease; only jobs it can run, `capability`) → run (batched) → store PNGs → complete (settle credits,
+record the images) → announce
 
-and on failure: fail (refund, idempotent) → announce the failure.  The worker is registered as a
-live worker (`worker.registry`) and beats every third of its (short) lease, renewing its jobs'
-leases; on every beat it re-queues the jobs of dead workers and announces what is due.
-
-Announcing is durable: a done or failed job stays unanswered in SQL until its result, failure
-notice or DM is delivered, so a restart — after any delay — announces what the dead process had
-not (looking first for a message it may already have posted). A try that fails (channel deleted,
-permission lost, Discord down) is retried with backoff; after `announce_retries` failed tries a
-result is refunded and its owner told by DM (nothing public; nothing if their DMs are closed).
+and on failure: fail (refund, idempotent) → announce the failure.  A worker runs either inside the bot
+(``kind="embedded"``: it announces with the bot's `Announcer` and shows progress through its publisher) or as
+a process of its own (``python -m worker``, ``kind="remote"``: no Discord at all — its progress goes to SQL,
+and the bot's announcer posts what it finished). It is registered as a live worker (`worker.registry`) and
+beats every third of its (short) lease, renewing its jobs' leases; on every beat it re-queues the jobs of dead
+workers. A result it finished while the database was unreachable is kept and completed once the database is
+back (`storage.is_unavailable`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import io
 import logging
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, TypeVar
 
 from gen_core.types import Cancelled, GeneratedImage, Progress
+from storage import Capability, is_unavailable
+from worker.announcer import Announcer
 from worker.jobs import Inputs, JobParams, Task, params_of
 from worker.registry import Registration
 
 log = logging.getLogger(__name__)
 
-
-class Publisher(Protocol):
-    """What the worker needs from the Discord side (implemented in services.publisher)."""
-
-    async def progress(self, job: Any, progress: Progress) -> None: ...
-
-    async def result(self, job: Any, images: list[dict[str, Any]]) -> int:
-        """Post a result; its message id. Raises if it could not be posted."""
-
-    async def failure(self, job: Any, error: str) -> None:
-        """Tell the owner that the job failed and was refunded. Raises if that could not be posted."""
-
-    async def find_posted(self, job: Any) -> int | None:
-        """The id of the result message or failure notice of `job` already posted (after a crash)."""
-
-    async def private_notice(self, job: Any, text: str, *, recovering: bool) -> None:
-        """Tell the owner `text` privately (a DM; nothing if their DMs are closed); with `recovering`, not
-        if an earlier process already did."""
-
+T = TypeVar("T")
 
 # A job handler runs on the GPU thread: (engine, tasks, progress, cancel, preview_every) -> images per task.
 Handler = Callable[..., list[list[GeneratedImage]]]
+# Where a batch's progress goes: the bot's publisher (embedded) or SQL for the bot to relay (remote).
+ProgressSink = Callable[[list[Any], Progress], Awaitable[None]]
 
 
 @dataclass
@@ -63,50 +49,75 @@ class WorkerStats:
     history: list[float] = field(default_factory=list)
 
 
+class QueueProgress:
+    """A remote worker's progress sink: the latest step and preview of each batch go to SQL (at most every
+    ``interval_s``, and the last step always), where the bot picks them up."""
+
+    def __init__(self, queue: Any, interval_s: float) -> None:
+        self.queue = queue
+        self.interval_s = interval_s
+        self._last: dict[int, float] = {}
+
+    async def __call__(self, jobs: list[Any], p: Progress) -> None:
+        key, now = jobs[0].id, time.monotonic()
+        if now - self._last.get(key, 0.0) < self.interval_s and p.step < p.total:
+            return
+        self._last[key] = now
+        preview = None
+        if p.preview is not None:
+            preview = await asyncio.get_running_loop().run_in_executor(None, _png, p.preview)
+        await self.queue.report_progress([j.id for j in jobs], p.step, p.total, p.stage, preview)
+        if p.step >= p.total:
+            self._last.pop(key, None)
+
+
+def _png(image: Any) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 class Worker:
     def __init__(
         self,
         *,
         queue: Any,
         store: Any,
-        publisher: Publisher,
         engine_loader: Callable[[], Any],
         handlers: dict[str, Handler],
         load_inputs: Callable[[JobParams], Awaitable[Inputs]],
+        progress: ProgressSink,
+        announcer: Announcer | None = None,
+        kind: str = "embedded",
+        capability: Callable[[Any], Capability] | None = None,
         max_batch: int = 4,
         lease_s: float = 10.0,
         max_attempts: int = 3,
         poll_interval_s: float = 0.5,
         preview_every: int = 5,
-        announce_retries: int = 6,
-        announce_backoff_s: float = 5.0,
-        announce_backoff_max_s: float = 60.0,
         screen: Callable[[JobParams, list[GeneratedImage]], Awaitable[list[GeneratedImage]]] | None = None,
     ) -> None:
         self.queue = queue
         self.store = store
-        self.publisher = publisher
         self.engine_loader = engine_loader
         self.handlers = handlers
         self.load_inputs = load_inputs
+        self.progress = progress
+        self.announcer = announcer  # the bot's: results this worker finishes are posted at once
+        self.capability_of = capability  # what the loaded engine can run (None: anything queued)
+        self.capability: Capability | None = None
         self.max_batch = max_batch
         self.lease_s = lease_s
-        self.max_attempts = max_attempts
         self.poll_interval_s = poll_interval_s
         self.preview_every = preview_every
-        self.announce_retries = announce_retries
-        self.announce_backoff_s = announce_backoff_s
-        self.announce_backoff_max_s = announce_backoff_max_s
         self.screen = screen  # e.g. an image safety check: may replace images before they are stored
-        self.registration = Registration(queue, kind="embedded", lease_s=lease_s, max_attempts=max_attempts)
+        self.registration = Registration(queue, kind=kind, lease_s=lease_s, max_attempts=max_attempts)
         self.worker_id = self.registration.worker_id
         self.gpu = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gpu")
         self.engine: Any = None
         self.stats = WorkerStats()
         self.running_jobs: dict[int, Any] = {}
         self._cancelled: set[int] = set()
-        self._announcing: dict[int, asyncio.Task] = {}  # announcements started by a heartbeat's scan
-        self._busy: set[int] = set()  # jobs being announced now
         self._wake = asyncio.Event()
         self._stopping = False
         self._killed = False
@@ -117,10 +128,14 @@ class Worker:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self.engine = await loop.run_in_executor(self.gpu, self.engine_loader)
+        if self.capability_of is not None:
+            self.capability = self.registration.capability = self.capability_of(self.engine)
         await self.registration.register()
         await self.registration.reap()
         self._task = asyncio.create_task(self._loop(), name="gpu-worker")
-        self._beat_task = asyncio.create_task(self._heartbeat(), name="worker-heartbeat")
+        self._beat_task = asyncio.create_task(
+            self.registration.keep_alive(lambda: set(self.running_jobs), self._cancelled.update), name="worker-heartbeat"
+        )
 
     async def stop(self, timeout: float = 30.0) -> None:
         """Stop claiming; let the running batch finish (or release it after `timeout`), leave the registry."""
@@ -147,10 +162,9 @@ class Worker:
         await self._stop_beating()
 
     async def _stop_beating(self) -> None:
-        tasks = [t for t in (self._beat_task, *self._announcing.values()) if t is not None]
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._beat_task is not None:
+            self._beat_task.cancel()
+            await asyncio.gather(self._beat_task, return_exceptions=True)
 
     def wake(self) -> None:
         """A job was enqueued: claim now rather than at the next poll."""
@@ -164,7 +178,9 @@ class Worker:
     async def _loop(self) -> None:
         while not self._stopping:
             try:
-                jobs = await self.queue.claim(self.worker_id, max_batch=self.max_batch, lease_s=self.lease_s)
+                jobs = await self.queue.claim(
+                    self.worker_id, max_batch=self.max_batch, lease_s=self.lease_s, capability=self.capability
+                )
             except Exception:  # the database is briefly unavailable: retry, don't die
                 log.exception("claiming jobs failed")
                 jobs = []
@@ -177,7 +193,7 @@ class Worker:
                 continue
             try:
                 await self._run_batch(jobs)
-            except Exception:  # storing or announcing failed: the lease brings the jobs back
+            except Exception:  # storing failed: the lease brings the jobs back
                 log.exception("finishing batch %s failed", [j.id for j in jobs])
 
     async def _run_batch(self, jobs: list[Any]) -> None:
@@ -219,25 +235,10 @@ class Worker:
                 continue  # cancelled while batched with others: already refunded
             await self._finish(job, task.params, images)
 
-    async def _heartbeat(self) -> None:
-        """Every third of the lease: renew this worker and its leases, re-queue dead workers' jobs, announce
-        what is due (its own retries, and results of dead workers). A job it no longer holds stops."""
-        while True:
-            try:
-                held = set(await self.registration.beat())
-                lost = [i for i in self.running_jobs if i not in held]
-                if lost:  # cancelled, or reaped while this worker stalled: someone else answers for it
-                    self._cancelled.update(lost)
-                await self.registration.reap()
-                await self.announce_due()
-            except Exception:  # the database is briefly unavailable: beat again, don't die
-                log.exception("heartbeat failed")
-            await asyncio.sleep(self.lease_s / 3)
-
     def _on_progress(self, jobs: list[Any], p: Progress) -> None:
-        for job in jobs:
-            if job.id not in self._cancelled:
-                asyncio.ensure_future(self._safe(self.publisher.progress(job, p)))
+        live = [job for job in jobs if job.id not in self._cancelled]
+        if live:
+            asyncio.ensure_future(_logged(self.progress(live, p), "reporting progress"))
 
     async def _after_cancel(self, jobs: list[Any]) -> None:
         if self._stopping:
@@ -261,72 +262,31 @@ class Worker:
             records.append({"key": key, "seed": gen.seed, "params": metadata, "batch_index": index, **size})
             stored.append({"key": key, "seed": gen.seed, **size,
                            **({"blurred": True} if metadata.get("Safety check") == "blurred" else {})})  # fmt: skip
-        # the images enter the history with the completion, or not at all (cancelled or reaped meanwhile)
-        if await self.queue.complete(job.id, {"images": stored}, images=records, worker_id=self.worker_id):
-            await self.announce(job, fresh=True)
+        # the images enter the history with the completion, or not at all (cancelled or reaped meanwhile); the
+        # result names the worker that made it (``jobs.worker_id`` becomes the announcer's once it adopts the job)
+        completed = await self._until_reachable(
+            lambda: self.queue.complete(job.id, {"images": stored, "worker": self.worker_id}, images=records, worker_id=self.worker_id)
+        )
+        if completed and self.announcer is not None:
+            await self.announcer.announce(job, fresh=True)
 
     async def _fail(self, job: Any, error: str) -> None:
-        if await self.queue.fail(job.id, error):
-            await self.announce(job, fresh=True)
+        if await self._until_reachable(lambda: self.queue.fail(job.id, error)) and self.announcer is not None:
+            await self.announcer.announce(job, fresh=True)
 
-    async def announce_due(self) -> None:
-        """Announce the unanswered jobs that are due: this worker's retries, and those of dead workers."""
-        for job in await self.queue.due_announcements(self.worker_id):
-            if job.id not in self._announcing and job.id not in self._busy:
-                task = asyncio.create_task(self.announce(job), name=f"announce-{job.id}")
-                self._announcing[job.id] = task
-                task.add_done_callback(lambda t, i=job.id: self._announcing.pop(i, None))
-
-    async def announce(self, job: Any, fresh: bool = False) -> None:
-        """Give a finished job its one final answer: the result, or the failure notice, in its channel.
-
-        `fresh`: this process just finished the job, so nothing can have been posted yet; otherwise an
-        earlier process may have posted it and died before recording it, so look for the message first.
-        A failed try is retried with backoff; after `announce_retries` of them a result is refunded, and
-        the owner is told privately instead.
-        """
-        if job.id in self._busy:  # already being announced (a heartbeat's scan meets a fresh result)
-            return
-        self._busy.add(job.id)
-        try:
-            await self._announce(job, fresh)
-        finally:
-            self._busy.discard(job.id)
-
-    async def _announce(self, job: Any, fresh: bool) -> None:
-        job = await self.queue.get(job.id)
-        if job is None or job.answered_at is not None:
-            return
-        try:
-            if job.status == "done":
-                found = None if fresh else await self.publisher.find_posted(job)
-                await self.queue.mark_posted(job.id, found or await self.publisher.result(job, job.result["images"]))
-                return
-            if job.result is not None:  # failed after it was done: its result could not be posted
-                text = f"Your result of job #{job.id} could not be posted in <#{job.channel_id}> ({job.error}). " \
-                       f"Your {job.cost} credits were refunded."
-                await self.publisher.private_notice(job, text, recovering=not fresh)
-            elif fresh or not await self.publisher.find_posted(job):
-                await self.publisher.failure(job, job.error or "unknown error")
-            await self.queue.mark_answered(job.id)
-        except Exception as exc:
-            await self._announce_failed(job, exc)
-
-    async def _announce_failed(self, job: Any, exc: Exception) -> None:
-        delay = min(self.announce_backoff_max_s, self.announce_backoff_s * 2**job.announce_attempts)
-        tries = await self.queue.postpone_announcement(job.id, delay)
-        log.info("announcing job %s failed (try %s): %s", job.id, tries, exc)
-        if tries <= self.announce_retries:
-            return
-        reason = _post_error(exc)
-        if job.status == "done":
-            if await self.queue.refund_unposted(job.id, reason):
-                await self._announce(job, fresh=True)
-            return
-        if job.result is None:  # a failure notice that cannot be posted: tell the owner privately
-            text = f"Job #{job.id} failed: {job.error}\nYour {job.cost} credits were refunded."
-            await self._safe(self.publisher.private_notice(job, text, recovering=False))
-        await self.queue.mark_answered(job.id)  # what could be said has been said
+    async def _until_reachable(self, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()``, tried again while the database cannot be reached (a restart, a cut network): a finished
+        batch's outcome is not thrown away for it."""
+        delay = 0.2
+        while True:
+            try:
+                return await call()
+            except Exception as exc:
+                if not is_unavailable(exc) or self._killed:
+                    raise
+                log.warning("the database is unreachable (%s); trying again in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.lease_s)
 
     def _update_speed(self, jobs: list[Any], seconds: float) -> None:
         cost = sum(max(1, j.cost) for j in jobs)
@@ -336,25 +296,13 @@ class Worker:
         del hist[:-20]
         self.stats.seconds_per_cost = sorted(hist)[len(hist) // 2]
 
-    @staticmethod
-    async def _safe(awaitable: Awaitable[Any]) -> Any:
-        try:
-            return await awaitable
-        except Exception:
-            log.exception("publishing to Discord failed")
-            return None
 
-
-def _post_error(exc: Exception) -> str:
-    """Why a message could not be posted, in words for its owner."""
-    status = getattr(exc, "status", None)
-    if status == 404:
-        return "the channel no longer exists"
-    if status == 403:
-        return "I may not post there any more"
-    if isinstance(status, int) and status >= 500:
-        return "Discord kept failing"
-    return f"{type(exc).__name__}: {str(exc)[:200]}"
+async def _logged(awaitable: Awaitable[Any], what: str) -> Any:
+    try:
+        return await awaitable
+    except Exception:
+        log.exception("%s failed", what)
+        return None
 
 
 def _user_error(exc: Exception) -> str:
@@ -362,4 +310,3 @@ def _user_error(exc: Exception) -> str:
     if isinstance(exc, ValueError):
         return text
     return f"generation failed ({type(exc).__name__}: {text[:300]})"
-

@@ -63,6 +63,7 @@ class JobParams:
     count: int = 1
     clip_skip: int = 2
     screen: bool = False
+    model: str = ""  # the name of the model it runs on (config's [[models]]); workers serving others never take it
 
     # -- pricing inputs (see services.pricing.price) ------------------------------------------------
     @property
@@ -92,7 +93,7 @@ class JobParams:
 
     def sampling_key(self) -> str:
         """The settings one pipeline call shares between its requests."""
-        return ":".join(str(v) for v in (self.width, self.height, self.steps, self.sampler, self.cfg, self.clip_skip))
+        return ":".join(str(v) for v in (self.model, self.width, self.height, self.steps, self.sampler, self.cfg, self.clip_skip))
 
 
 def sampling_fields(params: JobParams) -> dict[str, Any]:

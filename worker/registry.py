@@ -6,18 +6,23 @@ dead workers: a worker whose row expired (it stopped beating: crashed, hung, cut
 without waiting for the lease — a worker on this host whose process is gone, or that had this very
 process id (an earlier incarnation: only one worker runs per process). A live worker's jobs are never
 taken, however many processes share the database. The embedded worker of a bot registers as
-``"embedded"``; a separate worker process (``python -m worker``) would register as ``"remote"`` the same
-way.
+``"embedded"``, a separate worker process (``python -m worker``) as ``"remote"``, with what it can run (its
+``Capability``: the model is then recorded as served), and a bot without a worker as ``"bot"`` (it only posts
+results).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from storage import Capability
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +56,29 @@ class Registration:
         self.host = host_identity()
         self.pid = os.getpid()
         self.worker_id = f"{kind}-{socket.gethostname()[:40]}-{self.pid}-{uuid.uuid4().hex[:8]}"
+        self.capability: Capability | None = None  # what it serves (set once its model is loaded)
 
     async def register(self) -> None:
-        await self.queue.register_worker(self.worker_id, kind=self.kind, host=self.host, pid=self.pid, lease_s=self.lease_s)
+        await self.queue.register_worker(
+            self.worker_id, kind=self.kind, host=self.host, pid=self.pid, lease_s=self.lease_s, capability=self.capability
+        )
+
+    async def keep_alive(
+        self, running: Callable[[], set[int]] = set, lost: Callable[[set[int]], None] | None = None
+    ) -> None:
+        """Beat every third of the lease and reap dead workers, until cancelled; ``lost`` is told which of the
+        jobs ``running`` before the beat this worker no longer holds (a job claimed while the beat ran is not
+        among them). A database that is briefly unreachable only skips beats."""
+        while True:
+            try:
+                before = running()
+                gone = before - set(await self.beat())
+                if gone and lost is not None:
+                    lost(gone)
+                await self.reap()
+            except Exception:  # the database is briefly unavailable: beat again, don't die
+                log.exception("heartbeat failed")
+            await asyncio.sleep(self.lease_s / 3)
 
     async def beat(self) -> list[int]:
         """Renew this worker and its leases; the ids of the running jobs it still holds."""
