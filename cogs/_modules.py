@@ -64,7 +64,7 @@ class ModuleCommands(app_commands.Group):
         lines, size = [], 0
         for i, m in enumerate(rows):
             state = "⏳ training" if not library.ready(m) else f"✅ active ×{active[m.id]:g}" if m.id in active else ""
-            owner = "yours" if m.owner_id == user_id else f"by <@{m.owner_id}>"
+            owner = "yours" if m.owner_id == user_id else f"by {ui.owner_mention(m.owner_id)}"
             sharing = f" · shared ({m.status})" if m.shared else ""
             line = f"• `{m.name}` — {owner}{sharing} {state}".rstrip()
             if size + len(line) > LIST_LIMIT:
@@ -79,7 +79,7 @@ class ModuleCommands(app_commands.Group):
     async def info(self, interaction: discord.Interaction, name: str) -> None:
         library = self.library(interaction)
         m = await library.find(interaction.guild_id, interaction.user.id, name)
-        head = f"**{m.name}** by <@{m.owner_id}>" + (f" · shared ({m.status})" if m.shared else " · private")
+        head = f"**{m.name}** by {ui.owner_mention(m.owner_id)}" + (f" · shared ({m.status})" if m.shared else " · private")
         await self.reply(interaction, "\n".join([head, *await library.info(m)]))
 
     # -- choosing --------------------------------------------------------------------------------------------

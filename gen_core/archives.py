@@ -115,8 +115,8 @@ def load_torch(data: bytes, limits: ArchiveLimits) -> Any:
             "this .pt file contains pickled code or objects other than tensors, which the bot refuses to load. "
             f"Convert it to .safetensors, or re-save it from a trusted tool. ({str(exc).splitlines()[0][:160]})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise ArchiveError(f"this is not a readable PyTorch .pt file ({str(exc)[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged stream makes torch.load raise anything (KeyError, BadZipFile …)
+        raise ArchiveError(f"this is not a readable PyTorch .pt file ({type(exc).__name__}: {str(exc)[:160]})") from None
 
 
 SAFETENSORS_DTYPES = frozenset({"F16", "BF16", "F32"})

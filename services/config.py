@@ -54,6 +54,8 @@ class ModelConfig:
 class StorageConfig:
     url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/bot.db
     data_dir: str = "data"
+    keep_images_days: float = 0.0  # pictures (results and uploads) older than this are removed; 0 = kept forever
+    sweep_interval_h: float = 6.0  # how often the image store is swept (unreferenced files, then retention)
 
 
 @dataclass
@@ -351,6 +353,8 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
         ("generation", "max_area", 0),
         ("generation", "outpaint_pixels", 0),
         ("generation", "mask_blur", -1),
+        ("storage", "keep_images_days", 0),
+        ("storage", "sweep_interval_h", 0.0001),
     ):
         if getattr(getattr(config, section_name), key) < low:
             errors.append(f"{section_name}.{key} must be at least {low}")

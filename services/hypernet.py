@@ -214,21 +214,18 @@ class Hypernets(ActiveLibrary):
         return params, pngs
 
     async def submit_training(self, interaction: discord.Interaction, params: HypernetTrainParams, pngs: list[bytes]) -> list[Any]:
-        """Check the rules and credits, then store the images (``pngs``, named by ``params.train_images``),
-        reserve the name (the module row) and queue the job; the row goes if nothing was queued.  A refusal
-        stores nothing."""
+        """Reserve the name (the module row) and queue the job with its images (``pngs``, named by
+        ``params.train_images``, stored only once the rules and credits passed); the row goes if nothing was
+        queued.  A refusal stores nothing."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
         name = params.module_name
         if await modules.get(self.db, self.kind, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
-        await self.services.jobs.check([params], guild_id, interaction.channel_id, user_id)
-        for data in pngs:
-            await self.services.store.put(data)
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
         params = dataclasses.replace(params, module_path=str(path))
         module = await modules.register(self.db, self.kind, guild_id, user_id, name, str(path), "", {"source": "trained"})
         try:
-            jobs = await self.services.submit_from_interaction(interaction, [params])
+            jobs = await self.services.submit_from_interaction(interaction, [params], uploads=pngs)
         except UserError:
             await modules.delete(self.db, module.id)
             raise

@@ -36,6 +36,7 @@ import discord
 
 from gen_core.lora import LoraError, tag_weights
 from gen_core.prompts import EmbeddingSlots, ExtraNetwork, PromptError, strip_extra_networks
+from services import ui
 from services.jobs import UserError
 from services.settings import ActiveModule, check_strength
 from storage import ModuleKind, ModuleStatus, modules
@@ -104,7 +105,7 @@ class Library:
         if module is None:
             raise UserError(f"There is no {self.noun} `{name}` you can use here. See `/{self.kind} list`.")
         if owned and module.owner_id != user_id:
-            raise UserError(f"`{name}` belongs to <@{module.owner_id}>; only its owner can do that.")
+            raise UserError(f"`{name}` belongs to {ui.owner_mention(module.owner_id)}; only its owner can do that.")
         return module
 
     async def names(self, guild_id: int, user_id: int, current: str) -> list[str]:

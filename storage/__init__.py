@@ -126,10 +126,12 @@ Other repositories (module functions taking ``db``)
   remove_banned_word, banned_words, bans.
 * ``storage.modules``: register, get, get_by_id, visible, list_all, update, delete, path_in_use (hypernetworks,
   LoRAs and embeddings, by ``ModuleKind``).
-* ``storage.gc``: collect (image-store blobs no image row and no job refers to; run at start).
+* ``storage.gc``: collect (image-store blobs no image row and no job refers to, and with ``keep_since`` the
+  retention policy; run at start and periodically), discard (given keys nobody refers to), usage (disk use).
+* ``storage.members``: forget (a member's data in a guild; ``FORMER_MEMBER`` owns the shared modules they leave).
 """
 
-from storage import gc, images, moderation, modules, settings
+from storage import gc, images, members, moderation, modules, settings
 from storage.db import Database, is_unavailable, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore
@@ -210,6 +212,7 @@ __all__ = [
     "images",
     "is_unavailable",
     "masked_url",
+    "members",
     "moderation",
     "modules",
     "settings",

@@ -92,8 +92,10 @@ class LocalImageStore(ImageStore):
 
     def _write(self, key: str, data: bytes) -> None:
         final = self.root / key
-        if final.exists() and final.stat().st_size == len(data):
-            return  # content-addressed: already stored
+        if final.exists() and final.stat().st_size == len(data):  # content-addressed: already stored
+            with contextlib.suppress(FileNotFoundError):  # (unless it was collected a moment ago: write it again)
+                os.utime(final)  # stored again: the garbage collection's grace period starts again
+                return
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
         try:
