@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import update
 
-from storage import ModuleKind, moderation
+from storage import ModuleKind, moderation, modules
 from storage.models import Image as ImageRow
 from storage.models import Job
 from tests.bot_fixtures import BotEnv, answer, bot_config, is_result, png, running_bot
@@ -129,10 +129,9 @@ async def test_forget_me_cancels_refunds_and_erases_what_only_the_member_had(env
     await wait_until(lambda: services.images.favourites(bob.id, guild.id))
     folder = services.config.data_dir / "hypernets" / str(guild.id)
     folder.mkdir(parents=True)
-    modules = {}
     for name, shared, status in (("mine", False, "private"), ("waiting", True, "pending"), ("public", True, "approved")):
         (folder / f"{name}.safetensors").write_bytes(b"module")
-        modules[name] = await modules.register(services.db, ModuleKind.HYPERNET, guild.id, alice.id, name, str(folder / f"{name}.safetensors"),
+        await modules.register(services.db, ModuleKind.HYPERNET, guild.id, alice.id, name, str(folder / f"{name}.safetensors"),
                                                      name * 8, shared=shared, status=status)  # fmt: skip
 
     gate = gated(env)
@@ -165,7 +164,7 @@ async def test_forget_me_cancels_refunds_and_erases_what_only_the_member_had(env
     assert sorted(p.name for p in folder.iterdir()) == ["public.safetensors"]
     public = await modules.get(services.db, ModuleKind.HYPERNET, guild.id, "public")
     assert public.owner_id == 0 and await modules.get(services.db, ModuleKind.HYPERNET, guild.id, "mine") is None
-    assert (await services.settings.guild(guild.id)).hypernets.get(alice.id) is None
+    assert (await services.settings.guild(guild.id)).active.get((ModuleKind.HYPERNET, alice.id)) is None
     listing = await (await emu.invoke(bob, channel, "hypernet list", {})).original(10)
     assert "by a former member" in str(listing.embeds or listing.content)
     assert "forget" in await audit_actions(env, guild)
