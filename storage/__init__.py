@@ -103,9 +103,13 @@ Images
 ------
 ::
 
-    store = ImageStore(root_dir)          # -> LocalImageStore; ImageStore is the interface (S3 later)
+    store = ImageStore(root_dir)          # -> LocalImageStore; ImageStore is the interface
+    store = open_image_store("s3://bucket/prefix", endpoint=, region=, access_key_id=, secret_access_key=)
+                                          # -> S3ImageStore (a folder's path -> LocalImageStore)
     key = await store.put(png_bytes)      # "ab/<sha256>.png", atomic, stored once
-    data = await store.get(key); await store.exists(key); await store.delete(key); store.path(key)
+    data = await store.get(key); await store.exists(key); await store.delete(key)
+    async for found in store.objects(): ...; await store.remove(found)   # StoredObject: name, size, modified
+    local_store.path(key)                 # the file (LocalImageStore only)
     from storage import images as images_repo
     await images_repo.record(db, job_id, owner_id, guild_id, key, width, height, seed, params, batch_index=0)
     await images_repo.get(db, image_id); await images_repo.for_job(db, job_id)
@@ -131,7 +135,7 @@ Other repositories (module functions taking ``db``)
 from storage import gc, hypernetworks, images, moderation, settings
 from storage.db import Database, is_unavailable, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
-from storage.image_store import ImageStore, LocalImageStore
+from storage.image_store import ImageStore, LocalImageStore, S3ImageStore, StoredObject, open_image_store
 from storage.images import ImageRepo
 from storage.ledger import Ledger
 from storage.models import (
@@ -192,6 +196,9 @@ __all__ = [
     "LedgerEntry",
     "LedgerKind",
     "LocalImageStore",
+    "S3ImageStore",
+    "StoredObject",
+    "open_image_store",
     "ModelState",
     "ModuleStatus",
     "ProgressReport",
