@@ -271,7 +271,22 @@ def rows_semantics(r: dict[str, Any]) -> list[Row]:
     redness = list(toy["mix_redness_by_weight"].values())
     rows.append(Row("semantics", "blend red:w | blue:1-w, object's red − blue at w = 0…1", " / ".join(f"{v:.0f}" for v in redness),
                     "monotonic", _check(all(a <= b for a, b in zip(redness, redness[1:], strict=False)))))
+    green, red = toy["inpaint_green_red_in_mask"]
+    rows.append(Row("semantics", "inpaint \"a green square\" over a red circle: green / red share in the mask",
+                    f"{green:.2f} / {red:.2f}", "green > 0.5, red < 0.05", _check(green > 0.5 and red < 0.05)))
+    by_strength = toy["img2img_by_strength"]
+    rows.append(Row("semantics", "img2img red circle → \"a blue circle\": still red / blue at strength " + ", ".join(by_strength),
+                    " · ".join(f"{v['red']:.2f}/{v['blue']:.2f}" for v in by_strength.values()),
+                    "red at 0.2, blue at 0.8", _check(by_strength["0.2"]["red"] >= 0.5 and by_strength["0.8"]["blue"] >= 0.5)))
+    quiet, noisy = by_strength["0.3"]["spread"], toy["img2img_noise_1_at_0.3"]["0.3"]["spread"]
+    rows.append(Row("semantics", "img2img per-seed spread without / with noise 1", f"{quiet:.2f} / {noisy:.2f}",
+                    "wider with noise", _check(noisy > quiet), "pixel units, strength 0.3"))
+    plain, styled = toy["hypernet_stripes_off_on"]
+    rows.append(Row("semantics", "stripe score without / with a hypernetwork trained on 16 striped pictures",
+                    f"{plain:.3f} / {styled:.3f}", "higher with", _check(styled > plain + 0.03)))
     return rows
+
+
 def rows_crash_recovery(r: dict[str, Any]) -> list[Row]:
     rec, soak, beat = r["recovery"], r["soak"], r["heartbeat"]
     return [

@@ -5,7 +5,8 @@
 Every figure is the judge's verdict on pictures made with fixed seeds (``toyworld.semantics``): prompt
 following on colour-shape-background combinations never seen in training (at CFG 7 and 1, clip skip
 2 and 1, and with the colours in the third 75-token chunk), the effect of a negative prompt and of
-emphasis on red's share, and a blend's colour as its weight moves.  Ceilings: the judge on the
+emphasis on red's share, a blend's colour as its weight moves, an inpainted square's colour, img2img's
+colour and per-seed spread by strength and noise, and a trained hypernetwork's stripes.  Ceilings: the judge on the
 generator's own pictures and on the model's VAE round trip of them.  Baseline: the same figures on
 the random tiny model (at chance).
 """
@@ -35,6 +36,10 @@ def measure(engine, prompts: int, seeds: tuple[int, ...], steps: int, ceilings: 
     out["red_share_without_with_negative"] = sem.negative_effect(engine, many)
     out["red_share_emphasis_0.6_1.4"] = sem.emphasis_effect(engine, many)
     out["mix_redness_by_weight"] = dict(zip(("0", "0.25", "0.5", "0.75", "1"), sem.mix_redness(engine, many), strict=True))
+    out["inpaint_green_red_in_mask"] = sem.inpaint_effect(engine, many)
+    out["img2img_by_strength"] = sem.img2img_colours(engine, many, (0.05, 0.1, 0.2, 0.3, 0.8))
+    out["img2img_noise_1_at_0.3"] = sem.img2img_colours(engine, many, (0.3,), noise=1.0)
+    out["hypernet_stripes_off_on"] = sem.hypernet_stripes(engine, many)
     if ceilings:
         truth, round_trip = sem.vae_ceiling(engine, prompts * len(seeds))
         out["judge_on_ground_truth"], out["judge_on_vae_round_trip"] = truth, round_trip

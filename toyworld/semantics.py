@@ -147,3 +147,63 @@ class Figure:
     def row(self) -> str:
         chance = "" if self.chance is None else f"{self.chance:.2f}"
         return f"| {self.name} | {self.value:.3f} | {chance} |"
+
+
+def inpaint_effect(engine, seeds: Sequence[int], prompt: str = "a green square") -> tuple[float, float]:
+    """Green's and red's shares inside a square mask over a red circle, repainted with ``prompt``."""
+    from PIL import Image
+
+    from gen_core.outpaint import InpaintRequest, feather_mask, inpaint_batch
+
+    side = engine.geometry.native
+    source = draw(Scene("red", "circle", "white", size="large"), side, side)
+    hole = np.zeros((side, side), np.uint8)
+    box = slice(side * 3 // 16, side * 13 // 16)
+    hole[box, box] = 255
+    mask = feather_mask(Image.fromarray(hole, "L"), 2)
+    items = [InpaintRequest(GenerationRequest(prompt=prompt, width=side, height=side, steps=STEPS, seed=s,
+                                              init_image=source, strength=1.0), mask) for s in seeds]  # fmt: skip
+    inside = [np.asarray(r[0].image)[box, box] for r in inpaint_batch(engine, items)]
+    return mean_share(inside, "green"), mean_share(inside, "red")
+
+
+def img2img_colours(engine, seeds: Sequence[int], strengths: Sequence[float], noise: float = 0.0) -> dict[str, dict[str, float]]:
+    """A red circle redrawn as "a blue circle on a white background" at each strength: the share of
+    pictures the judge still calls red, the share it calls blue, and their mean pairwise distance
+    (per-seed spread, in 0-255 pixel units)."""
+    side = engine.geometry.native
+    source = draw(Scene("red", "circle", "white", size="large", position="left"), side, side)
+    out = {}
+    for strength in strengths:
+        images = render(engine, ["a blue circle on a white background"], seeds, init_image=source,
+                        strength=strength, noise=noise)  # fmt: skip
+        arrays = [np.asarray(im, np.float32) for im in images]
+        verdicts = [judge(im) for im in images]
+        out[f"{strength:g}"] = {
+            "red": float(np.mean([v.colour == "red" for v in verdicts])),
+            "blue": float(np.mean([v.colour == "blue" for v in verdicts])),
+            "spread": float(np.mean([np.abs(a - b).mean() for i, a in enumerate(arrays) for b in arrays[i + 1 :]])),
+        }
+    return out
+
+
+def hypernet_stripes(engine, seeds: Sequence[int], steps: int = 200, lr: float = 1e-3) -> tuple[float, float]:
+    """Mean stripe score of plain prompts without and with a hypernetwork trained on 16 striped pictures
+    whose captions never say "striped"."""
+    from gen_core import hypernetwork
+
+    rng = random.Random(0)
+    side = engine.geometry.native
+    scenes = [Scene(rng.choice(("red", "green", "blue", "yellow")), rng.choice(SHAPES), "white", size="large",
+                    style="striped") for _ in range(16)]  # fmt: skip
+    pictures = [draw(s, side, side, jitter=rng) for s in scenes]
+    captions = [simple_prompt(s) for s in scenes]
+    trained = hypernetwork.train(engine, "stripes", pictures, captions, [(side, side)],
+                                 hypernetwork.TrainConfig(steps=steps, lr=lr, batch_size=4)).hypernetwork  # fmt: skip
+    prompts = ["a red circle on a white background", "a blue square on a white background"]
+
+    def stripes(chain) -> float:
+        with hypernetwork.applied(engine, chain):
+            return float(np.mean([judge(im).stripe_score for im in render(engine, prompts, seeds)]))
+
+    return stripes(()), stripes([(trained, 1.0)])
