@@ -112,7 +112,11 @@ async def _stalls(model_dir: Path, threshold_s: float) -> dict[str, Any]:
                 if name.endswith(".zip"):
                     cases.append((f"/hypernet train {name}", "hypernet train", {"name": "x", "images": ("zip", name)}))
             cases.append(("/hypernet upload pt_bomb.pt", "hypernet upload", {"file": ("bin", "pt_bomb.pt")}))
-            cases.append(("/edit photo_16mp.jpg", "edit", {"prompt": "a cat", "image": ("jpg", "photo_16mp.jpg")}))
+            photo = ("jpg", "photo_16mp.jpg")
+            cases.append(("/edit photo_16mp.jpg", "edit", {"prompt": "a cat", "image": photo}))
+            cases.append(("/imagine image:photo_16mp.jpg", "imagine", {"prompt": "a cat", "image": photo}))
+            cases.append(("/outpaint photo_16mp.jpg", "outpaint", {"prompt": "a cat", "direction": "right", "image": photo}))
+            cases.append(("/inpaint photo_16mp.jpg (and as mask)", "inpaint", {"prompt": "a cat", "image": photo, "mask": photo}))
             handler = _SlowCallbacks()
             asyncio_log = logging.getLogger("asyncio")
             asyncio_log.addHandler(handler)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import discord
@@ -45,15 +46,64 @@ class HistoryPage(ui.CheckedItem, discord.ui.DynamicItem[discord.ui.Button], tem
         await interaction.edit_original_response(**await cog.history_page(interaction.guild_id, self.user_id, self.page))
 
 
+class ForgetButton(ui.CheckedItem, discord.ui.DynamicItem[discord.ui.Button], template=r"forget:(?P<user>[0-9]+)"):
+    """Confirms forgetting member ``user`` on this server: the member themself (`/forget-me`, banned or
+    not: it touches only their own data) or an admin (`/admin forget`)."""
+
+    channel_rules = False  # it posts nothing in the channel
+
+    def __init__(self, user_id: int) -> None:
+        self.user_id = user_id
+        super().__init__(discord.ui.Button(custom_id=f"forget:{user_id}", label="Forget", emoji="🗑️", style=discord.ButtonStyle.danger))
+
+    @classmethod
+    async def from_custom_id(cls, interaction, item, match):
+        return cls(int(match["user"]))
+
+    async def admit(self, interaction: discord.Interaction) -> None:
+        if interaction.user.id != self.user_id:  # an admin confirming: the usual rules
+            await super().admit(interaction)
+
+    async def check(self, interaction: discord.Interaction) -> None:
+        if interaction.guild_id is None or not (interaction.user.id == self.user_id or ui.manages_server(interaction)):
+            raise UserError("Only that member or a server admin can confirm this.")
+
+    async def run(self, interaction: discord.Interaction) -> None:
+        cancelled, forgotten = await interaction.client.services.admin.forget(interaction.guild_id, self.user_id, interaction.user.id)
+        who = "You are" if interaction.user.id == self.user_id else f"<@{self.user_id}> is"
+        lines = [
+            f"🗑️ {who} forgotten on this server: {forgotten.images} pictures and the prompts of {len(forgotten.jobs)} jobs "
+            f"deleted, {forgotten.favourites} favourite(s) removed.",
+            f"{len(cancelled)} waiting job(s) cancelled and {sum(j.cost for j in cancelled)} credits refunded." if cancelled else "",
+            f"Private modules deleted: {', '.join(f'`{n}`' for n in forgotten.modules)}." if forgotten.modules else "",
+            f"Shared modules kept for the server, credited to a former member: {', '.join(f'`{n}`' for n in forgotten.kept_modules)}."
+            if forgotten.kept_modules else "",
+            "Messages already posted stay (❌ removes a result). The credit ledger stays, as the books require.",
+        ]
+        await interaction.edit_original_response(content="\n".join(line for line in lines if line), view=None)
+
+
+def forget_prompt(user_id: int, yourself: bool) -> dict:
+    """The confirmation message of `/forget-me` and `/admin forget`."""
+    whose = "your" if yourself else f"<@{user_id}>'s"
+    view = discord.ui.View(timeout=None)
+    view.add_item(ForgetButton(user_id))
+    return {"content": (
+        f"This deletes {whose} pictures and history, the prompts of {whose} jobs, {whose} favourites and {whose} "
+        f"private modules on this server, and cancels {whose} waiting jobs (refunded). Shared, approved modules stay, "
+        "credited to a former member; messages already posted stay; the credit ledger stays. It cannot be undone."
+    ), "view": view}  # fmt: skip
+
+
 class Account(commands.Cog):
     def __init__(self, bot: commands.Bot) -> None:
         self.bot = bot
 
     async def cog_load(self) -> None:
-        self.bot.add_dynamic_items(HistoryPage)
+        self.bot.add_dynamic_items(HistoryPage, ForgetButton)
 
     async def cog_unload(self) -> None:
-        self.bot.remove_dynamic_items(HistoryPage)
+        self.bot.remove_dynamic_items(HistoryPage, ForgetButton)
 
     @property
     def services(self):
@@ -91,14 +141,19 @@ class Account(commands.Cog):
         rerolls: set[int] = set()
         for i, row in enumerate(rows):
             params = row.params or {}
-            name = f"thumb{i}.png"
-            files.append(ui.png_file(thumbnail(await self.services.store.get(row.key)), name))
             img2img = ui.img2img_note(params.get("denoising_strength"), params.get("extra_noise"))
             embed = discord.Embed(
                 title=ui.clip(f"#{row.job_id} · seed {row.seed}{img2img}", 256),
                 description=ui.clip(params.get("user_prompt") or params.get("prompt", ""), 300),
             )
-            embed.set_thumbnail(url=f"attachment://{name}")
+            try:
+                small = await asyncio.to_thread(thumbnail, await self.services.store.get(row.key))
+            except FileNotFoundError:  # removed by the retention policy: the row and its 🔄 stay
+                embed.set_footer(text="The picture was removed after this server's retention period; 🔄 makes it again.")
+            else:
+                name = f"thumb{i}.png"
+                files.append(ui.png_file(small, name))
+                embed.set_thumbnail(url=f"attachment://{name}")
             embeds.append(embed)
             if row.job_id not in rerolls:  # custom_ids must be unique within a message
                 rerolls.add(row.job_id)
@@ -114,6 +169,12 @@ class Account(commands.Cog):
         if interaction.guild_id is None:
             raise UserError("History belongs to a server: use `/history` in a server channel.")
         await interaction.edit_original_response(**await self.history_page(interaction.guild_id, interaction.user.id, 0))
+
+    @app_commands.command(name="forget-me", description="Delete your pictures, history, favourites and private modules here",
+                          extras={ui.OWN_DATA: True})  # fmt: skip
+    @app_commands.guild_only()
+    async def forget_me(self, interaction: discord.Interaction) -> None:
+        await interaction.followup.send(ephemeral=True, **forget_prompt(interaction.user.id, yourself=True))
 
 
 async def setup(bot: commands.Bot) -> None:

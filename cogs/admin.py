@@ -14,6 +14,7 @@ import discord
 from discord import app_commands
 from discord.ext import commands
 
+from cogs.account import forget_prompt
 from services import ui
 from services.jobs import UserError
 from services.text_filter import REGEX_PREFIX
@@ -22,6 +23,10 @@ from worker.jobs import JobKind
 
 AUDIT_PAGE = 10
 MULTIPLIER_CHOICES = [app_commands.Choice(name=k.value, value=k.value) for k in JobKind]  # a price multiplier each
+
+
+def megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB"
 
 
 def fmt_multipliers(multipliers: dict[str, float]) -> str:
@@ -187,6 +192,11 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
                  + (f" — {b.reason}" if b.reason else "") for b in rows]
         await self.reply(interaction, "\n".join(lines) or "Nobody is banned.", title=f"Bans ({len(rows)})")
 
+    @app_commands.command(name="forget", description="Forget a member here: their pictures, history, favourites, private modules")
+    @app_commands.describe(member="The member who asked to be forgotten (or who left)")
+    async def forget(self, interaction: discord.Interaction, member: discord.User) -> None:
+        await interaction.followup.send(ephemeral=True, **forget_prompt(member.id, yourself=member.id == interaction.user.id))
+
     # -- channels ------------------------------------------------------------------------------------------
     async def _channel_access(self, interaction: discord.Interaction, channel: discord.TextChannel, access: str) -> None:
         await self.services.admin.set_channel_access(interaction.guild_id, interaction.user.id, channel.id, access)
@@ -317,11 +327,24 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
         await self.audit(interaction, "queue.resume")
         await self.reply(interaction, "▶️ The queue runs again on this server.")
 
+    # -- the image store -----------------------------------------------------------------------------------
+    @app_commands.command(name="storage", description="Disk use of the image store and how long pictures are kept")
+    async def storage(self, interaction: discord.Interaction) -> None:
+        everything, here = await self.services.admin.storage_use(interaction.guild_id)
+        cfg = self.services.config.storage
+        kept = (f"pictures older than **{cfg.keep_images_days:g} days** are removed (checked every {cfg.sweep_interval_h:g} h); "
+                "favourited ones stay" if cfg.keep_images_days else "pictures are kept forever (`storage.keep_images_days = 0`)")
+        await self.reply(interaction, (
+            f"**This server's pictures:** {here.files} files, {megabytes(here.bytes)}\n"
+            f"**The whole image store** (every server of this bot, uploads included): {everything.files} files, "
+            f"{megabytes(everything.bytes)}\n**Retention:** {kept}. The bot's operator sets it in `config.toml` `[storage]`."
+        ), title="Image storage")  # fmt: skip
+
     # -- hypernetwork modules ---------------------------------------------------------------------------------
     async def _review(self, interaction: discord.Interaction, name: str, approve: bool) -> None:
         module = await self.services.admin.review_hypernet(interaction.guild_id, interaction.user.id, name, approve)
         verdict = "now usable by everyone here" if approve else "rejected (only its owner sees it)"
-        await self.reply(interaction, f"Module `{name}` by <@{module.owner_id}> is {verdict}.")
+        await self.reply(interaction, f"Module `{name}` by {ui.owner_mention(module.owner_id)} is {verdict}.")
 
     async def _hypernet_autocomplete(self, interaction: discord.Interaction, current: str) -> list[app_commands.Choice[str]]:
         if not manages_server(interaction):  # command checks don't run for autocomplete
@@ -332,7 +355,7 @@ class Admin(commands.GroupCog, group_name="admin", group_description="Server adm
     @hypernets_group.command(name="pending", description="Modules members shared that wait for approval")
     async def hypernets_pending(self, interaction: discord.Interaction) -> None:
         rows = await self.services.admin.pending_hypernets(interaction.guild_id)
-        lines = [f"`{m.name}` by <@{m.owner_id}> · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
+        lines = [f"`{m.name}` by {ui.owner_mention(m.owner_id)} · shared {discord.utils.format_dt(m.updated_at, 'R')}" for m in rows]
         await self.reply(interaction, "\n".join(lines) or "No modules wait for approval.", title=f"Pending modules ({len(rows)})")
 
     @hypernets_group.command(name="approve", description="Make a shared module usable by everyone on this server")

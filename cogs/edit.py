@@ -57,7 +57,7 @@ class Edit(commands.Cog):
         upload = await self.services.fitted_upload(image)
         options = EditOptions(prompt=prompt, eta=eta, preset=preset or "fast", seed=seed, negative=negative)
         params = edit_params(self.services.jobs, options, upload.width, upload.height, init_image=upload.key)
-        await self.services.submit_from_interaction(interaction, [params])
+        await self.services.submit_from_interaction(interaction, [params], uploads=[upload.data])
 
 
 async def setup(bot: commands.Bot) -> None:

@@ -66,7 +66,7 @@ class Hypernet(commands.Cog):
         lines = []
         for m in rows:
             state = "⏳ training" if not self.hypernets.ready(m) else f"✅ active ×{active[m.id]:g}" if m.id in active else ""
-            owner = "yours" if m.owner_id == interaction.user.id else f"by <@{m.owner_id}>"
+            owner = "yours" if m.owner_id == interaction.user.id else f"by {ui.owner_mention(m.owner_id)}"
             sharing = f" · shared ({m.status})" if m.shared else ""
             lines.append(f"• `{m.name}` — {owner}{sharing} {state}".rstrip())
         await self._reply(interaction, "\n".join(lines) or "No modules yet. Upload one with `/hypernet upload` or train one with `/hypernet train`.")
@@ -82,7 +82,7 @@ class Hypernet(commands.Cog):
         hn = await loop.run_in_executor(None, hypernetwork.load_file, Path(m.path))
         s = hn.structure
         lines = [
-            f"**{m.name}** by <@{m.owner_id}>" + (f" · shared ({m.status})" if m.shared else " · private"),
+            f"**{m.name}** by {ui.owner_mention(m.owner_id)}" + (f" · shared ({m.status})" if m.shared else " · private"),
             f"Layers {' → '.join(f'{x:g}' for x in s.layers)} · activation {s.activation}"
             f" · layer norm {'on' if s.layer_norm else 'off'} · widths {', '.join(map(str, hn.widths))}",
         ]

@@ -116,7 +116,8 @@ class Imagine(commands.Cog):
         if image is not None:  # fitted to the named bucket, else to the one nearest its aspect ratio
             bucket = self.services.jobs.bucket(aspect) if aspect else None
             upload = await self.services.fitted_upload(image, bucket, fit or "crop")
-        await self.services.submit_from_interaction(interaction, self.services.jobs.imagine_params(opts, upload))
+        params_list = self.services.jobs.imagine_params(opts, upload)
+        await self.services.submit_from_interaction(interaction, params_list, uploads=[upload.data] if upload else ())
 
     imagine.autocomplete("aspect")(_aspect_autocomplete)
 

@@ -90,7 +90,7 @@ async def pick(interaction: discord.Interaction, job: Any, index: int) -> None:
     if not 0 <= index < len(images):
         raise UserError("That image no longer exists.")
     image = images[index]
-    data = await interaction.client.services.store.get(image["key"])
+    data = await interaction.client.services.stored_image(image["key"])
     await interaction.followup.send(
         f"<@{interaction.user.id}> picked P{index + 1} of job #{job.id} ({image['width']}×{image['height']}, "
         f"seed {image['seed']}). Continue with ⬅ ➡ ⬆ ⬇ or 🔍 zoom out.",
@@ -103,15 +103,8 @@ async def pick(interaction: discord.Interaction, job: Any, index: int) -> None:
 async def extend(interaction: discord.Interaction, job: Any, index: int, action: str) -> None:
     """A new outpaint job continuing from candidate ``index`` of ``job``."""
     services = interaction.client.services
-    params, plan = await OutpaintService(services).continue_params(job, index, action)
-    jobs = await services.jobs.submit(
-        params_list=[params],
-        guild_id=interaction.guild_id,
-        channel_id=interaction.channel_id,
-        user_id=interaction.user.id,
-        request_key=str(interaction.id),
-    )
-    await services.announce_queued(jobs, interaction=interaction)
+    params, plan, uploads = await OutpaintService(services).continue_params(job, index, action)
+    await services.submit_from_interaction(interaction, [params], uploads)
     await note_downscaled(interaction, plan.downscaled, plan.original_size)
 
 
@@ -162,8 +155,8 @@ class Outpaint(commands.Cog):
         seed: app_commands.Range[int, 0, 4294967295] | None = None,
     ) -> None:
         picture = await self.services.read_attachment(image)
-        params_list, plan = await self.service.outpaint_params(picture, direction, pixels, prompt, negative, seed)
-        await self.services.submit_from_interaction(interaction, params_list)
+        params_list, plan, uploads = await self.service.outpaint_params(picture, direction, pixels, prompt, negative, seed)
+        await self.services.submit_from_interaction(interaction, params_list, uploads)
         await note_downscaled(interaction, plan.downscaled, plan.original_size)
 
     @app_commands.command(name="inpaint", description="Repaint a region of a picture (mask: white = repaint)", extras={ui.GENERATES: True})
@@ -194,10 +187,10 @@ class Outpaint(commands.Cog):
     ) -> None:
         picture = await self.services.read_attachment(image, rgba=True)
         mask_image = await self.services.read_attachment(mask, rgba=True) if mask is not None else None
-        params_list, scaled_to = await self.service.inpaint_params(
+        params_list, scaled_to, uploads = await self.service.inpaint_params(
             picture, mask_image, prompt, negative, strength, fill, seed, count, mask_blur
         )
-        await self.services.submit_from_interaction(interaction, params_list)
+        await self.services.submit_from_interaction(interaction, params_list, uploads)
         if scaled_to:
             await note_downscaled(interaction, True, scaled_to)
 

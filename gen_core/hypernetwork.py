@@ -299,8 +299,8 @@ def load_a1111(data: bytes, name: str) -> Hypernetwork:
             "this .pt file contains pickled code or objects other than tensors, which the bot refuses to load. "
             f"Convert it to .safetensors, or re-save it from a trusted tool. ({str(exc).splitlines()[0][:160]})"
         ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise HypernetworkError(f"this is not a readable PyTorch .pt file ({str(exc)[:160]})") from None
+    except Exception as exc:  # noqa: BLE001 - a damaged stream makes torch.load raise anything (KeyError, BadZipFile …)
+        raise HypernetworkError(f"this is not a readable PyTorch .pt file ({type(exc).__name__}: {str(exc)[:160]})") from None
     if not isinstance(raw, dict):
         raise HypernetworkError("this .pt file does not hold a hypernetwork (expected a dictionary)")
     weights = {}

@@ -17,7 +17,7 @@ from services import ui
 from services.disclosure import shareable_parameters
 from services.edit import remix_params
 from services.hypernet import sample_params
-from services.jobs import AccessDenied, UserError, new_seed
+from services.jobs import REMOVED_IMAGE, AccessDenied, UserError, new_seed
 from services.mix import sweep_params
 from worker.jobs import (
     EditParams,
@@ -91,12 +91,14 @@ class Actions:
     async def derive(self, job: Any, action: str, index: int | None) -> JobParams:
         """`derive_params` of ``job`` with the server's strengths, refused when the result would be too large or its
         picture is no longer stored."""
-        source = params_of(job)
+        source = settings_of(job)
         params = derive_params(job, source, action, index, self.services.config.generation, self.services.geometry)
         if params.kind == source.kind:  # a reroll, variation or upscale of the same kind
             key = getattr(params, "init_image", None)
             if key and not await self.services.store.exists(key):
-                raise UserError("That image is no longer stored on this server, so it can't be varied or upscaled. 🔄 still rerolls it.")
+                if action == "reroll":
+                    raise UserError("The picture this job started from is no longer stored on this server, so it can't be made again.")
+                raise UserError(REMOVED_IMAGE)
             area_limit = self.services.config.generation.max_area * (4 if action == "up" else 1)
             if params.width * params.height > area_limit:
                 raise UserError(f"That image is too large to {action} on this server.")
@@ -222,11 +224,19 @@ class Actions:
         elif emoji == ui.DM:
             user = member or await bot.fetch_user(payload.user_id)
             visible = {m.name for m in await self.services.hypernets.visible(payload.guild_id, payload.user_id)}
-            params = params_of(job)
+            params = settings_of(job)
             lines = [f"**Job #{job.id}** ({job.kind})"]
             for img in (job.result or {}).get("images", []):
                 lines.append("```\n" + format_parameters(shareable_parameters(params, img["seed"], visible)) + "\n```")
             await user.send(ui.clip("\n".join(lines), 2000))
+
+
+def settings_of(job: Any) -> JobParams:
+    """The typed parameters of a finished job, or a `UserError` when its owner asked to be forgotten (they were
+    erased: `storage.members.forget`)."""
+    if not job.params:
+        raise UserError("The member who made this asked the bot to forget them, so its settings are gone.")
+    return params_of(job)
 
 
 def _can_post_images(channel: Any) -> bool:

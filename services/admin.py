@@ -5,10 +5,12 @@ admin's id; refusals are `UserError`s.  Settings are checked and stored by `serv
 
 from __future__ import annotations
 
+import asyncio
+from pathlib import Path
 from typing import Any
 
 from services.jobs import UserError
-from storage import ModuleStatus, hypernetworks, moderation
+from storage import ModuleStatus, gc, hypernetworks, images, members, moderation
 
 
 class ServerAdmin:
@@ -76,6 +78,37 @@ class ServerAdmin:
     async def set_negative(self, guild_id: int, actor_id: int, value: str | None) -> None:
         value = await self.services.settings.set_negative(guild_id, actor_id, value)
         await self.audit(guild_id, actor_id, "negative", details={"negative": value})
+
+    # -- forgetting a member -----------------------------------------------------------------------------
+    async def forget(self, guild_id: int, user_id: int, actor_id: int) -> tuple[list[Any], members.Forgotten]:
+        """Forget a member here (on their own request, or an admin's): their waiting and running jobs are
+        cancelled and refunded first, then `storage.members.forget` erases their data, and the files only
+        they used go (pictures, module files, /edit's tuned states).  Audited; returns the cancelled jobs
+        and what was forgotten."""
+        services = self.services
+        cancelled = await services.rules.cancel_jobs(guild_id, user_id, actor_id)
+        forgotten = await members.forget(self.db, guild_id, user_id)
+        await services.settings.set_hypernets(guild_id, user_id, [])
+        removed = await gc.discard(self.db, services.store, forgotten.keys)
+
+        def remove_files() -> None:
+            for path in forgotten.module_paths:
+                Path(path).unlink(missing_ok=True)
+            for job_id in forgotten.jobs:
+                services.edit_cache.remove(job_id)
+
+        await asyncio.to_thread(remove_files)
+        await self.audit(guild_id, actor_id, "forget", target_user_id=user_id, details={
+            "cancelled_jobs": [j.id for j in cancelled], "images": forgotten.images, "jobs": len(forgotten.jobs),
+            "files": removed.files, "modules": list(forgotten.modules), "kept_modules": list(forgotten.kept_modules),
+        })  # fmt: skip
+        return cancelled, forgotten
+
+    # -- the image store -------------------------------------------------------------------------------
+    async def storage_use(self, guild_id: int) -> tuple[gc.Files, gc.Files]:
+        """Disk use of the whole image store, and of this server's pictures in it."""
+        store = self.services.store
+        return await gc.usage(store), await gc.usage(store, await images.guild_keys(self.db, guild_id))
 
     # -- hypernetwork modules --------------------------------------------------------------------------
     async def review_hypernet(self, guild_id: int, actor_id: int, name: str, approve: bool) -> Any:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import discord
+from PIL import Image
 
 from gen_core.buckets import fit_to_bucket
 from gen_core.geometry import Geometry
@@ -22,12 +24,13 @@ from services.actions import Actions
 from services.admin import ServerAdmin
 from services.config import Config, ModelConfig
 from services.hypernet import Hypernets
-from services.jobs import AccessDenied, JobService, Upload, UserError
+from services.jobs import REMOVED_IMAGE, AccessDenied, JobService, Upload, UserError
 from services.models import Models
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from services.settings import ServerSettings
 from storage import Capability, CostPolicy, Database, ImageStore, JobQueue, Ledger, gc, open_image_store
+from storage.image_store import key_for
 from worker import Worker, WorkerStats
 from worker.announcer import Announcer
 from worker.handlers import handlers
@@ -35,6 +38,26 @@ from worker.jobs import HypernetTrainParams, InpaintParams, Inputs, JobParams, O
 from worker.registry import Registration
 
 log = logging.getLogger(__name__)
+
+
+def _decode_inputs(params: JobParams, data: list[bytes], cap: int) -> Inputs:
+    """`load_inputs`' decoding: training images at their stored size, an inpaint's picture and mask and
+    an outpaint's picture as stored, any other job's picture resized to the job's size."""
+    images = [load_image(d, max_pixels=cap) for d in data]
+    if isinstance(params, HypernetTrainParams):
+        return Inputs(train_images=tuple(images))
+    if not images:
+        return Inputs()
+    image = images[0]
+    if isinstance(params, InpaintParams):
+        return Inputs(image=image, mask=images[1].convert("L"))
+    if not isinstance(params, OutpaintParams) and image.size != (params.width, params.height):
+        image = image.resize((params.width, params.height), Image.Resampling.LANCZOS)
+    return Inputs(image=image)
+
+
+def _size_and_png(image: Any) -> tuple[tuple[int, int], bytes]:
+    return image.size, png_bytes(image)
 
 
 def default_engine_loader(config: Config, model: ModelConfig | None = None):
@@ -80,24 +103,14 @@ def image_store(config: Config) -> ImageStore:
 
 
 async def load_inputs(store: Any, max_pixels: int, params: JobParams) -> Inputs:
-    """Decode a job's stored input images (capped at ``max_pixels``), resized to the job's size."""
-    cap = max_pixels
-    if isinstance(params, HypernetTrainParams):  # the training images, at their stored size
-        return Inputs(train_images=tuple([load_image(await store.get(k), max_pixels=cap) for k in params.train_images]))
-    key = getattr(params, "init_image", None)
-    if not key:
-        return Inputs()
-    image = load_image(await store.get(key), max_pixels=cap)
-    if isinstance(params, InpaintParams):  # the original pixels, and the stored mask
-        return Inputs(image=image, mask=load_image(await store.get(params.mask), max_pixels=cap).convert("L"))
-    if isinstance(params, OutpaintParams):  # the original pixels
-        return Inputs(image=image)
-    size = (params.width, params.height)
-    if image.size != size:
-        from PIL import Image
-
-        image = image.resize(size, Image.Resampling.LANCZOS)
-    return Inputs(image=image)
+    """A job's stored input images, decoded (capped at ``max_pixels``) and resized to the job's size off the
+    event loop (`_decode_inputs`)."""
+    if isinstance(params, HypernetTrainParams):
+        keys: list[str] = list(params.train_images)
+    else:
+        keys = [k for k in (getattr(params, "init_image", None), getattr(params, "mask", None)) if k]
+    data = [await store.get(k) for k in keys]
+    return await asyncio.get_running_loop().run_in_executor(None, _decode_inputs, params, data, max_pixels)
 
 
 class Services:
@@ -163,10 +176,11 @@ class Services:
         self.hypernets = Hypernets(self)
         self.jobs = JobService(
             config, self.geometry, self.queue, self.ledger, self.worker, rules=self.rules, hypernets=self.hypernets,
-            models=self.models,
+            store=self.store, models=self.models,
         )  # fmt: skip
         self.actions = Actions(self)
         self.admin = ServerAdmin(self)
+        self._sweeper: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         mode = self.config.moderation.image_check
@@ -177,7 +191,7 @@ class Services:
         else:
             log.info("image safety check: %s", self.rules.describe_check())
         await self.db.upgrade()
-        await gc.collect(self.db, self.store)  # what requests that never got queued left behind
+        self._sweeper = asyncio.create_task(self._sweep_periodically(), name="image-store-sweep")
         await self.queue.name_unnamed(self.config.default_model)  # jobs queued before models had names
         if self.worker is not None:
             await self.worker.start()
@@ -188,6 +202,9 @@ class Services:
         await self.announcer.start()
 
     async def stop(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         await self.announcer.stop()
         if self.worker is not None:
             await self.worker.stop()
@@ -210,6 +227,28 @@ class Services:
     async def _show_progress(self, jobs: list[Any], p: Any) -> None:
         for job in jobs:
             await self.publisher.progress(job, p)
+
+    # -- the image store: garbage collection and retention --------------------------------------
+    async def sweep_images(self) -> gc.Files:
+        """Remove what requests that never got queued left behind and, with ``storage.keep_images_days``,
+        pictures older than that (their history rows and jobs stay); file work runs off the event loop."""
+        days = self.config.storage.keep_images_days
+        return await gc.collect(self.db, self.store, keep_since=self.db.now() - timedelta(days=days) if days else None)
+
+    async def _sweep_periodically(self) -> None:
+        while True:
+            try:
+                await self.sweep_images()
+            except Exception:  # the database or the disk failed for a moment: sweep next time
+                log.exception("sweeping the image store failed")
+            await asyncio.sleep(self.config.storage.sweep_interval_h * 3600)
+
+    async def stored_image(self, key: str) -> bytes:
+        """A result's stored picture; a `UserError` that says so when the retention policy removed it."""
+        try:
+            return await self.store.get(key)
+        except FileNotFoundError:
+            raise UserError(REMOVED_IMAGE) from None
 
     async def download(self, attachment: discord.Attachment) -> bytes:
         """An uploaded file's bytes, refused above the attachment size limit before downloading."""
@@ -239,12 +278,12 @@ class Services:
 
     async def fitted_upload(self, attachment: discord.Attachment, bucket: tuple[int, int] | None = None, fit: str = "crop") -> Upload:
         """An uploaded picture (capped and decoded as `read_attachment`) fitted to ``bucket`` (else the
-        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad"), stored as PNG; resampling and
-        encoding run off the event loop."""
+        bucket nearest its aspect ratio) by ``fit`` ("crop" or "pad") as PNG, not yet stored (`JobService.submit`
+        stores it once the request is accepted); resampling and encoding run off the event loop."""
         buckets = [bucket] if bucket else self.jobs.buckets
-        picture = await self.read_attachment(attachment, then=lambda image: fit_to_bucket(image, buckets, fit=fit))
-        key = await self.store.put(await asyncio.get_running_loop().run_in_executor(None, png_bytes, picture))
-        return Upload(key=key, width=picture.width, height=picture.height, fit=fit)
+        size_and_png = await self.read_attachment(attachment, then=lambda image: _size_and_png(fit_to_bucket(image, buckets, fit=fit)))
+        (width, height), data = size_and_png
+        return Upload(key=key_for(data), width=width, height=height, fit=fit, data=data)
 
     # -- the ban and channel rules: every command, button and reaction passes here --------------
     async def check_access(
@@ -279,15 +318,18 @@ class Services:
             )
 
     # -- submission from an interaction ---------------------------------------------------------
-    async def submit_from_interaction(self, interaction: discord.Interaction, params_list: list[JobParams]) -> list[Any]:
+    async def submit_from_interaction(
+        self, interaction: discord.Interaction, params_list: list[JobParams], uploads: Sequence[bytes] = ()
+    ) -> list[Any]:
         """Reserve credits and enqueue (the interaction is already acknowledged and admitted), then show the
-        queue position; a refusal is a `UserError` and costs nothing."""
+        queue position; a refusal is a `UserError` and costs nothing.  ``uploads``: see `JobService.submit`."""
         jobs = await self.jobs.submit(
             params_list=params_list,
             guild_id=interaction.guild_id,
             channel_id=interaction.channel_id,
             user_id=interaction.user.id,
             request_key=str(interaction.id),
+            uploads=uploads,
         )
         await self.announce_queued(jobs, interaction=interaction)
         return jobs

@@ -61,6 +61,8 @@ class StorageConfig:
     s3_region: str = ""
     s3_access_key_id: str = ""
     s3_secret_access_key: str = ""
+    keep_images_days: float = 0.0  # pictures (results and uploads) older than this are removed; 0 = kept forever
+    sweep_interval_h: float = 6.0  # how often the image store is swept (unreferenced files, then retention)
 
 
 @dataclass
@@ -350,6 +352,8 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
         ("generation", "max_area", 0),
         ("generation", "outpaint_pixels", 0),
         ("generation", "mask_blur", -1),
+        ("storage", "keep_images_days", 0),
+        ("storage", "sweep_interval_h", 0.0001),
     ):
         if getattr(getattr(config, section_name), key) < low:
             errors.append(f"{section_name}.{key} must be at least {low}")

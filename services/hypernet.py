@@ -30,6 +30,7 @@ from gen_core.archives import ArchiveError, ArchiveLimits, open_zip, read_member
 from gen_core.buckets import nearest_bucket
 from gen_core.images import ImageInputError, load_image, open_image, png_bytes
 from gen_core.prompts import PromptError, strip_extra_networks
+from services import ui
 from services.jobs import UserError, new_seed
 from services.settings import ActiveHypernet, check_strength
 from storage import ModuleStatus, hypernetworks
@@ -151,7 +152,7 @@ class Hypernets:
         if module is None:
             raise UserError(f"There is no module `{name}` you can use here. See `/hypernet list`.")
         if owned and module.owner_id != user_id:
-            raise UserError(f"`{name}` belongs to <@{module.owner_id}>; only its owner can do that.")
+            raise UserError(f"`{name}` belongs to {ui.owner_mention(module.owner_id)}; only its owner can do that.")
         return module
 
     async def names(self, guild_id: int, user_id: int, current: str) -> list[str]:
@@ -351,21 +352,18 @@ class Hypernets:
         return params, pngs
 
     async def submit_training(self, interaction: discord.Interaction, params: HypernetTrainParams, pngs: list[bytes]) -> list[Any]:
-        """Check the rules and credits, then store the images (``pngs``, named by ``params.train_images``),
-        reserve the name (the module row) and queue the job; the row goes if nothing was queued.  A refusal
-        stores nothing."""
+        """Reserve the name (the module row) and queue the job with its images (``pngs``, named by
+        ``params.train_images``, stored only once the rules and credits passed); the row goes if nothing was
+        queued.  A refusal stores nothing."""
         guild_id, user_id = interaction.guild_id, interaction.user.id
         name = params.module_name
         if await hypernetworks.get(self.services.db, guild_id, name) is not None:
             raise UserError(f"A module named `{name}` already exists on this server. Choose another name.")
-        await self.services.jobs.check([params], guild_id, interaction.channel_id, user_id)
-        for data in pngs:
-            await self.services.store.put(data)
         path = self.directory / str(guild_id) / f"trained-{uuid.uuid4().hex}.safetensors"
         params = dataclasses.replace(params, module_path=str(path))
         module = await hypernetworks.register(self.services.db, guild_id, user_id, name, str(path), "", {"source": "trained"})
         try:
-            jobs = await self.services.submit_from_interaction(interaction, [params])
+            jobs = await self.services.submit_from_interaction(interaction, [params], uploads=pngs)
         except UserError:
             await hypernetworks.delete(self.services.db, module.id)
             raise

@@ -10,7 +10,8 @@ import dataclasses
 import itertools
 import math
 import random
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from discord import app_commands
@@ -33,6 +34,10 @@ class AccessDenied(UserError):
 
 
 UNDESIRED_PRESETS = ("heavy", "light", "none")
+REMOVED_IMAGE = (
+    "That image is no longer stored on this server (old images are removed after a while), so it can't be "
+    "varied, upscaled or extended. 🔄 still makes the job again from its settings."
+)
 
 
 def _permutation_spans(prompt: str) -> list[tuple[int, int]]:
@@ -99,12 +104,14 @@ class ImagineOptions:
 
 @dataclass(frozen=True)
 class Upload:
-    """A member's picture fitted to a bucket (``fit``: "crop" or "pad") and stored under ``key``."""
+    """A member's picture fitted to a bucket (``fit``: "crop" or "pad"): its PNG ``data`` and the image-store
+    ``key`` it will have once the request passed every check (`JobService.submit` stores it then)."""
 
     key: str
     width: int
     height: int
     fit: str
+    data: bytes = field(default=b"", repr=False)
 
 
 def unit_interval(name: str, value: float, meaning: str) -> float:
@@ -125,9 +132,11 @@ class JobService:
         count_tokens=None,
         rules: Any = None,
         hypernets: Any = None,
+        store: Any = None,
         models: Any = None,
     ) -> None:
         self.config = config
+        self.store = store  # storage.ImageStore: where a request's uploads go once it was accepted
         self.models = models  # services.models.Models: the model of each job, checked against the registry
         self.geometry = geometry
         self.hypernets = hypernets  # services.hypernet.Hypernets: prompt tags and active modules, applied in submit()
@@ -260,14 +269,25 @@ class JobService:
 
     # -- submission -------------------------------------------------------------------------------
     async def submit(
-        self, *, params_list: list[JobParams], guild_id: int, channel_id: int, user_id: int, request_key: str
+        self,
+        *,
+        params_list: list[JobParams],
+        guild_id: int,
+        channel_id: int,
+        user_id: int,
+        request_key: str,
+        uploads: Sequence[bytes] = (),
     ) -> list[Any]:
         """Reserve credits and enqueue one job per parameter set (of its kind); all or nothing on credits.
 
         `request_key` identifies the Discord request (interaction id, or reaction + message):
-        a retry of the same request returns the same jobs and charges nothing more.
+        a retry of the same request returns the same jobs and charges nothing more.  ``uploads`` are the
+        files the parameters name by their content key (`storage.image_store.key_for`): they are stored
+        only once every check passed, so a refused request leaves nothing behind.
         """
         params_list, policy, total = await self.check(params_list, guild_id, channel_id, user_id)
+        for data in uploads:
+            await self.store.put(data)
         jobs = []
         try:
             for i, params in enumerate(params_list):
@@ -303,8 +323,7 @@ class JobService:
     ) -> tuple[list[JobParams], CostPolicy, int]:
         """Everything `submit` checks before it writes: modules, the server's rules and the member's
         credits.  Returns the parameters as they will be queued, the guild's cost policy and the total
-        price; raises `UserError`.  Commands that must store uploads call it first, so a refused
-        request leaves nothing behind."""
+        price; raises `UserError`."""
         if self.models is not None:  # the server's default model where the request named none
             default = await self.models.default_for(guild_id)
             params_list = [p if p.model else dataclasses.replace(p, model=default) for p in params_list]

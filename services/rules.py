@@ -47,6 +47,17 @@ class Rules:
 
 
 
+def model_prompts(p: JobParams) -> tuple[str, ...]:
+    """The texts a job steers the model towards: its prompt (a /mix recipe written out, every part with
+    its weight, negative weights included: a sweep renders each part at positive weights, and a negative
+    weight in a blend extrapolates the embedding) and a training's every caption (the module learns them)."""
+    return (p.prompt, *p.captions) if isinstance(p, HypernetTrainParams) else (p.prompt,)
+
+
+def _first_match(words: WordFilter, texts: tuple[str, ...]) -> str | None:
+    return next((hit for text in texts if (hit := words.first_match(text)) is not None), None)
+
+
 def _join(*parts: str) -> str:
     return ", ".join(p for p in parts if p)
 
@@ -151,11 +162,14 @@ class ServerRules:
                 raise UserError(f"This server allows at most {lim.max_train_images} training images (you gave {len(p.train_images)}).")
             if p.train_steps > lim.max_train_steps:
                 raise UserError(f"This server allows at most {lim.max_train_steps} training steps (you asked for {p.train_steps}).")
-        if (hit := rules.banned.first_match(p.prompt)) is not None:
+        prompts = model_prompts(p)
+        if (hit := _first_match(rules.banned, prompts)) is not None:
             raise UserError(f"Your prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
+        if (hit := rules.banned.first_match(self._members_negative(rules, p.negative))) is not None:  # it is published
+            raise UserError(f"Your negative prompt contains `{shown(hit)}`, which is banned on this server. Rephrase it (nothing was queued).")
         extra = [rules.negative]
-        if not rules.nsfw_channel:
-            if (hit := rules.nsfw.terms.first_match(p.prompt)) is not None:
+        if not rules.nsfw_channel:  # a negative prompt steers away from its words: NSFW terms are looked for in prompts
+            if (hit := _first_match(rules.nsfw.terms, prompts)) is not None:
                 raise UserError(
                     f"`{hit}` is NSFW content, which this server allows only in age-restricted channels. "
                     "Use an age-restricted (NSFW) channel, or rephrase."
@@ -164,10 +178,23 @@ class ServerRules:
         negative = _join(p.negative, *(e for e in extra if e and e not in p.negative))
         return dataclasses.replace(p, screen=not rules.nsfw_channel and rules.nsfw.image_check, negative=negative)
 
+    def _members_negative(self, rules: Rules, negative: str) -> str:
+        """``negative`` without what the bot adds to it (the undesired presets, the server's negative and the
+        NSFW negative, which a derived job carries): the part the member wrote."""
+        gen = self.services.config.generation
+        for added in (gen.undesired_heavy, gen.undesired_light, rules.negative, rules.nsfw.negative):
+            if added:
+                negative = negative.replace(added, " ")
+        return negative
+
     # -- actions on users and results --------------------------------------------------------------
     async def ban(self, guild_id: int, user_id: int, actor_id: int, reason: str | None) -> list[Any]:
         """Ban the member and cancel (refunding) their waiting and running jobs here; returns those jobs."""
         await moderation.ban(self.db, guild_id, user_id, actor_id, reason)
+        return await self.cancel_jobs(guild_id, user_id, actor_id)
+
+    async def cancel_jobs(self, guild_id: int, user_id: int, actor_id: int) -> list[Any]:
+        """Cancel (refunding) the member's waiting and running jobs here; returns those jobs."""
         cancelled = []
         for job in await self.services.queue.list(guild_id=guild_id, user_id=user_id):
             if await self.services.jobs.cancel(job.id, actor_id):

@@ -1,7 +1,9 @@
 """Word filters that match the text the model will see, not the text the member typed.
 
 A prompt is reduced to its words before any banned word or NSFW term is looked for
-(:func:`model_text`): Unicode NFKC (fullwidth letters become ASCII) and case folding, invisible
+(:func:`model_text`): Unicode NFKC (fullwidth letters become ASCII) and case folding, Latin
+look-alikes from other scripts in a word that mixes scripts (``nudе`` with a Cyrillic е) read as the
+Latin letters they imitate (words wholly in Cyrillic, Greek, Japanese … are left alone), invisible
 format characters (zero-width spaces and joiners, soft hyphens, bidi marks) removed, extra-network
 tags (``<lora:…>``, ``<hypernet:…>``) and permutation braces dropped, and the emphasis syntax parsed
 exactly as the encoder parses it (:func:`gen_core.prompts.parse_prompt_attention`), so ``nu()de``,
@@ -19,6 +21,7 @@ stall the bot.  Patterns RE2 cannot compile (backreferences, lookarounds) are re
 from __future__ import annotations
 
 import functools
+import re
 import unicodedata
 from dataclasses import dataclass
 
@@ -52,9 +55,39 @@ def _visible(text: str) -> str:
     return "".join(ch for ch in text if unicodedata.category(ch) != _FORMAT)
 
 
+# Letters that look like Latin ones (after NFKC), by case: a capital maps by its own shape (Greek Ν is N,
+# its small ν is v).  Cyrillic, Greek and Armenian look-alikes, and Latin letters NFKC keeps (dotless ı, ɑ, ɡ).
+_LOOKALIKES = str.maketrans({
+    **dict(zip("аеёорсухѕіїјһԁԛԝкӏ", "aeeopcyxsiijhdqwkl", strict=True)),
+    **dict(zip("АВЕЁКМНОРСТУХЅІЇЈҺԀԚԜӀ", "abeekmhopctyxsiijhdqwl", strict=True)),
+    **dict(zip("αορυνικχετγημϲϳω", "aopuvikxetynucjw", strict=True)),
+    **dict(zip("ΑΒΕΖΗΙΚΜΝΟΡΤΥΧϹͿ", "abezhikmnoptyxcj", strict=True)),
+    **dict(zip("սօհոցզՍՕ", "uohngquo", strict=True)),
+    **dict(zip("ıɑɡɩʋ", "iagiv", strict=True)),
+})  # fmt: skip
+_LETTERS = re.compile(r"[^\W\d_]+")
+
+
+def _script(ch: str) -> str:
+    return unicodedata.name(ch, "?").split(" ", 1)[0]  # LATIN, CYRILLIC, GREEK, ARMENIAN, CJK, …
+
+
+def _spelled_in_latin(word: str) -> str:
+    """``word`` with its look-alikes as the Latin letters they imitate — unless it is written wholly in one
+    other script: ``nudе`` (a Cyrillic е) and ``nսde`` (an Armenian ս) read ``nude``, Russian or Greek stays."""
+    if word.isascii() or (mapped := word.translate(_LOOKALIKES)) == word:
+        return word
+    scripts = {_script(ch) for ch in word}
+    return word if len(scripts) == 1 and "LATIN" not in scripts else mapped
+
+
 def fold(text: str) -> str:
-    """NFKC, case folding and no invisible format characters: the form every comparison uses."""
-    return unicodedata.normalize("NFKC", _visible(text).casefold())
+    """NFKC, Latin look-alikes in mixed words spelled in Latin, case folding and no invisible format
+    characters: the form every comparison uses (never shown: it is only matched)."""
+    text = _visible(text)
+    if not text.isascii():
+        text = _LETTERS.sub(lambda m: _spelled_in_latin(m.group()), text)
+    return unicodedata.normalize("NFKC", text.casefold())
 
 
 def model_text(prompt: str) -> str:

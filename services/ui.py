@@ -12,6 +12,7 @@ import discord
 from discord import app_commands
 
 from services.jobs import UserError
+from storage.members import FORMER_MEMBER
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +32,11 @@ def manages_server(interaction: discord.Interaction) -> bool:
     return interaction.guild_id is not None and (perms.manage_guild or perms.administrator)
 
 
+def owner_mention(owner_id: int) -> str:
+    """How a module's owner is named: a mention, or "a former member" once they asked to be forgotten."""
+    return "a former member" if owner_id == FORMER_MEMBER else f"<@{owner_id}>"
+
+
 def is_moderator(member: Any) -> bool:
     perms = getattr(member, "guild_permissions", None)
     return bool(perms and (perms.manage_messages or perms.manage_guild or perms.administrator))
@@ -38,6 +44,7 @@ def is_moderator(member: Any) -> bool:
 
 # -- the one error and check path -----------------------------------------------------------------------------
 GENERATES = "generates"  # app command extras key: the command starts jobs here (all channel rules apply)
+OWN_DATA = "own_data"  # app command extras key: it touches only the member's own data, so a ban does not stop it
 
 
 async def admit(interaction: discord.Interaction, *, channel_rules: bool) -> None:
@@ -75,7 +82,9 @@ class CommandTree(app_commands.CommandTree):
             return True
         command = interaction.command
         await interaction.response.defer(ephemeral=True, thinking=True)  # acknowledge first: admit reads SQL
-        await admit(interaction, channel_rules=bool(command and command.extras.get(GENERATES)))
+        extras = command.extras if command else {}
+        if not extras.get(OWN_DATA):
+            await admit(interaction, channel_rules=bool(extras.get(GENERATES)))
         return True
 
     async def on_error(self, interaction: discord.Interaction, error: app_commands.AppCommandError, /) -> None:
@@ -95,6 +104,10 @@ class CheckedItem:
         the first answer, so `run` sends it); default: a deferred update."""
         await interaction.response.defer()
 
+    async def admit(self, interaction: discord.Interaction) -> None:
+        """The access rules (`admit`); an item that touches only the member's own data may skip them."""
+        await admit(interaction, channel_rules=self.channel_rules)
+
     async def check(self, interaction: discord.Interaction) -> None:
         """Raise `UserError` when this member may not use this item (after the access rules)."""
 
@@ -104,7 +117,7 @@ class CheckedItem:
     async def interaction_check(self, interaction: discord.Interaction) -> bool:
         try:
             await self.acknowledge(interaction)
-            await admit(interaction, channel_rules=self.channel_rules)
+            await self.admit(interaction)
             await self.check(interaction)
         except Exception as exc:
             await self.on_error(interaction, exc)

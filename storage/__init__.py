@@ -109,6 +109,7 @@ Images
     key = await store.put(png_bytes)      # "ab/<sha256>.png", atomic, stored once
     data = await store.get(key); await store.exists(key); await store.delete(key)
     async for found in store.objects(): ...; await store.remove(found)   # StoredObject: name, size, modified
+    await store.lookup(keys)              # [StoredObject] of the keys stored (sizes without reading them)
     local_store.path(key)                 # the file (LocalImageStore only)
     from storage import images as images_repo
     await images_repo.record(db, job_id, owner_id, guild_id, key, width, height, seed, params, batch_index=0)
@@ -129,10 +130,12 @@ Other repositories (module functions taking ``db``)
 * ``storage.moderation``: audit, audit_entries, ban, unban, get_ban, is_banned, add_banned_word,
   remove_banned_word, banned_words, bans.
 * ``storage.hypernetworks``: register, get, get_by_id, visible, list_all, update, delete.
-* ``storage.gc``: collect (image-store blobs no image row and no job refers to; run at start).
+* ``storage.gc``: collect (image-store blobs no image row and no job refers to, and with ``keep_since`` the
+  retention policy; run at start and periodically), discard (given keys nobody refers to), usage (disk use); on any store.
+* ``storage.members``: forget (a member's data in a guild; ``FORMER_MEMBER`` owns the shared modules they leave).
 """
 
-from storage import gc, hypernetworks, images, moderation, settings
+from storage import gc, hypernetworks, images, members, moderation, settings
 from storage.db import Database, is_unavailable, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
 from storage.image_store import ImageStore, LocalImageStore, S3ImageStore, StoredObject, open_image_store
@@ -214,6 +217,7 @@ __all__ = [
     "images",
     "is_unavailable",
     "masked_url",
+    "members",
     "moderation",
     "hypernetworks",
     "settings",

@@ -21,9 +21,10 @@ import logging
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 from typing import Any
 
 import obstore
@@ -114,6 +115,10 @@ class ImageStore(abc.ABC):
         """Everything the store holds, blobs and anything else, in no particular order."""
 
     @abc.abstractmethod
+    async def lookup(self, keys: Iterable[str]) -> list[StoredObject]:
+        """The blobs among ``keys`` that the store holds (each once); ``ValueError`` for a malformed key."""
+
+    @abc.abstractmethod
     async def _remove(self, name: str) -> bool: ...
 
 
@@ -135,8 +140,10 @@ class LocalImageStore(ImageStore):
 
     def _write(self, key: str, data: bytes) -> None:
         final = self.root / key
-        if final.exists() and final.stat().st_size == len(data):
-            return  # content-addressed: already stored
+        if final.exists() and final.stat().st_size == len(data):  # content-addressed: already stored
+            with contextlib.suppress(FileNotFoundError):  # (unless it was collected a moment ago: write it again)
+                os.utime(final)  # stored again: the garbage collection's grace period starts again
+                return
         final.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=final.parent)
         try:
@@ -190,11 +197,26 @@ class LocalImageStore(ImageStore):
             for path in self.root.glob("*/*"):
                 with contextlib.suppress(FileNotFoundError):  # removed while we looked
                     stat = path.stat()
-                    found.append(StoredObject(f"{path.parent.name}/{path.name}", stat.st_size, stat.st_mtime))
+                    if S_ISREG(stat.st_mode):
+                        found.append(StoredObject(f"{path.parent.name}/{path.name}", stat.st_size, stat.st_mtime))
             return found
 
         for found in await asyncio.to_thread(scan):
             yield found
+
+    async def lookup(self, keys: Iterable[str]) -> list[StoredObject]:
+        paths = {key: self.path(key) for key in keys}
+
+        def scan() -> list[StoredObject]:
+            found = []
+            for key, path in paths.items():
+                with contextlib.suppress(FileNotFoundError):
+                    stat = path.stat()
+                    if S_ISREG(stat.st_mode):
+                        found.append(StoredObject(key, stat.st_size, stat.st_mtime))
+            return found
+
+        return await asyncio.to_thread(scan)
 
     def __repr__(self) -> str:
         return f"LocalImageStore({str(self.root)!r})"
@@ -209,6 +231,8 @@ class S3ImageStore(ImageStore):
     ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, ``AWS_ALLOW_HTTP``) decide.
     Requests are path-style (``endpoint/bucket/key``), which MinIO and other S3-compatible servers expect.
     """
+
+    CONCURRENT_REQUESTS = 32
 
     def __init__(
         self, url: str, *, endpoint: str = "", region: str = "", access_key_id: str = "", secret_access_key: str = ""
@@ -253,6 +277,23 @@ class S3ImageStore(ImageStore):
         async for page in obstore.list(self._s3, chunk_size=1000):
             for meta in page:
                 yield StoredObject(meta["path"], meta["size"], meta["last_modified"].timestamp())
+
+    async def lookup(self, keys: Iterable[str]) -> list[StoredObject]:
+        wanted = list(dict.fromkeys(keys))
+        for key in wanted:
+            check_key(key)
+
+        async def head(key: str) -> StoredObject | None:
+            try:
+                meta = await obstore.head_async(self._s3, key)
+            except FileNotFoundError:
+                return None
+            return StoredObject(key, meta["size"], meta["last_modified"].timestamp())
+
+        found: list[StoredObject | None] = []
+        for start in range(0, len(wanted), self.CONCURRENT_REQUESTS):  # HEADs in parallel, a few at a time
+            found += await asyncio.gather(*map(head, wanted[start : start + self.CONCURRENT_REQUESTS]))
+        return [f for f in found if f is not None]
 
     def __repr__(self) -> str:
         return f"S3ImageStore('s3://{self.bucket}/{self.prefix}')"

@@ -69,6 +69,12 @@ async def history(db: Database, guild_id: int, user_id: int, limit: int = 20, of
     return await db.run_read(lambda s: list(s.scalars(stmt)))
 
 
+async def guild_keys(db: Database, guild_id: int) -> list[str]:
+    """The store keys of the guild's images (each once)."""
+    stmt = select(Image.key).where(Image.guild_id == guild_id).distinct()
+    return await db.run_read(lambda s: list(s.scalars(stmt)))
+
+
 async def add_favourite(db: Database, user_id: int, image_id: int) -> bool:
     """True if newly added, False if it already was a favourite. ``LookupError`` for an unknown image."""
     now = db.now()

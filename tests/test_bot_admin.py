@@ -77,7 +77,7 @@ async def test_members_without_manage_server_cannot_run_any_admin_command(bot_en
         await emu.invoke(alice, channel, "admin credits grant", {"user": bob, "amount": 5})
     root["default_member_permissions"] = None  # ...until the server owner shows it to everyone
     balance = await bot_env.balance(guild, bob)
-    values = {"user": bob, "amount": 5, "channel": channel, "word": "cat", "job": 1, "name": "style"}
+    values = {"user": bob, "member": bob, "amount": 5, "channel": channel, "word": "cat", "job": 1, "name": "style"}
     names = [n for n in emu.commands.names(guild) if n.startswith("admin ")]
     assert len(names) >= 20
     for name in names:

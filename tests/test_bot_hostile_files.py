@@ -12,6 +12,7 @@ from PIL import Image
 from gen_core.hypernetwork import training_size
 from tests import test_bot_hypernet
 from tests.bot_fixtures import BotEnv, followup_refusal, png
+from tests.test_bot_admin import admin as admin_says
 from tests.test_bot_hypernet import picture
 from tests.test_hostile_modules import resaved
 from tests.test_hypernetwork import a1111_file
@@ -95,3 +96,34 @@ async def test_bad_module_files_answer_clearly_and_leave_no_file(env: BotEnv):
         it = await emu.invoke(alice, channel, "hypernet upload", {"file": emu.upload(bad, "style.pt", "application/octet-stream")})
         assert message in await followup_refusal(it)
     assert stored_files(env) == []
+
+
+async def test_refused_picture_requests_store_nothing(env: BotEnv):
+    """/imagine image:, /edit, /outpaint and /inpaint refused for credits or a banned word leave no blob;
+    the same request once accepted stores its input."""
+    emu = env.emu
+    guild, alice, admin = emu.guild(), emu.user("alice"), emu.user("admin")
+    channel = guild.channel("general")
+
+    def upload():
+        return emu.upload(png(picture(96, 64, 3)), "a.png", "image/png")
+
+    requests = [
+        ("imagine", {"prompt": "a cat", "image": upload()}),
+        ("edit", {"prompt": "a cat", "image": upload()}),
+        ("outpaint", {"prompt": "a cat", "image": upload(), "direction": "right"}),
+        ("inpaint", {"prompt": "a cat", "image": upload(), "mask": emu.upload(png(Image.new("L", (96, 64), 255)), "m.png", "image/png")}),
+    ]
+    await admin_says(env, admin, channel, "words add", word="spaceship")
+    for command, options in requests:
+        banned = await followup_refusal(await emu.invoke(alice, channel, command, {**options, "prompt": "a spaceship"}))
+        assert "`spaceship`, which is banned" in banned, command
+    await admin_says(env, admin, channel, "credits set", user=alice, amount=0)
+    for command, options in requests:
+        assert "you have 0" in await followup_refusal(await emu.invoke(alice, channel, command, options)), command
+    assert stored_files(env) == []
+    await admin_says(env, admin, channel, "credits set", user=alice, amount=100_000)
+    it = await emu.invoke(alice, channel, "imagine", requests[0][1])
+    await env.emu.wait_for_edit(await it.original(5), lambda m: "Job #" in (m.content or ""), timeout=30)
+    (job,) = await env.services.queue.list(guild_id=guild.id, user_id=alice.id, statuses=None)
+    assert await env.services.store.exists(job.params["init_image"])

@@ -4,6 +4,7 @@ refused or shown clearly, never raised as something else."""
 from __future__ import annotations
 
 import io
+import zipfile
 
 import pytest
 import torch
@@ -64,3 +65,15 @@ def test_state_dicts_with_foreign_keys_are_refused():
 )  # fmt: skip
 def test_origin_lines_from_any_header(meta, expected):
     assert H.describe_origin(meta) == expected
+
+
+@pytest.mark.parametrize("pickled", [b"\x80\x02h\x3a.", b"\x80\x02q\x00."])  # a memo key that is not there; a damaged zip
+def test_a_pt_file_whose_unpickling_fails_in_any_way_is_a_clear_refusal(pickled):
+    data, _ = a1111_file((32,))
+    original = zipfile.ZipFile(io.BytesIO(data))
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as out:
+        for info in original.infolist():
+            out.writestr(info, pickled if info.filename.endswith("data.pkl") else original.read(info))
+    with pytest.raises(H.HypernetworkError, match="not a readable PyTorch .pt file"):
+        H.load_bytes(buf.getvalue(), "x.pt")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
 
 import pytest
 from sqlalchemy.exc import IntegrityError
 
-from storage import ModuleStatus, hypernetworks, moderation, settings
+from storage import ModuleStatus, hypernetworks, members, moderation, settings
 from tests.test_storage_support import BACKENDS, environment, spec
 
 
@@ -129,3 +130,33 @@ async def test_string_request_keys_and_posting_helpers(backend, tmp_path):
         assert (await q.by_message(111)).id == b.id and await q.by_message(222) is None
         env.clock.advance(30 * 86_400)  # a month-long outage: the results are still announced
         assert [j.id for j in await q.due_announcements("w")] == [a.id, c.id]
+
+
+async def test_forgetting_a_member_erases_their_rows_in_one_guild_and_keeps_the_books(backend, tmp_path):
+    async with environment(backend, tmp_path) as env:
+        db, repo = env.db, env.queue.images
+        job, _ = await env.queue.enqueue(replace(spec(1), params={"prompt": "secret", "init_image": "up"}))
+        await env.queue.complete(job.id, {"images": [{"key": "a"}]}, images=[{"key": "a", "width": 8, "height": 8, "seed": 1, "params": {}}])
+        waiting, _ = await env.queue.enqueue(replace(spec(1), params={"prompt": "queued"}))
+        other_guild, _ = await env.queue.enqueue(replace(spec(1, guild_id=200), params={"prompt": "elsewhere"}))
+        (mine,) = await repo.for_job(job.id)
+        bobs = await repo.record(job_id=None, guild_id=100, user_id=2, key="b", width=8, height=8, seed=1, params={})
+        await repo.add_favourite(1, bobs.id)
+        await repo.add_favourite(2, mine.id)
+        for name, shared, status in (("private", False, "private"), ("public", True, "approved"), ("twin", False, "private")):
+            await hypernetworks.register(db, 100, 1, name, f"/m/{'twin' if name == 'twin' else name}", "0" * 64, shared=shared, status=status)
+        await hypernetworks.register(db, 100, 2, "bobs-twin", "/m/twin", "0" * 64)
+
+        forgotten = await members.forget(db, 100, 1)
+        assert (forgotten.images, forgotten.jobs, forgotten.favourites) == (1, (job.id,), 1)
+        assert forgotten.keys == {"a", "up"} and forgotten.module_paths == ("/m/private",)  # bob's row names /m/twin
+        assert set(forgotten.modules) == {"private", "twin"} and forgotten.kept_modules == ("public",)
+        erased = await env.queue.get(job.id)
+        assert (erased.params, erased.result, erased.status, erased.cost) == ({}, None, "done", job.cost)
+        assert (await env.queue.get(waiting.id)).params == {"prompt": "queued"}  # active: cancel it first
+        assert (await env.queue.get(other_guild.id)).params == {"prompt": "elsewhere"}
+        assert await repo.favourites(1) == [] and await repo.favourites(2) == [] and await repo.get(mine.id) is None
+        assert (await hypernetworks.get(db, 100, "public")).owner_id == members.FORMER_MEMBER
+        assert [m.name for m in await hypernetworks.list_all(db, 100)] == ["bobs-twin", "public"]
+        await env.queue.cancel(waiting.id, None)
+        await env.queue.cancel(other_guild.id, None)

@@ -20,6 +20,8 @@ BANNED = compile_entries(("rapist", "rape", "ass", "cunt", "cock", "sex", "anal"
         "ｎｕｄｅ woman", "NUDE", "nu\u200bde", "nu\u00adde", "n\u200du\u2060de", "nudes", "nudity",
         "a <lora:clothes:1>nude<hypernet:x:0.5>", "{nude}", "cat BREAK nude", "\\(nude\\)", "(cat)nude",
         "cat:0.5 | nude:0.5", "nude::1 woman", "[nude|clothed]",
+        "nud\u0435 woman", "n\u057dde", "\u039dUDE", "NUD\u0415", "\u0578\u057dd\u0435", "ｎｕｄ\u0435", "nu\u200bd\u0435",
+        "cat | nu()de:-1", "cat::1 n\u057dde::-1",
     ],
 )  # fmt: skip
 def test_evasions_are_caught(prompt):
@@ -32,6 +34,11 @@ HARMLESS = [
     "a therapist in a classroom", "grapefruit", "title", "document", "cucumber", "Middlesex", "peacock",
     "shuttlecock", "titanic", "passage", "bass guitar", "circumstance", "sussex coast", "scrape", "nudge",
     "(therapist:1.2)", "[classic] BREAK (((assassin)))", "bad wordy", "cat, grass, sky",
+    "cumulus clouds over a canal", "analog synthesizer", "drapes and grapes", "a titmouse on a bassoon", "Hancock",
+    "Café crème", "a naïve façade", "Istanbul, kız kulesi", "sexagenarian sextet",
+    # other scripts, written wholly in them: never spelled in Latin (only a word that mixes scripts is)
+    "красивая кошка в саду, акварель", "сосна у моря", "Сахар и кокос", "секретарь за столом", "ТАКСИ",
+    "Ελληνικό νησί με λευκά σπίτια", "μια γάτα στον ήλιο", "ΚΑΦΕΣ", "猫と桜、水彩画", "夕焼けの富士山", "ネコ",
 ]  # fmt: skip
 
 
@@ -53,6 +60,13 @@ def test_model_text_is_what_the_encoder_reads():
     assert model_text("(nu()de:1.5) ｗｏｍａｎ <lora:x:1>") == "nude woman"
     assert model_text("nu(d)e") == "nu d e"  # separate runs are tokenized separately: not the word
     assert model_text("a BREAK b") == "a b"
+    assert model_text("(\u039dUD\u0415:1.2) w\u043em\u0430n") == "nude woman"  # Greek Ν, Cyrillic Е, о, а
+    assert model_text("кошка ΚΑΦΕΣ") == "кошка καφεσ"  # wholly Cyrillic, wholly Greek: as written
+
+
+def test_a_banned_word_in_another_script_matches_that_script():
+    russian = compile_entries(("секс",))
+    assert russian.first_match("СЕКС") == "секс" and russian.first_match("sex") is None
 
 
 def test_regexes_run_on_re2_in_linear_time():
