@@ -32,7 +32,7 @@ from services.modules import Modules
 from services.publisher import DiscordPublisher
 from services.rules import ServerRules
 from services.settings import ServerSettings
-from storage import Capability, CostPolicy, Database, ImageStore, JobQueue, Ledger, gc
+from storage import Capability, CostPolicy, Database, ImageStore, JobQueue, Ledger, gc, open_image_store
 from storage.image_store import key_for
 from worker import Worker, WorkerStats
 from worker.announcer import Announcer
@@ -97,9 +97,13 @@ def capability(config: Config, model: str, kinds: list[str]) -> Callable[[Any], 
     return lambda engine: Capability(model=model, kinds=tuple(kinds), max_area=config.generation.max_area * 4)
 
 
-def image_store(config: Config) -> Any:
-    """The image store every machine of this bot shares (config ``[storage]``)."""
-    return ImageStore(config.data_dir / "images")
+def image_store(config: Config) -> ImageStore:
+    """The image store every machine of this bot shares (config ``[storage] images``: a folder or an S3 bucket)."""
+    s = config.storage
+    return open_image_store(
+        config.images, endpoint=s.s3_endpoint, region=s.s3_region, access_key_id=s.s3_access_key_id,
+        secret_access_key=s.s3_secret_access_key,
+    )  # fmt: skip
 
 
 async def load_inputs(store: Any, max_pixels: int, params: JobParams) -> Inputs:

@@ -18,6 +18,7 @@ from gen_core.geometry import Geometry
 from gen_core.hypernetwork import TrainConfig
 from gen_core.imagic import PRESETS
 from gen_core.safety import MODES as SAFETY_MODES
+from storage.image_store import parse_s3_url
 from toyworld import MODEL_DIR as TOYWORLD_MODEL
 
 
@@ -54,6 +55,12 @@ class ModelConfig:
 class StorageConfig:
     url: str = ""  # empty: sqlite+aiosqlite:///<data_dir>/bot.db
     data_dir: str = "data"
+    images: str = ""  # empty: <data_dir>/images; a folder; or s3://bucket/prefix, shared by several machines
+    # the s3:// store's connection; each empty one comes from the usual AWS_* environment variables
+    s3_endpoint: str = ""  # e.g. http://minio.lan:9000 (S3-compatible servers); empty: AWS
+    s3_region: str = ""
+    s3_access_key_id: str = ""
+    s3_secret_access_key: str = ""
     keep_images_days: float = 0.0  # pictures (results and uploads) older than this are removed; 0 = kept forever
     sweep_interval_h: float = 6.0  # how often the image store is swept (unreferenced files, then retention)
 
@@ -208,6 +215,11 @@ class Config:
         return Path(self.storage.data_dir)
 
     @property
+    def images(self) -> str:
+        """Where the images live: a folder, or ``s3://bucket/prefix``."""
+        return self.storage.images or str(self.data_dir / "images")
+
+    @property
     def database_url(self) -> str:
         return self.storage.url or f"sqlite+aiosqlite:///{self.data_dir / 'bot.db'}"
 
@@ -228,6 +240,7 @@ ENV_OVERRIDES: dict[str, tuple[str, str]] = {
     "BOT_DTYPE": ("model", "dtype"),
     "BOT_DATABASE_URL": ("storage", "url"),
     "BOT_DATA_DIR": ("storage", "data_dir"),
+    "BOT_IMAGES": ("storage", "images"),
 }
 
 _CHOICES = {
@@ -358,6 +371,11 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
     ):
         if getattr(getattr(config, section_name), key) < low:
             errors.append(f"{section_name}.{key} must be at least {low}")
+    if "://" in config.storage.images:
+        try:
+            parse_s3_url(config.storage.images)
+        except ValueError as e:
+            errors.append(f"storage.images: {e}")
     if errors:
         raise ConfigError("invalid configuration:\n  - " + "\n  - ".join(errors))
     return config

@@ -103,9 +103,14 @@ Images
 ------
 ::
 
-    store = ImageStore(root_dir)          # -> LocalImageStore; ImageStore is the interface (S3 later)
+    store = ImageStore(root_dir)          # -> LocalImageStore; ImageStore is the interface
+    store = open_image_store("s3://bucket/prefix", endpoint=, region=, access_key_id=, secret_access_key=)
+                                          # -> S3ImageStore (a folder's path -> LocalImageStore)
     key = await store.put(png_bytes)      # "ab/<sha256>.png", atomic, stored once
-    data = await store.get(key); await store.exists(key); await store.delete(key); store.path(key)
+    data = await store.get(key); await store.exists(key); await store.delete(key)
+    async for found in store.objects(): ...; await store.remove(found)   # StoredObject: name, size, modified
+    await store.lookup(keys)              # [StoredObject] of the keys stored (sizes without reading them)
+    local_store.path(key)                 # the file (LocalImageStore only)
     from storage import images as images_repo
     await images_repo.record(db, job_id, owner_id, guild_id, key, width, height, seed, params, batch_index=0)
     await images_repo.get(db, image_id); await images_repo.for_job(db, job_id)
@@ -127,14 +132,14 @@ Other repositories (module functions taking ``db``)
 * ``storage.modules``: register, get, get_by_id, visible, list_all, update, delete, path_in_use (hypernetworks,
   LoRAs and embeddings, by ``ModuleKind``).
 * ``storage.gc``: collect (image-store blobs no image row and no job refers to, and with ``keep_since`` the
-  retention policy; run at start and periodically), discard (given keys nobody refers to), usage (disk use).
+  retention policy; run at start and periodically), discard (given keys nobody refers to), usage (disk use); on any store.
 * ``storage.members``: forget (a member's data in a guild; ``FORMER_MEMBER`` owns the shared modules they leave).
 """
 
 from storage import gc, images, members, moderation, modules, settings
 from storage.db import Database, is_unavailable, masked_url, utcnow
 from storage.errors import InsufficientCredits, QueueFull, StorageError, WrongGuild
-from storage.image_store import ImageStore, LocalImageStore
+from storage.image_store import ImageStore, LocalImageStore, S3ImageStore, StoredObject, open_image_store
 from storage.images import ImageRepo
 from storage.ledger import Ledger
 from storage.models import (
@@ -197,6 +202,9 @@ __all__ = [
     "LedgerEntry",
     "LedgerKind",
     "LocalImageStore",
+    "S3ImageStore",
+    "StoredObject",
+    "open_image_store",
     "ModelState",
     "ModuleStatus",
     "ProgressReport",

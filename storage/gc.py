@@ -1,20 +1,23 @@
-"""Garbage collection and retention of the local image store.
+"""Garbage collection and retention of the image store (a folder or a bucket).
 
 Uploads are stored only once a request was accepted, but a request can still fail between storing
 and queueing (a race on credits, a crash), and deleted jobs leave their results behind.  A blob is
 removed when no ``images`` row names its key and no job's parameters do (``init_image``, ``mask``,
 ``train_images``), and it is older than ``grace_s`` — so a file stored a moment ago for a request
-still being queued is never taken.  Temporary files of interrupted writes go the same way.
+still being queued is never taken (in a bucket, the age is the S3 server's clock against this machine's: keep
+``grace_s`` well above any skew).  Temporary files of interrupted writes go the same way.  Anything else found in
+the store is left alone.
 
 Retention (``keep_since``): only rows made since then count as references — images made since, or
 favourited by anyone, and jobs made since or still waiting or running — so older pictures and uploads
 go while their history rows and jobs stay (🔄 makes a txt2img job again from its parameters).
+
+Everything here works on any :class:`~storage.image_store.ImageStore` through ``objects()``, ``lookup()`` and
+``remove()``: a folder's file work runs off the event loop, a bucket's requests are async.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Iterable
@@ -26,7 +29,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from storage.db import Database
-from storage.image_store import LocalImageStore, check_key
+from storage.image_store import ImageStore
 from storage.models import ACTIVE_STATUSES, Favourite, Image, Job
 
 log = logging.getLogger(__name__)
@@ -68,59 +71,39 @@ async def referenced_keys(db: Database, since: datetime | None = None) -> set[st
 
 
 async def collect(
-    db: Database, store: LocalImageStore, grace_s: float = 3600.0, keep_since: datetime | None = None
+    db: Database, store: ImageStore, grace_s: float = 3600.0, keep_since: datetime | None = None
 ) -> Files:
     """Remove unreferenced blobs (and temporary files) older than ``grace_s``; what was removed.  With
     ``keep_since``, pictures only rows older than that refer to go too (retention)."""
     cutoff = time.time() - grace_s
     keep = await referenced_keys(db, keep_since)
-
-    def sweep() -> Files:
-        files = size = 0
-        for path in store.root.glob("*/*"):
-            key = f"{path.parent.name}/{path.name}"
-            try:
-                check_key(key)
-                known = key in keep
-            except ValueError:
-                known = not path.name.startswith(".tmp-")  # something else someone put there: leave it
-            stat = path.stat()
-            if known or stat.st_mtime > cutoff:
-                continue
-            path.unlink(missing_ok=True)
-            files, size = files + 1, size + stat.st_size
-        return Files(files, size)
-
-    collected = await asyncio.to_thread(sweep)
+    files = size = 0
+    async for found in store.objects():
+        garbage = found.key not in keep if found.key else found.leftover
+        if garbage and found.modified <= cutoff and await store.remove(found):
+            files, size = files + 1, size + found.size
+    collected = Files(files, size)
     if collected.files:
         log.info("image store: removed %d files (%.1f MB)", collected.files, collected.bytes / 2**20)
     return collected
 
 
-async def discard(db: Database, store: LocalImageStore, keys: Iterable[str]) -> Files:
+async def discard(db: Database, store: ImageStore, keys: Iterable[str]) -> Files:
     """Remove the files of ``keys`` that no row refers to any more, at once (a forgotten member's pictures)."""
     unreferenced = set(keys) - await referenced_keys(db)
-
-    def remove() -> Files:
-        files = size = 0
-        for path in map(store.path, unreferenced):
-            with contextlib.suppress(FileNotFoundError):
-                length = path.stat().st_size
-                path.unlink()
-                files, size = files + 1, size + length
-        return Files(files, size)
-
-    return await asyncio.to_thread(remove)
+    files = size = 0
+    for found in await store.lookup(sorted(unreferenced)):
+        if await store.remove(found):
+            files, size = files + 1, size + found.size
+    return Files(files, size)
 
 
-async def usage(store: LocalImageStore, keys: Iterable[str] | None = None) -> Files:
-    """Disk use of the image store, or of the stored files among ``keys`` (walked off the event loop)."""
-
-    def walk() -> Files:
-        if keys is None:
-            paths = [p for p in store.root.glob("*/*") if p.is_file()]
-        else:
-            paths = [p for p in map(store.path, set(keys)) if p.is_file()]
-        return Files(len(paths), sum(p.stat().st_size for p in paths))
-
-    return await asyncio.to_thread(walk)
+async def usage(store: ImageStore, keys: Iterable[str] | None = None) -> Files:
+    """Disk use of the image store (everything in it), or of the stored files among ``keys``."""
+    if keys is not None:
+        found = await store.lookup(keys)
+        return Files(len(found), sum(f.size for f in found))
+    files = size = 0
+    async for f in store.objects():
+        files, size = files + 1, size + f.size
+    return Files(files, size)

@@ -19,8 +19,8 @@ settings.register_profile("suite", max_examples=300, deadline=None, suppress_hea
 settings.register_profile("long", max_examples=10_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "suite"))
 
-# The Discord emulator and the real bot, available to every test module.
-pytest_plugins = ["tests.emulator_fixtures", "tests.bot_fixtures"]
+# The Discord emulator, the real bot and an S3-compatible server, available to every test module.
+pytest_plugins = ["tests.emulator_fixtures", "tests.bot_fixtures", "tests.s3_fixtures"]
 
 
 @pytest.fixture(scope="session")

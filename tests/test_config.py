@@ -1,5 +1,7 @@
 """Configuration: the documented defaults, environment overrides and clear errors."""
 
+from pathlib import Path
+
 import pytest
 
 from services.config import Config, ConfigError, build_config, load_config
@@ -35,3 +37,11 @@ def test_default_database_lives_in_data_dir():
     config = build_config({"storage": {"data_dir": "/srv/bot"}}, env={})
     assert config.database_url == "sqlite+aiosqlite:////srv/bot/bot.db"
     assert config.model_path == TOYWORLD_MODEL  # the shipped toy-world model, wherever the data lives
+
+
+def test_the_image_store_is_a_folder_or_an_s3_bucket():
+    assert build_config({"storage": {"data_dir": "d"}}, env={}).images == str(Path("d") / "images")
+    assert build_config({}, env={"BOT_IMAGES": "s3://bucket-1/p"}).images == "s3://bucket-1/p"
+    for wrong in ("http://minio/bucket", "s3://", "s3://Bad_Bucket/x"):
+        with pytest.raises(ConfigError, match="storage.images"):
+            build_config({"storage": {"images": wrong}}, env={})

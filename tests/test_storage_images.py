@@ -1,4 +1,5 @@
-"""Content-addressed image files, image records, history and favourites."""
+"""Content-addressed image files (in a folder and in an S3 bucket: the same contract), image records, history and
+favourites."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 
 import pytest
 
-from storage import ImageStore, LocalImageStore, images
+from storage import ImageStore, LocalImageStore, S3ImageStore, images, open_image_store
 from storage.image_store import key_for, sniff_extension
 from tests.test_storage_support import BACKENDS, environment, spec
 
@@ -20,30 +21,75 @@ def leftovers(root) -> list[str]:
     return [p.name for p in root.rglob(".tmp-*")]
 
 
-async def test_put_is_content_addressed_and_readable(tmp_path):
-    store = ImageStore(tmp_path / "images")
-    assert isinstance(store, LocalImageStore)
+@pytest.fixture(params=["folder", "s3"])
+def store(request, tmp_path) -> ImageStore:
+    """Each kind of store, as the bot's configuration opens it."""
+    if request.param == "folder":
+        return open_image_store(tmp_path / "images")
+    s3 = request.getfixturevalue("s3_images")
+    return open_image_store(
+        s3["images"], endpoint=s3["s3_endpoint"], region=s3["s3_region"], access_key_id=s3["s3_access_key_id"],
+        secret_access_key=s3["s3_secret_access_key"],
+    )  # fmt: skip
+
+
+async def listed(store: ImageStore) -> dict[str, int]:
+    return {found.name: found.size async for found in store.objects()}
+
+
+async def test_put_is_content_addressed_and_readable(store):
     key = await store.put(PNG)
     digest = hashlib.sha256(PNG).hexdigest()
     assert key == f"{digest[:2]}/{digest}.png"
     assert await store.get(key) == PNG
-    assert store.path(key).read_bytes() == PNG
     assert await store.put(PNG) == key  # same bytes, same key, stored once
-    assert len(list((tmp_path / "images").rglob("*.png"))) == 1
+    assert await listed(store) == {key: len(PNG)}
     key2 = await store.put(PNG2)
     assert key2 != key and await store.get(key2) == PNG2
+    assert await listed(store) == {key: len(PNG), key2: len(PNG2)}
     assert await store.exists(key) and await store.delete(key) and not await store.exists(key)
     assert not await store.delete(key)
     with pytest.raises(FileNotFoundError):
         await store.get(key)
-    assert leftovers(tmp_path) == []
+    assert await listed(store) == {key2: len(PNG2)}
 
 
-async def test_concurrent_puts_of_the_same_bytes(tmp_path):
-    store = ImageStore(tmp_path)
+async def test_concurrent_puts_of_the_same_bytes(store):
     keys = await asyncio.gather(*(store.put(PNG) for _ in range(16)))
     assert len(set(keys)) == 1 and await store.get(keys[0]) == PNG
+    assert await listed(store) == {keys[0]: len(PNG)}
+
+
+async def test_keys_are_validated(store):
+    for bad in ["../etc/passwd", "ab/" + "0" * 64 + ".png", "zz", "/abs/path.png", key_for(PNG) + "/.."]:
+        for call in (store.get, store.exists, store.delete):
+            with pytest.raises(ValueError):
+                await call(bad)
+
+
+async def test_a_folder_store_writes_whole_files(tmp_path):
+    store = ImageStore(tmp_path / "images")
+    assert isinstance(store, LocalImageStore)
+    key = await store.put(PNG)
+    assert store.path(key).read_bytes() == PNG
+    assert [p.relative_to(store.root).as_posix() for p in store.root.rglob("*.png")] == [key]
     assert leftovers(tmp_path) == []
+
+
+async def test_an_s3_store_keeps_its_blobs_under_its_prefix_in_the_bucket(s3_server, s3_images):
+    settings = {"endpoint": s3_images["s3_endpoint"], "region": s3_images["s3_region"]}
+    credentials = {"access_key_id": s3_images["s3_access_key_id"], "secret_access_key": s3_images["s3_secret_access_key"]}
+    store = open_image_store(s3_images["images"], **settings, **credentials)
+    assert isinstance(store, S3ImageStore) and store.prefix == "bot/images"
+    key = await store.put(PNG)
+    # another S3 client sees the object where the URL says, byte for byte
+    client = s3_server.client()
+    assert s3_server.keys(store.bucket) == [f"bot/images/{key}"]
+    assert client.get_object(Bucket=store.bucket, Key=f"bot/images/{key}")["Body"].read() == PNG
+    # a store on another prefix of the same bucket neither sees nor removes it
+    other = open_image_store(f"s3://{store.bucket}/other", **settings, **credentials)
+    assert await listed(other) == {} and not await other.exists(key) and not await other.delete(key)
+    assert await store.get(key) == PNG
 
 
 async def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
@@ -60,13 +106,6 @@ async def test_write_is_atomic_when_interrupted(tmp_path, monkeypatch):
     assert not await store.exists(key_for(PNG))
     assert leftovers(tmp_path) == []
     assert await store.get(await store.put(PNG)) == PNG
-
-
-async def test_keys_are_validated(tmp_path):
-    store = ImageStore(tmp_path)
-    for bad in ["../etc/passwd", "ab/" + "0" * 64 + ".png", "zz", "/abs/path.png", key_for(PNG) + "/.."]:
-        with pytest.raises(ValueError):
-            await store.get(bad)
 
 
 def test_extension_sniffing():
