@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from gen_core.engine import Engine
@@ -83,3 +83,32 @@ def interleaved(
 def medians(times: Mapping[str, list[float]], scale: float = 1.0) -> dict[str, float]:
     """The median of each variant's times, multiplied by ``scale`` (1000 for milliseconds)."""
     return {name: statistics.median(values) * scale for name, values in times.items()}
+
+
+def add_on_figures(
+    variants: Mapping[str, Callable[[], Any]], switch: Callable[[int], Any], switches: int, runs: int, warmup: int
+) -> dict[str, Any]:
+    """What a bench of something attached to the UNet for a job (hypernetworks, LoRAs) reports: whether "one"
+    changes the picture of "off", each variant's median time and its ratio to "off" (side by side), the median
+    time of ``switch(i)`` (attach and detach, ``switches`` times) and whether "off" draws the same pixels after."""
+    import numpy as np
+
+    base = np.asarray(variants["off"]())
+    changed = bool(np.abs(np.asarray(variants["one"]()).astype(int) - base).mean() > 0)
+    times = interleaved(variants, runs, warmup)
+    med = medians(times)
+    seconds = []
+    for i in range(switches):
+        started = time.perf_counter()
+        switch(i)
+        seconds.append(time.perf_counter() - started)
+    switch_s = sorted(seconds)[len(seconds) // 2]
+    return {
+        "changes_image": changed,
+        "off_identical_after": bool(np.array_equal(np.asarray(variants["off"]()), base)),
+        **{f"median_s_{name}": round(value, 4) for name, value in med.items()},
+        **{f"ratio_{name}_over_off": round(value / med["off"], 3) for name, value in med.items() if name != "off"},
+        "switch_ms_median": round(switch_s * 1000, 3),
+        "switch_over_render": round(switch_s / med["off"], 5),
+        "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+    }

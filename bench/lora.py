@@ -22,10 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from bench.common import interleaved, medians, tiny_engine, tiny_engine_fields
+from bench.common import add_on_figures, tiny_engine, tiny_engine_fields
 
 TARGETS = (".to_q", ".to_k", ".to_v", ".to_out.0")
 
@@ -88,13 +87,13 @@ def run(
         with engine.loras.active(one):  # the first use of a file: read it, add the adapter
             pass
         first_load_s = time.perf_counter() - started
-        base = np.asarray(variants["off"]())
-        changed = bool(np.abs(np.asarray(variants["one"]()).astype(int) - base).mean() > 0)
-        times = interleaved(variants, runs, warmup)
-        med = medians(times)
-        switches = sorted(switch_seconds(engine, [one, three, (LoraUse(files[1], 1.0, 0.5),)], 60))
-        switch = switches[len(switches) // 2]
-        after = np.array_equal(np.asarray(variants["off"]()), base)
+        sets = [one, three, (LoraUse(files[1], 1.0, 0.5),)]
+
+        def switch(i: int) -> None:
+            with engine.loras.active(sets[i % len(sets)]):
+                pass
+
+        figures = add_on_figures(variants, switch, 60, runs, warmup)
     return {
         "bench": "lora",
         **tiny_engine_fields(engine),
@@ -102,17 +101,8 @@ def run(
         "steps": steps,
         "runs": runs,
         "rank": rank,
-        "lora_changes_image": changed,
-        "off_identical_after": after,
-        "median_s_off": round(med["off"], 4),
-        "median_s_one": round(med["one"], 4),
-        "median_s_three": round(med["three"], 4),
-        "ratio_one_over_off": round(med["one"] / med["off"], 3),
-        "ratio_three_over_off": round(med["three"] / med["off"], 3),
         "first_load_ms": round(first_load_s * 1000, 1),
-        "switch_ms_median": round(switch * 1000, 3),
-        "switch_over_render": round(switch / med["off"], 5),
-        "all_s": {name: [round(t, 4) for t in values] for name, values in times.items()},
+        **figures,
     }
 
 

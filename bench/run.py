@@ -242,17 +242,17 @@ def rows_hypernet(r: dict[str, Any]) -> list[Row]:
     where = f"{r['size']}, {r['steps']} steps, medians of {r['runs']} interleaved runs, {r['device']} {r['dtype']}"
     return [
         Row("hypernet", "one module on / off", f"{r['ratio_one_over_off']:.3f}×",
-            note=f"{where}; the module changes the image: {r['module_changes_image']}"),
+            note=f"{where}; the module changes the image: {r['changes_image']}"),
         Row("hypernet", "two chained modules on / off", f"{r['ratio_two_over_off']:.3f}×", note=where),
         Row("hypernet", "switching modules (attach + detach) / one render", f"{r['switch_over_render'] * 100:.3f} %",
-            note=f"{r['switch_ms_median']:.2f} ms; plain output identical afterwards: {r['off_identical_after_switching']}"),
+            note=f"{r['switch_ms_median']:.2f} ms; plain output identical afterwards: {r['off_identical_after']}"),
     ]
 
 
 def rows_lora(r: dict[str, Any]) -> list[Row]:
     where = f"{r['size']}, {r['steps']} steps, rank {r['rank']}, medians of {r['runs']} interleaved runs, {r['device']} {r['dtype']}"
     return [
-        Row("lora", "one LoRA on / off", f"{r['ratio_one_over_off']:.3f}×", note=f"{where}; the LoRA changes the image: {r['lora_changes_image']}"),
+        Row("lora", "one LoRA on / off", f"{r['ratio_one_over_off']:.3f}×", note=f"{where}; the LoRA changes the image: {r['changes_image']}"),
         Row("lora", "three LoRAs on / off", f"{r['ratio_three_over_off']:.3f}×", note=where),
         Row("lora", "switching LoRA sets (activate + disable, files loaded) / one render", f"{r['switch_over_render'] * 100:.2f} %",
             note=f"{r['switch_ms_median']:.2f} ms; first use of a file {r['first_load_ms']:.0f} ms; plain output identical "
