@@ -127,13 +127,15 @@ def _tiny_vae(seed: int, sample_size: int, **extra):
     )
 
 
-def _tiny_text_config(hidden: int, layers: int, pad_id: int, projection: int):
+def clip_text_config(hidden: int, layers: int, pad_id: int, projection: int, intermediate: int | None = None):
+    """A small CLIP text encoder's config over CLIP's real BPE vocabulary (its token ids are SD's);
+    the MLP is ``intermediate`` wide (default twice ``hidden``)."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         vocab_size=49408,
         hidden_size=hidden,
-        intermediate_size=2 * hidden,
+        intermediate_size=intermediate or 2 * hidden,
         num_hidden_layers=layers,
         num_attention_heads=4,
         max_position_embeddings=77,
@@ -187,7 +189,7 @@ def build_tiny_pipeline(seed: int = 0, inpainting: bool = False, family: str = "
     )
     vae = _tiny_vae(seed + 1, 512)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_tiny_text_config(text_dim, 3, 49407, text_dim))
+    text_encoder = CLIPTextModel(clip_text_config(text_dim, 3, 49407, text_dim))
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -231,9 +233,9 @@ def _build_tiny_sdxl(seed: int, inpainting: bool):
     )
     vae = _tiny_vae(seed + 1, 256, scaling_factor=0.13025, force_upcast=True)
     torch.manual_seed(seed + 2)
-    text_encoder = CLIPTextModel(_tiny_text_config(_XL_TEXT, 3, 49407, _XL_TEXT))
+    text_encoder = CLIPTextModel(clip_text_config(_XL_TEXT, 3, 49407, _XL_TEXT))
     torch.manual_seed(seed + 3)
-    text_encoder_2 = CLIPTextModelWithProjection(_tiny_text_config(_XL_TEXT_2, 4, 0, _XL_POOLED))
+    text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(_XL_TEXT_2, 4, 0, _XL_POOLED))
     return StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=text_encoder,

@@ -82,9 +82,9 @@ QUICK = TrainConfig(
 def build_models(cfg: TrainConfig):
     """Fresh VAE, UNet, text encoder and tokenizer of the toy-world architecture."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
-    from gen_core.tiny import load_clip_tokenizer
+    from gen_core.tiny import clip_text_config, load_clip_tokenizer
 
     torch.manual_seed(cfg.seed)
     vae = AutoencoderKL(
@@ -112,21 +112,7 @@ def build_models(cfg: TrainConfig):
         attention_head_dim=8,
         norm_num_groups=16,
     )
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=text_dim,
-            intermediate_size=256,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-            hidden_act="quick_gelu",
-            projection_dim=text_dim,
-        )
-    )
+    text_encoder = CLIPTextModel(clip_text_config(text_dim, 3, 49407, text_dim, intermediate=256))
     return vae, unet, text_encoder, load_clip_tokenizer()
 
 
