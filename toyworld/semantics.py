@@ -187,17 +187,21 @@ def img2img_colours(engine, seeds: Sequence[int], strengths: Sequence[float], no
     return out
 
 
+def striped_set(side: int, n: int = 16) -> tuple[list, list[str]]:
+    """``n`` striped pictures (fixed seed) whose captions never say "striped": a style to train into a module."""
+    rng = random.Random(0)
+    scenes = [Scene(rng.choice(("red", "green", "blue", "yellow")), rng.choice(SHAPES), "white", size="large",
+                    style="striped") for _ in range(n)]  # fmt: skip
+    return [draw(s, side, side, jitter=rng) for s in scenes], [simple_prompt(s) for s in scenes]
+
+
 def hypernet_stripes(engine, seeds: Sequence[int], steps: int = 200, lr: float = 1e-3) -> tuple[float, float]:
     """Mean stripe score of plain prompts without and with a hypernetwork trained on 16 striped pictures
     whose captions never say "striped"."""
     from gen_core import hypernetwork
 
-    rng = random.Random(0)
     side = engine.geometry.native
-    scenes = [Scene(rng.choice(("red", "green", "blue", "yellow")), rng.choice(SHAPES), "white", size="large",
-                    style="striped") for _ in range(16)]  # fmt: skip
-    pictures = [draw(s, side, side, jitter=rng) for s in scenes]
-    captions = [simple_prompt(s) for s in scenes]
+    pictures, captions = striped_set(side)
     trained = hypernetwork.train(engine, "stripes", pictures, captions, [(side, side)],
                                  hypernetwork.TrainConfig(steps=steps, lr=lr, batch_size=4)).hypernetwork  # fmt: skip
     prompts = ["a red circle on a white background", "a blue square on a white background"]
