@@ -43,20 +43,32 @@ def render(engine, prompts: Sequence[str], seeds: Sequence[int], size: int | Non
     """One picture per (prompt, seed), batched by the engine."""
     side = size or engine.geometry.native
     reqs = [
-        GenerationRequest(prompt=p, width=side, height=side, steps=options.get("steps", STEPS), seed=s,
-                          **{k: v for k, v in options.items() if k != "steps"})
+        GenerationRequest(
+            prompt=p,
+            width=side,
+            height=side,
+            steps=options.get("steps", STEPS),
+            seed=s,
+            **{k: v for k, v in options.items() if k != "steps"},
+        )
         for p in prompts
         for s in seeds
     ]
     return [r.images[0].image for r in engine.generate_batch(reqs)]
 
 
-def accuracy(scenes: Sequence[Scene], verdicts: Sequence[Verdict], attributes: Sequence[str]) -> dict[str, float]:
-    return {a: float(np.mean([getattr(s, a) == getattr(v, a) for s, v in zip(scenes, verdicts, strict=True)]))
-            for a in attributes}
+def accuracy(
+    scenes: Sequence[Scene], verdicts: Sequence[Verdict], attributes: Sequence[str]
+) -> dict[str, float]:
+    return {
+        a: float(np.mean([getattr(s, a) == getattr(v, a) for s, v in zip(scenes, verdicts, strict=True)]))
+        for a in attributes
+    }
 
 
-def prompt_accuracy(engine, n: int, seeds: Sequence[int], prompt_of=simple_prompt, **options) -> dict[str, float]:
+def prompt_accuracy(
+    engine, n: int, seeds: Sequence[int], prompt_of=simple_prompt, **options
+) -> dict[str, float]:
     """Share of pictures whose colour, background and shape are those the held-out prompt asked for."""
     scenes = held_out_scenes(n)
     images = render(engine, [prompt_of(s) for s in scenes], seeds, **options)
@@ -71,12 +83,15 @@ def mean_share(images, colour: str) -> float:
 def negative_effect(engine, seeds: Sequence[int]) -> tuple[float, float]:
     """Red's share of "a red circle on a blue background" without and with the negative prompt "red"."""
     prompt = "a red circle on a blue background"
-    return (mean_share(render(engine, [prompt], seeds), "red"),
-            mean_share(render(engine, [prompt], seeds, negative="red"), "red"))
+    return (
+        mean_share(render(engine, [prompt], seeds), "red"),
+        mean_share(render(engine, [prompt], seeds, negative="red"), "red"),
+    )
 
 
 def emphasis_effect(engine, seeds: Sequence[int]) -> tuple[float, float]:
     """Red's share with ``(red:0.6)`` and with ``(red:1.4)`` in a prompt torn between red and green."""
+
     def share(weight: float) -> float:
         prompt = f"a ({'red'}:{weight}) green circle on a white background"
         return mean_share(render(engine, [prompt], seeds), "red")
@@ -109,8 +124,10 @@ def vae_ceiling(engine, n: int, seed: int = 0) -> tuple[dict[str, float], dict[s
         decoded = engine.vae.decode(engine.vae.encode(x).latent_dist.mode()).sample
         round_trip = processor.postprocess(decoded, output_type="pil")
     attributes = ("colour", "background", "shape")
-    return (accuracy(scenes, [judge(p) for p in pictures], attributes),
-            accuracy(scenes, [judge(p) for p in round_trip], attributes))
+    return (
+        accuracy(scenes, [judge(p) for p in pictures], attributes),
+        accuracy(scenes, [judge(p) for p in round_trip], attributes),
+    )
 
 
 def redness(images) -> float:
@@ -121,7 +138,9 @@ def redness(images) -> float:
     return float(((arr[..., 0] - arr[..., 2]) * body).sum() / max(1, body.sum()))
 
 
-def mix_redness(engine, seeds: Sequence[int], weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)) -> list[float]:
+def mix_redness(
+    engine, seeds: Sequence[int], weights: Sequence[float] = (0.0, 0.25, 0.5, 0.75, 1.0)
+) -> list[float]:
     """The object's :func:`redness` in blends "a red circle…:w | a blue circle…:1-w" (NovelAI-style mix)."""
     from gen_core.mix import BLEND, MixPart, MixRequest, generate_mix
 
@@ -129,9 +148,15 @@ def mix_redness(engine, seeds: Sequence[int], weights: Sequence[float] = (0.0, 0
     red, blue = "a red circle on a white background", "a blue circle on a white background"
     values = []
     for w in weights:
-        reqs = [MixRequest(GenerationRequest(prompt="", width=side, height=side, steps=STEPS, seed=s),
-                           [MixPart(red, w), MixPart(blue, 1 - w)], BLEND, normalize=False)
-                for s in seeds]
+        reqs = [
+            MixRequest(
+                GenerationRequest(prompt="", width=side, height=side, steps=STEPS, seed=s),
+                [MixPart(red, w), MixPart(blue, 1 - w)],
+                BLEND,
+                normalize=False,
+            )
+            for s in seeds
+        ]
         values.append(redness([r.images[0].image for r in generate_mix(engine, reqs)]))
     return values
 
@@ -167,7 +192,9 @@ def inpaint_effect(engine, seeds: Sequence[int], prompt: str = "a green square")
     return mean_share(inside, "green"), mean_share(inside, "red")
 
 
-def img2img_colours(engine, seeds: Sequence[int], strengths: Sequence[float], noise: float = 0.0) -> dict[str, dict[str, float]]:
+def img2img_colours(
+    engine, seeds: Sequence[int], strengths: Sequence[float], noise: float = 0.0
+) -> dict[str, dict[str, float]]:
     """A red circle redrawn as "a blue circle on a white background" at each strength: the share of
     pictures the judge still calls red, the share it calls blue, and their mean pairwise distance
     (per-seed spread, in 0-255 pixel units)."""
@@ -182,9 +209,22 @@ def img2img_colours(engine, seeds: Sequence[int], strengths: Sequence[float], no
         out[f"{strength:g}"] = {
             "red": float(np.mean([v.colour == "red" for v in verdicts])),
             "blue": float(np.mean([v.colour == "blue" for v in verdicts])),
-            "spread": float(np.mean([np.abs(a - b).mean() for i, a in enumerate(arrays) for b in arrays[i + 1 :]])),
+            "spread": float(
+                np.mean([np.abs(a - b).mean() for i, a in enumerate(arrays) for b in arrays[i + 1 :]])
+            ),
         }
     return out
+
+
+def vary_distances(engine, seeds: Sequence[int], strengths: Sequence[float]) -> dict[str, float]:
+    """Mean distance (0-255 pixel units) of variations of one red circle from it, by strength: what
+    Vary (Subtle) and Vary (Strong) do with a fresh seed each, over ``seeds``."""
+    prompt = "a red circle on a white background"
+    [source] = render(engine, [prompt], [10])
+    before = np.asarray(source, np.float32)
+    return {f"{s:g}": float(np.mean([np.abs(np.asarray(im, np.float32) - before).mean()
+                                     for im in render(engine, [prompt], seeds, init_image=source, strength=s)]))
+            for s in strengths}  # fmt: skip
 
 
 def striped_set(side: int, n: int = 16) -> tuple[list, list[str]]:
