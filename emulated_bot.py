@@ -4,7 +4,8 @@ tests and the end-to-end benchmarks drive.
 ``bot_config(emu, data_dir, model_dir, **sections)`` points a configuration at the emulator with small
 timings; ``BotEnv`` starts, stops, crashes and restarts the bot on it; ``running_bot`` is the
 context manager for one block, after which the books must balance. ``BotProcess`` runs the same bot
-as a child process (``python bot.py --config …``) that a test or a benchmark can really ``kill -9``.
+as a child process (``python bot.py --config …``) that a test or a benchmark can really ``kill -9``;
+``WorkerProcess`` a GPU worker (``python -m worker --config …``) beside it.
 """
 
 from __future__ import annotations
@@ -25,15 +26,24 @@ from bot import DiffusionBot, point_at
 from discord_emulator import Emulator
 from services.config import Config, build_config
 
+ROOT = Path(__file__).resolve().parent
+
 
 def bot_config(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[str, Any]) -> Config:
     return build_config(bot_config_data(emu, data_dir, model_dir, **sections), env={})
 
 
-def bot_config_data(emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def bot_config_data(
+    emu: Emulator, data_dir: Path, model_dir: Path, **sections: dict[str, Any]
+) -> dict[str, dict[str, Any]]:
     """The sections of ``bot_config`` as plain data (for a config.toml)."""
     data: dict[str, dict[str, Any]] = {
-        "discord": {"api_base": emu.api_base, "gateway_url": emu.gateway_url, "token": emu.bot_token, "guild_ready_timeout": 0.05},
+        "discord": {
+            "api_base": emu.api_base,
+            "gateway_url": emu.gateway_url,
+            "token": emu.bot_token,
+            "guild_ready_timeout": 0.05,
+        },
         "model": {"path": str(model_dir)},
         "storage": {"data_dir": str(data_dir)},
         "worker": {"progress_interval_s": 0.05, "poll_interval_s": 0.05, "preview_every": 1},
@@ -145,10 +155,19 @@ def _fork_bot(folder: Path, config: Path, log: Path) -> int:
     """A new bot process forked from the zygote (started on first use); its pid."""
     global _zygote
     if _zygote is None or _zygote.poll() is not None:
-        root = Path(__file__).resolve().parent
-        env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
         _zygote = subprocess.Popen(
-            [sys.executable, "-c", _ZYGOTE], cwd=root, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+            [sys.executable, "-c", _ZYGOTE],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         atexit.register(_zygote.kill)
         if _zygote.stdout.readline().strip() != "ready":
@@ -207,3 +226,41 @@ class BotProcess:
         """Kill if running, and wait until the process is gone."""
         self.kill()
         await self.wait_dead()
+
+
+class WorkerProcess:
+    """``python -m worker --config …`` serving ``model``, its output in ``<name>.log``."""
+
+    def __init__(self, folder: Path, data: dict, model: str, name: str) -> None:
+        self.config = folder / f"{name}.toml"
+        self.config.write_text(toml_text({**data, "worker": {**data["worker"], "model": model}}))
+        self.log = folder / f"{name}.log"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(ROOT),
+            "OMP_NUM_THREADS": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+        }
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "worker", "--config", str(self.config)],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+
+    def signal(self, sig: int) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            os.kill(self.proc.pid, sig)
+
+    async def exited(self, timeout: float = 60.0) -> int:
+        """Its exit status, once it has exited."""
+        for _ in range(int(timeout / 0.05)):
+            if self.proc.poll() is not None:
+                return self.proc.returncode
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"worker {self.config.stem} did not exit in {timeout:g} s")

@@ -21,6 +21,7 @@ import signal
 import sys
 from typing import Any
 
+from gen_core.geometry import Geometry
 from gen_core.hypernetwork import ModuleCache
 from gen_core.imagic import TunedCache
 from gen_core.safety import load_checker
@@ -38,6 +39,9 @@ def build_worker(config: Config, engine_loader: Any = None) -> tuple[Worker, Dat
     """The remote worker of ``config``'s model and its database handle (not started)."""
     w = config.worker
     name = w.model or config.default_model
+    model = config.models[name]
+    # sizes left to the model (config 0 / -1) follow this worker's model, as the bot's follow its default one
+    config.generation.fit_to_model(Geometry.of_model(config.model_path_of(model), model.family))
     db = Database(config.database_url)
     queue = JobQueue(db)
     store = image_store(config)
@@ -48,8 +52,8 @@ def build_worker(config: Config, engine_loader: Any = None) -> tuple[Worker, Dat
         return await screen_images(checker.get("check"), worker.gpu, params, images)
 
     def load() -> Any:
-        engine = (engine_loader or default_engine_loader(config, config.models[name]))()
-        checker["check"] = load_checker(config.moderation.image_check, config.model_path_of(config.models[name]))
+        engine = (engine_loader or default_engine_loader(config, model))()
+        checker["check"] = load_checker(config.moderation.image_check, config.model_path_of(model))
         return engine
 
     worker = Worker(

@@ -6,48 +6,18 @@ nothing (its jobs finish on another); a worker started late takes work; a worker
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 from collections import Counter
-from pathlib import Path
 
 from bench.crash_audit import Members, audit
-from emulated_bot import bot_config_data, running_bot, toml_text
+from emulated_bot import WorkerProcess, bot_config_data, running_bot
 from services.config import build_config
 from services.worker_process import status
 from storage import Database, JobQueue
 from tests.test_crash_recovery import until
 from tests.test_storage_support import create_pg_database, drop_pg_database
 
-ROOT = Path(__file__).resolve().parents[1]
 MAX_BATCH = 2
-
-
-class WorkerProcess:
-    """``python -m worker --config …`` serving ``model``, its output in ``<name>.log``."""
-
-    def __init__(self, folder: Path, data: dict, model: str, name: str) -> None:
-        self.config = folder / f"{name}.toml"
-        self.config.write_text(toml_text({**data, "worker": {**data["worker"], "model": model}}))
-        self.log = folder / f"{name}.log"
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-        with open(self.log, "w") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "worker", "--config", str(self.config)], cwd=ROOT, env=env, stdout=log, stderr=log
-            )
-
-    def signal(self, sig: int) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    async def exited(self) -> int:
-        await until(lambda: self.proc.poll() is not None, f"worker {self.config.stem} to exit", timeout=60)
-        return self.proc.returncode
 
 
 async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_models(
@@ -75,7 +45,10 @@ async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_m
         limits={"max_queued_per_user": 20},
         credits={"start_balance": 10_000},
     )  # fmt: skip
-    data["models"] = [{"name": "tiny", "path": str(tiny_model_dir)}, {"name": "other", "path": str(tiny_model_dir)}]
+    data["models"] = [
+        {"name": "tiny", "path": str(tiny_model_dir)},
+        {"name": "other", "path": str(tiny_model_dir)},
+    ]
     workers = {name: WorkerProcess(tmp_path, data, model, name) for name, model in
                (("w1", "tiny"), ("w2", "tiny"), ("w3", "other"), ("late", "tiny"))}  # fmt: skip
     db = Database(url)
@@ -88,7 +61,9 @@ async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_m
             async def live() -> Counter:
                 return Counter(w.model for w in await queue.workers() if w.kind == "remote")
 
-            await until(lambda: _eq(live(), {"tiny": 2, "other": 1}), "three workers to register", timeout=180)
+            await until(
+                lambda: _eq(live(), {"tiny": 2, "other": 1}), "three workers to register", timeout=180
+            )
             # the servers wait until every request is in, so the claims show the fair order alone
             for guild in guilds:
                 await queue.pause(guild.id)
@@ -96,7 +71,9 @@ async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_m
                 for crowd in members:
                     user = crowd.users[i % len(crowd.users)]
                     model = "other" if i % 10 == 0 else None  # six jobs for the other model
-                    assert await crowd.imagine(user, **({"model": model} if model else {})) is not None, crowd.refused
+                    assert await crowd.imagine(user, **({"model": model} if model else {})) is not None, (
+                        crowd.refused
+                    )
             accepted = {job_id: user for crowd in members for job_id, user in crowd.accepted.items()}
             assert len(accepted) == 60
             report = await status(build_config(data, env={}))
@@ -108,7 +85,9 @@ async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_m
             workers["w1"].signal(signal.SIGKILL)
             assert await workers["w1"].exited() == -signal.SIGKILL
             workers["late"].start()  # a worker started late joins: the third server waits for it
-            await until(lambda: _registered(queue, workers["late"]), "the late worker to register", timeout=180)
+            await until(
+                lambda: _registered(queue, workers["late"]), "the late worker to register", timeout=180
+            )
             await queue.resume(guilds[2].id)
 
             async def all_answered() -> bool:
@@ -123,22 +102,34 @@ async def test_three_workers_sixty_jobs_fair_exactly_once_kill_9_late_join_and_m
             result = await audit(emu, url, merged)
             assert result["problems"] == [] and result["statuses"] == {"done": 60}, result
             assert await env.services.ledger.check_invariant() == []
-            by_worker = {name: [j for j in jobs if f"-{workers[name].proc.pid}-" in j.result["worker"]] for name in workers}
+            by_worker = {
+                name: [j for j in jobs if f"-{workers[name].proc.pid}-" in j.result["worker"]]
+                for name in workers
+            }
             # a worker serving one model never takes a job for another
             assert {j.model for j in by_worker["w3"]} == {"other"} and len(by_worker["w3"]) == 6
             assert all(j.model == "tiny" for name in ("w1", "w2", "late") for j in by_worker[name])
             # the killed worker's batch finished on another worker; the late worker took work
             for job_id in holding:
                 job = next(j for j in jobs if j.id == job_id)
-                assert job.status == "done" and job.attempts == 2 and f"-{workers['w1'].proc.pid}-" not in job.result["worker"]
+                assert (
+                    job.status == "done"
+                    and job.attempts == 2
+                    and f"-{workers['w1'].proc.pid}-" not in job.result["worker"]
+                )
             assert by_worker["late"], "the late worker took no job"
             # fair order across servers: while both first servers had work, neither got ahead by more than a
             # couple of batches (one member's burst of 18 against three members' 18)
-            tiny = sorted((j for j in jobs if j.model == "tiny" and j.guild_id != guilds[2].id), key=lambda j: (j.started_at, j.id))
+            tiny = sorted(
+                (j for j in jobs if j.model == "tiny" and j.guild_id != guilds[2].id),
+                key=lambda j: (j.started_at, j.id),
+            )
             counts = Counter()
             for job in tiny[: len(tiny) // 2]:
                 counts[job.guild_id] += 1
-                assert abs(counts[guilds[0].id] - counts[guilds[1].id]) <= 3 * MAX_BATCH, [j.guild_id for j in tiny]
+                assert abs(counts[guilds[0].id] - counts[guilds[1].id]) <= 3 * MAX_BATCH, [
+                    j.guild_id for j in tiny
+                ]
     finally:
         for w in workers.values():
             w.signal(signal.SIGKILL)
@@ -156,5 +147,7 @@ async def _registered(queue: JobQueue, worker: WorkerProcess) -> bool:
 
 async def _running_on(queue: JobQueue, name: str, workers: dict) -> list[int] | None:
     pid = workers[name].proc.pid
-    running = [j.id for j in await queue.list(statuses=["running"]) if j.worker_id and f"-{pid}-" in j.worker_id]
+    running = [
+        j.id for j in await queue.list(statuses=["running"]) if j.worker_id and f"-{pid}-" in j.worker_id
+    ]
     return running or None

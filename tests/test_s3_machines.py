@@ -12,11 +12,10 @@ import socket
 from pathlib import Path
 
 from bench.crash_audit import Members, answers, audit
-from emulated_bot import bot_config_data, running_bot
+from emulated_bot import WorkerProcess, bot_config_data, running_bot
 from services.config import build_config
 from storage import Database, JobQueue
 from tests.test_crash_recovery import until
-from tests.test_multi_worker import WorkerProcess
 from tests.test_storage_support import create_pg_database, drop_pg_database
 
 
@@ -99,7 +98,9 @@ async def test_a_worker_cut_from_the_database_mid_batch_reconnects_and_its_resul
     )  # fmt: skip
     # the GPU machine reaches the database through the route, and the bucket through the AWS_* variables alone
     s3 = {key: value for key, value in s3_images.items() if key == "images"}
-    worker_data = {**data, "storage": {**data["storage"], "url": url.replace(":5432/", f":{route.port}/"), **s3}}
+    # and leaves the sizes to its model (config.toml's max_area = 0): it must still claim the bot's jobs
+    worker_data = {**data, "storage": {**data["storage"], "url": url.replace(":5432/", f":{route.port}/"), **s3},
+                   "generation": {**data["generation"], "max_area": 0}}  # fmt: skip
     assert f":{route.port}/" in worker_data["storage"]["url"]
     for var, value in (("AWS_ENDPOINT_URL", s3_images["s3_endpoint"]), ("AWS_ALLOW_HTTP", "true"),
                        ("AWS_ACCESS_KEY_ID", "k"), ("AWS_SECRET_ACCESS_KEY", "s"), ("AWS_REGION", "us-east-1")):
