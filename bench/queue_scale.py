@@ -12,17 +12,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import multiprocessing
 import os
 import signal
 import statistics
 import time
 import uuid
+from collections.abc import AsyncIterator
 from typing import Any
 
 from storage import CostPolicy, Database, JobQueue, JobSpec, Ledger
 from worker.registry import Registration
 
+DEFAULT_URL = "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
 GPU_S = 0.2
 LEASE_S = 3.0
 
@@ -93,11 +96,21 @@ async def _done(url: str) -> int:
         await db.close()
 
 
-async def run_workers(admin: str, n_workers: int, n_jobs: int, kill_after_s: float | None = None) -> dict[str, Any]:
+@contextlib.asynccontextmanager
+async def pg_database(admin: str) -> AsyncIterator[str]:
+    """A fresh database on the server of ``admin`` (a PostgreSQL URL) for the block: its URL; dropped after."""
     name = f"bench_{uuid.uuid4().hex[:10]}"
     await _admin(admin, f"CREATE DATABASE {name}")
-    url = admin.rsplit("/", 1)[0] + f"/{name}"
     try:
+        yield admin.rsplit("/", 1)[0] + f"/{name}"
+    finally:
+        await _admin(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+async def run_workers(
+    admin: str, n_workers: int, n_jobs: int, kill_after_s: float | None = None
+) -> dict[str, Any]:
+    async with pg_database(admin) as url:
         await _fill(url, n_jobs)
         ctx = multiprocessing.get_context("spawn")
         out, ready, go = ctx.Queue(), ctx.Queue(), ctx.Event()
@@ -113,16 +126,26 @@ async def run_workers(admin: str, n_workers: int, n_jobs: int, kill_after_s: flo
             await asyncio.sleep(kill_after_s)
             db = Database(url)
             victim = procs[0]
-            held = [j.id for j in await JobQueue(db).list(statuses=["running"]) if f"-{victim.pid}-" in (j.worker_id or "")]
+            held = [
+                j.id
+                for j in await JobQueue(db).list(statuses=["running"])
+                if f"-{victim.pid}-" in (j.worker_id or "")
+            ]
             os.kill(victim.pid, signal.SIGKILL)
             killed = time.perf_counter()
             queue = JobQueue(db)
-            while held and [j for j in await queue.list(statuses=None, limit=10_000) if j.id in held and j.status != "done"]:
+            while held and [
+                j
+                for j in await queue.list(statuses=None, limit=10_000)
+                if j.id in held and j.status != "done"
+            ]:
                 await asyncio.sleep(0.02)
             recovered = time.perf_counter() - killed if held else None
             await db.close()
         latencies = [x for _ in range(n_workers - (kill_after_s is not None)) for x in out.get(timeout=600)]
-        wall = time.perf_counter() - started - 1.0  # each worker waits a second on an empty queue before it stops
+        wall = (
+            time.perf_counter() - started - 1.0
+        )  # each worker waits a second on an empty queue before it stops
         for p in procs:
             p.join(timeout=60)
         assert await _done(url) == n_jobs
@@ -132,21 +155,25 @@ async def run_workers(admin: str, n_workers: int, n_jobs: int, kill_after_s: flo
             "claim_p50_ms": 1000 * statistics.median(latencies), "claim_p99_ms": 1000 * latencies[int(0.99 * (len(latencies) - 1))],
             "recovered_s": recovered,
         }  # fmt: skip
-    finally:
-        await _admin(admin, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+def run(jobs: int = 240, url: str = DEFAULT_URL) -> dict[str, Any]:
+    scale = [asyncio.run(run_workers(url, n, jobs)) for n in (1, 4, 16)]
+    for row in scale:
+        row["speedup"] = row["jobs_per_s"] / scale[0]["jobs_per_s"]
+    return {"gpu_s": GPU_S, "lease_s": LEASE_S, "scale": scale, "kill_9": asyncio.run(run_workers(url, 4, 80, kill_after_s=2.0))}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--url", default="postgresql+asyncpg://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--url", default=DEFAULT_URL)
     parser.add_argument("--jobs", type=int, default=240)
     args = parser.parse_args(argv)
-    rows = [asyncio.run(run_workers(args.url, n, args.jobs)) for n in (1, 4, 16)]
-    for r in rows:
-        print(f"{r['workers']:>2} workers: {r['jobs_per_s']:6.1f} jobs/s ({r['jobs_per_s'] / rows[0]['jobs_per_s']:4.1f}x one), "
+    result = run(args.jobs, args.url)
+    for r in result["scale"]:
+        print(f"{r['workers']:>2} workers: {r['jobs_per_s']:6.1f} jobs/s ({r['speedup']:4.1f}x one), "
               f"claim p50 {r['claim_p50_ms']:.1f} ms, p99 {r['claim_p99_ms']:.1f} ms")  # fmt: skip
-    killed = asyncio.run(run_workers(args.url, 4, 80, kill_after_s=2.0))
-    print(f"kill -9 of one of 4 workers mid-batch: its job done on another after {killed['recovered_s']:.2f} s "
+    print(f"kill -9 of one of 4 workers mid-batch: its job done on another after {result['kill_9']['recovered_s']:.2f} s "
           f"(lease {LEASE_S} s; same host: reaped as soon as its process is gone)")  # fmt: skip
     return 0
 

@@ -3,8 +3,8 @@
     python -m bench [--only NAME ...] [--quick] [--threads N] [--output PATH]
 
 Benchmarks: engine_overhead, prompt_encoding, storage_queue, batching, bot_e2e, mix, imagic, hypernet, lora, semantics,
-crash_recovery, img2img (each also runs
-alone as ``python -m bench.NAME``).  They run one after another in this process on one tiny model
+crash_recovery, img2img, queue_scale, remote_worker (each also runs alone as ``python -m bench.NAME``; the
+last two on the PostgreSQL server at 127.0.0.1:5432).  They run one after another in this process on one tiny model
 built once; a benchmark that fails is reported as such and the others still run.  The results file
 has one row per measurement with its target and pass/miss, the machine and the versions, and
 every benchmark's full result dict.  The exit status is 1 if a benchmark failed to run (a missed
@@ -34,7 +34,7 @@ from typing import Any
 
 BENCHMARKS = (
     "engine_overhead", "prompt_encoding", "storage_queue", "batching", "bot_e2e", "mix", "imagic", "hypernet", "lora",
-    "semantics", "crash_recovery", "img2img",
+    "semantics", "crash_recovery", "img2img", "queue_scale", "remote_worker",
 )  # fmt: skip
 DEFAULT_OUTPUT = Path(__file__).with_name("RESULTS.md")
 
@@ -80,6 +80,14 @@ SETTINGS: dict[str, dict[str, dict[str, Any]]] = {
     "img2img": {
         "normal": {"size": 256, "steps": 20, "runs": 5},
         "quick": {"size": 128, "steps": 20, "runs": 3},
+    },
+    "queue_scale": {
+        "normal": {"jobs": 240},
+        "quick": {"jobs": 120},
+    },
+    "remote_worker": {
+        "normal": {"runs": 10},
+        "quick": {"runs": 4},
     },
     "crash_recovery": {
         "normal": {"rounds": 3, "jobs": 3, "n_jobs": 200, "n_members": 20, "kills": 5, "beats": 200},
@@ -328,6 +336,32 @@ def rows_img2img(r: dict[str, Any]) -> list[Row]:
     ]
 
 
+def rows_queue_scale(r: dict[str, Any]) -> list[Row]:
+    rows = [
+        Row("queue_scale", f"{s['workers']} worker processes (PostgreSQL): jobs/s, × one worker",
+            f"{s['jobs_per_s']:.1f}/s, {s['speedup']:.1f}×", "≥ 12× at 16" if s["workers"] == 16 else "—",
+            _check(s["speedup"] >= 12) if s["workers"] == 16 else "info",
+            f"{s['jobs']} jobs of {r['gpu_s'] * 1000:.0f} ms simulated GPU time; claim p50 {s['claim_p50_ms']:.1f} ms, "
+            f"p99 {s['claim_p99_ms']:.1f} ms")
+        for s in r["scale"]
+    ]  # fmt: skip
+    kill = r["kill_9"]["recovered_s"]
+    rows.append(Row("queue_scale", "kill -9 of one of 4 workers mid-batch → its job done by another",
+                    f"{kill:.2f} s" if kill is not None else "no job held", note=f"lease {r['lease_s']} s"))  # fmt: skip
+    return rows
+
+
+def rows_remote_worker(r: dict[str, Any]) -> list[Row]:
+    here, there = r["embedded"], r["remote"]
+    return [
+        Row("remote_worker", "/imagine end to end: remote worker process / embedded worker",
+            f"{r['remote_over_embedded']:.2f}× ({r['extra_ms']:+.0f} ms)",
+            note=f"toy-world 64 px, {r['steps']} steps, medians of {r['runs']} alternating runs on PostgreSQL; "
+                 f"embedded {here['e2e_ms']:.0f} ms (claim {here['to_claim_ms']:.0f}, post {here['to_post_ms']:.0f}), "
+                 f"remote {there['e2e_ms']:.0f} ms (claim {there['to_claim_ms']:.0f}, post {there['to_post_ms']:.0f})"),
+    ]  # fmt: skip
+
+
 ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "engine_overhead": rows_engine_overhead,
     "prompt_encoding": rows_prompt_encoding,
@@ -341,6 +375,8 @@ ROWS: dict[str, Callable[[dict[str, Any]], list[Row]]] = {
     "semantics": rows_semantics,
     "crash_recovery": rows_crash_recovery,
     "img2img": rows_img2img,
+    "queue_scale": rows_queue_scale,
+    "remote_worker": rows_remote_worker,
 }
 
 

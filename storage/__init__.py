@@ -65,6 +65,7 @@ Queue
     await queue.model_states() -> {name: ModelState(served, live_workers)}; await queue.name_unnamed(model)
     await queue.report_progress(job_ids, step, total, stage, preview_png); await queue.progress_of(ids, since)
     await queue.listen(callback) -> stop | None   # PostgreSQL NOTIFY "final:<id>" / "progress:<id>"; SQLite: None
+    await queue.listen(callback, WORK_CHANNEL)    # a queued job's model (workers claim at once instead of polling)
     await queue.depth_by_guild() -> {guild_id: {"queued": n, "running": n}}
     await queue.complete(job_id, result, final_cost=None, images=(), worker_id=None) -> bool
         # 'settle:<job>' (0, or partial refund) and the image records in one transaction; with worker_id only
@@ -166,6 +167,7 @@ from storage.models import (
 from storage.policy import CostPolicy, compute_cost, denoised_steps
 from storage.queue import (
     NOTIFY_CHANNEL,
+    WORK_CHANNEL,
     Capability,
     JobQueue,
     JobSpec,
@@ -176,6 +178,7 @@ from storage.queue import (
 
 __all__ = [
     "NOTIFY_CHANNEL",
+    "WORK_CHANNEL",
     "Account",
     "Capability",
     "AuditEntry",

@@ -90,6 +90,7 @@ DONE = JobStatus.DONE.value
 FAILED = JobStatus.FAILED.value
 PASS_UNIT = 1000  # a server's pass advances by cost * PASS_UNIT / weight per job it is served
 NOTIFY_CHANNEL = "bot_jobs"  # PostgreSQL: "progress:<job>" and "final:<job>" are announced here on commit
+WORK_CHANNEL = "worker_jobs"  # PostgreSQL: a queued job's model is announced here on commit (workers claim at once)
 #: the kinds of workers that post results (a "remote" worker only runs jobs)
 ANNOUNCER_KINDS = ("embedded", "bot")
 
@@ -234,10 +235,12 @@ class JobQueue(abc.ABC):
         """The latest progress of those of ``job_ids`` still running, reported after ``since``."""
 
     @abc.abstractmethod
-    async def listen(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
+    async def listen(
+        self, callback: Callable[[str], None], channel: str = NOTIFY_CHANNEL
+    ) -> Callable[[], Awaitable[None]] | None:
         """Call ``callback(payload)`` when a job finishes (``"final:<id>"``) or reports progress
-        (``"progress:<id>"``): PostgreSQL's ``LISTEN``; returns what stops it, or None where there are no
-        notifications (SQLite: poll)."""
+        (``"progress:<id>"``), or on ``WORK_CHANNEL`` when a job is queued (its model): PostgreSQL's ``LISTEN``;
+        returns what stops it, or None where there are no notifications (SQLite: poll)."""
 
     @abc.abstractmethod
     async def depth_by_guild(self) -> dict[int, dict[str, int]]:
@@ -491,10 +494,11 @@ def _fair_share_upserts_of(s: Session) -> tuple[Any, Any]:
     return stmts
 
 
-def _notify(s: Session, payload: str) -> None:
-    """PostgreSQL: tell listeners (the bot) ``payload`` when this transaction commits. SQLite: they poll."""
+def _notify(s: Session, payload: str, channel: str = NOTIFY_CHANNEL) -> None:
+    """PostgreSQL: tell listeners (the bot; workers on ``WORK_CHANNEL``) ``payload`` when this transaction
+    commits. SQLite: they poll."""
     if s.get_bind().dialect.name == "postgresql":
-        s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": NOTIFY_CHANNEL, "payload": payload})
+        s.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": channel, "payload": payload})
 
 
 def _detached_job(values: Any) -> Job:
@@ -596,6 +600,7 @@ class SqlJobQueue(JobQueue):
             "updated_at": now,
         }
         values["id"] = job_id = s.scalar(_INSERT_JOB, values)
+        _notify(s, spec.model, WORK_CHANNEL)
         balance = _sql.post_entry(
             s,
             account.id,
@@ -980,8 +985,10 @@ class SqlJobQueue(JobQueue):
         rows = await self.db.run_read(lambda s: s.execute(stmt).all())
         return [ProgressReport(**row._mapping) for row in rows]
 
-    async def listen(self, callback: Callable[[str], None]) -> Callable[[], Awaitable[None]] | None:
-        return await self.db.listen(NOTIFY_CHANNEL, callback)
+    async def listen(
+        self, callback: Callable[[str], None], channel: str = NOTIFY_CHANNEL
+    ) -> Callable[[], Awaitable[None]] | None:
+        return await self.db.listen(channel, callback)
 
     async def depth_by_guild(self) -> dict[int, dict[str, int]]:
         stmt = (

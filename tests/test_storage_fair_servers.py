@@ -10,7 +10,7 @@ from collections import Counter
 
 import pytest
 
-from storage import Capability, CostPolicy, JobQueue, JobStatus, ModelState, QueueFull
+from storage import WORK_CHANNEL, Capability, CostPolicy, JobQueue, JobStatus, ModelState, QueueFull
 from tests.test_storage_support import BACKENDS, environment, spec
 
 
@@ -164,3 +164,24 @@ async def test_member_caps_and_claims_are_exact_under_concurrency(backend, tmp_p
         assert len(claimed) == len(set(claimed)) == 20
         for job_id in claimed:
             assert await env.queue.complete(job_id, {})
+
+
+async def test_workers_hear_of_queued_jobs_and_the_bot_of_finished_ones(backend, tmp_path):
+    """PostgreSQL tells listeners on commit (workers claim at once, the bot posts at once); SQLite has no
+    notifications: both poll."""
+    async with environment(backend, tmp_path) as env:
+        work, finished = asyncio.Queue(), asyncio.Queue()
+        stops = [await env.queue.listen(work.put_nowait, WORK_CHANNEL), await env.queue.listen(finished.put_nowait)]
+        if backend != "postgres":
+            assert stops == [None, None]
+            return
+        try:
+            job, _ = await env.queue.enqueue(dataclasses.replace(spec(1), model="anime"))
+            assert await asyncio.wait_for(work.get(), 10) == "anime"
+            (job,) = await env.queue.claim("w", max_batch=1)
+            await env.queue.complete(job.id, {})
+            assert await asyncio.wait_for(finished.get(), 10) == f"final:{job.id}"
+            assert work.empty()  # the two channels stay apart
+        finally:
+            for stop in stops:
+                await stop()

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gen_core.types import Cancelled, GeneratedImage, Progress
-from storage import Capability, is_unavailable
+from storage import WORK_CHANNEL, Capability, is_unavailable
 from worker.announcer import Announcer
 from worker.jobs import Inputs, JobParams, Task, params_of
 from worker.registry import Registration
@@ -123,6 +123,7 @@ class Worker:
         self._killed = False
         self._task: asyncio.Task | None = None
         self._beat_task: asyncio.Task | None = None
+        self._unlisten: Callable[[], Awaitable[None]] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     async def start(self) -> None:
@@ -132,6 +133,10 @@ class Worker:
             self.capability = self.registration.capability = self.capability_of(self.engine)
         await self.registration.register()
         await self.registration.reap()
+        try:  # PostgreSQL: claim as soon as a job for this model is queued, not at the next poll
+            self._unlisten = await self.queue.listen(self._on_queued, WORK_CHANNEL)
+        except Exception:  # no notifications: polling alone still finds every job
+            log.exception("could not listen for queued jobs; polling")
         self._task = asyncio.create_task(self._loop(), name="gpu-worker")
         self._beat_task = asyncio.create_task(
             self.registration.keep_alive(lambda: set(self.running_jobs), self._cancelled.update), name="worker-heartbeat"
@@ -148,7 +153,7 @@ class Worker:
                 self._cancelled.update(self.running_jobs)
                 await self.queue.release(list(self.running_jobs))
                 self._task.cancel()
-        await self._stop_beating()
+        await self._stop_background()
         if self._task is not None and not self._killed:  # a worker that never started never registered
             await self.registration.leave()  # its unanswered jobs go to a live worker at once
         self.gpu.shutdown(wait=False, cancel_futures=True)
@@ -159,12 +164,19 @@ class Worker:
         if self._task:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
-        await self._stop_beating()
+        await self._stop_background()
 
-    async def _stop_beating(self) -> None:
+    async def _stop_background(self) -> None:
         if self._beat_task is not None:
             self._beat_task.cancel()
             await asyncio.gather(self._beat_task, return_exceptions=True)
+        if self._unlisten is not None:
+            await self._unlisten()
+            self._unlisten = None
+
+    def _on_queued(self, model: str) -> None:
+        if self.capability is None or model == self.capability.model:
+            self._wake.set()
 
     def wake(self) -> None:
         """A job was enqueued: claim now rather than at the next poll."""
