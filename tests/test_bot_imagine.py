@@ -1,4 +1,5 @@
-"""/imagine end to end: the real bot (bot.py, cogs, worker, SQLite, tiny model) against the emulator."""
+"""/imagine end to end: the real bot (bot.py, cogs, worker, tiny model) against the emulator, on SQLite (one
+machine) and on the PostgreSQL service (the database of several)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,19 @@ from sqlalchemy import update
 from gen_core.metadata import parse_parameters, read_png_parameters
 from storage.models import Job
 from tests.bot_fixtures import BotEnv, bot_config, running_bot
+from tests.test_storage_support import create_pg_database, drop_pg_database
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def bot_env(request, emulator, tmp_path, tiny_model_dir):
+    url = await create_pg_database() if request.param == "postgres" else None
+    try:
+        config = bot_config(emulator, tmp_path / "data", tiny_model_dir, storage={"url": url} if url else {})
+        async with running_bot(emulator, config) as env:
+            yield env
+    finally:
+        if url:
+            await drop_pg_database(url)
 
 
 def is_result(message) -> bool:
@@ -241,7 +255,7 @@ async def test_many_users_at_once_are_acknowledged_and_served_fairly(bot_env: Bo
     invocations = [emu.invoke(u, channel, "imagine", {"prompt": f"job {k} of {u.name}"}) for k in range(5) for u in users]
     its = await asyncio.gather(*invocations)
     await asyncio.gather(*(it.wait_acked(3.0) for it in its))
-    replies = await asyncio.gather(*(it.original(5) for it in its))
+    replies = await asyncio.gather(*(it.original(30) for it in its))  # a deferred reply may take minutes
     assert all("queued" in (r.content or "") for r in replies), [r.content or r.embeds for r in replies][:3]
     assert emu.failures == []
     queue = bot_env.services.queue
