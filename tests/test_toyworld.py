@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import random
 from dataclasses import replace
 from pathlib import Path
@@ -104,6 +105,24 @@ def test_quick_training_is_deterministic_and_loads_as_sd(tmp_path):
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
     assert pipe.text_encoder.config.num_hidden_layers >= 2  # clip skip 2 exists
     assert_posterior_is_its_mean(pipe.vae)
+
+
+def test_training_on_from_a_model_keeps_its_vae_and_scale(tmp_path):
+    from safetensors.torch import load_file
+
+    cfg = replace(QUICK, vae_steps=4, unet_steps=4, dataset=32)
+    train(tmp_path / "a", cfg, tmp_path / "work-a")
+    train(tmp_path / "b", replace(cfg, offset_noise_min_t=500), tmp_path / "work-b", init=tmp_path / "a")
+
+    def weights(model: str, part: str) -> dict:
+        [file] = (tmp_path / model / part).glob("*.safetensors")
+        return load_file(file)
+
+    assert all(torch.equal(t, weights("b", "vae")[k]) for k, t in weights("a", "vae").items())
+    assert any(not torch.equal(t, weights("b", "unet")[k]) for k, t in weights("a", "unet").items())
+    card = json.loads((tmp_path / "b" / "training.json").read_text())
+    assert card["config"]["offset_noise_min_t"] == 500 and card["init"]["config"]["offset_noise_min_t"] == 0
+    assert card["latent_scaling_factor"] == json.loads((tmp_path / "a" / "training.json").read_text())["latent_scaling_factor"]
 
 
 def assert_posterior_is_its_mean(vae) -> None:

@@ -10,6 +10,10 @@ Two stages, each resumable from its checkpoint:
    classifier-free guidance, clip skip 1 or 2 at random so both work) on a fixed set of pictures
    encoded once by the frozen VAE, with an EMA of the weights.
 
+``--init MODEL`` trains the UNet and text encoder on from an existing toy-world model (its VAE and latent
+scale are kept), and ``--set FIELD=VALUE`` changes any :class:`TrainConfig` field, e.g. a second phase with
+offset noise only at high timesteps (``--set offset_noise_min_t=400``).
+
 The result is a diffusers folder (fp16 safetensors) that ``StableDiffusionPipeline.from_pretrained``
 loads like any SD 1.x checkpoint.  Every random choice comes from the seed, and torch runs on one
 thread, so the same seed and the same settings give the same weights.
@@ -17,6 +21,7 @@ thread, so the same seed and the same settings give the same weights.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -68,14 +73,24 @@ class TrainConfig:
     unet_lr: float = 6e-4
     caption_dropout: float = 0.1
     offset_noise: float = 0.3
+    # Offset noise only from this timestep up: at low noise a picture's own colours must show through, so
+    # that img2img at a low strength keeps them instead of repainting them after the prompt.
+    offset_noise_min_t: int = 0
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
     threads: int = 1
 
 
 QUICK = TrainConfig(
-    vae_steps=12, vae_batch=8, gate_psnr=0.0, gate_accuracy=0.0, gate_pictures=8,
-    dataset=64, unet_steps=12, unet_batch=8, checkpoint_minutes=0.0,
+    vae_steps=12,
+    vae_batch=8,
+    gate_psnr=0.0,
+    gate_accuracy=0.0,
+    gate_pictures=8,
+    dataset=64,
+    unet_steps=12,
+    unet_batch=8,
+    checkpoint_minutes=0.0,
 )
 
 
@@ -121,8 +136,13 @@ def noise_scheduler():
 
     # SD 1.x's own schedule, so every sampler the engine offers behaves as on a real checkpoint.
     return PNDMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        skip_prk_steps=True, set_alpha_to_one=False, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        skip_prk_steps=True,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )
 
 
@@ -138,7 +158,9 @@ def to_images(x: torch.Tensor):
     return [Image.fromarray(a) for a in arr]
 
 
-def _pictures(rng: random.Random, n: int, res: int, held_out: bool = False) -> tuple[list[Scene], torch.Tensor]:
+def _pictures(
+    rng: random.Random, n: int, res: int, held_out: bool = False
+) -> tuple[list[Scene], torch.Tensor]:
     scenes = [random_scene(rng, held_out=held_out) for _ in range(n)]
     return scenes, to_tensor([draw(s, res, res, jitter=rng) for s in scenes])
 
@@ -211,8 +233,13 @@ def train_vae(vae, cfg: TrainConfig, work: Path) -> None:
             _progress("VAE", step, cfg.vae_steps, first, started, f"loss {loss.item():.5f}")
 
         def state(step: int = step):
-            return {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
-                    "rng": _rng_state(rng), "torch_rng": torch.get_rng_state()}
+            return {
+                "model": vae.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "rng": _rng_state(rng),
+                "torch_rng": torch.get_rng_state(),
+            }
 
         ckpt.maybe_save(state, force=step == cfg.vae_steps)
     vae.eval()
@@ -239,8 +266,10 @@ def vae_gate(vae, cfg: TrainConfig) -> dict:
     psnr = float((10 * torch.log10(1 / mse.clamp_min(1e-10))).mean())
     truth = [judge(im) for im in to_images(x)]
     seen = [judge(im) for im in to_images(recon)]
-    accuracy = {a: float(np.mean([getattr(t, a) == getattr(s, a) for t, s in zip(truth, seen, strict=True)]))
-                for a in ATTRIBUTES}
+    accuracy = {
+        a: float(np.mean([getattr(t, a) == getattr(s, a) for t, s in zip(truth, seen, strict=True)]))
+        for a in ATTRIBUTES
+    }
     return {"psnr": psnr, "accuracy": accuracy}
 
 
@@ -350,7 +379,11 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
     first, started = step, time.monotonic()
     warmup = max(1, min(500, cfg.unet_steps // 20))
     while step < cfg.unet_steps:
-        lr = cfg.unet_lr * min(1.0, (step + 1) / warmup) * (0.55 + 0.45 * math.cos(math.pi * step / cfg.unet_steps))
+        lr = (
+            cfg.unet_lr
+            * min(1.0, (step + 1) / warmup)
+            * (0.55 + 0.45 * math.cos(math.pi * step / cfg.unet_steps))
+        )
         for group in opt.param_groups:
             group["lr"] = lr
         bucket = rng.choices(buckets, weights=[b.weight for b in buckets])[0]
@@ -369,8 +402,9 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
         # latent, so even at the last timestep their colour shows through the mean of the noisy
         # latent; without the offset the UNet reads the background from there and ignores the words
         # (at sampling time the noise carries no colour, so backgrounds came out at random).
-        noise = torch.randn_like(x0) + cfg.offset_noise * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         t = torch.randint(0, 1000, (len(idx),))
+        offset = cfg.offset_noise * (t >= cfg.offset_noise_min_t).float().view(-1, 1, 1, 1)
+        noise = torch.randn_like(x0) + offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         a = alphas[t].view(-1, 1, 1, 1)
         xt = a.sqrt() * x0 + (1 - a).sqrt() * noise
         context = encode_text(text_encoder, tokens(texts), clip_skip).reshape(len(idx), chunks * 77, -1)
@@ -390,10 +424,16 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
             _progress("UNet", step, cfg.unet_steps, first, started, f"loss {loss.item():.4f} lr {lr:.2e}")
 
         def state(step: int = step):
-            return {"unet": unet.state_dict(), "text": text_encoder.state_dict(),
-                    "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                    "opt": opt.state_dict(), "step": step, "rng": _rng_state(rng),
-                    "torch_rng": torch.get_rng_state()}
+            return {
+                "unet": unet.state_dict(),
+                "text": text_encoder.state_dict(),
+                "ema_unet": ema_unet.state_dict(),
+                "ema_text": ema_text.state_dict(),
+                "opt": opt.state_dict(),
+                "step": step,
+                "rng": _rng_state(rng),
+                "torch_rng": torch.get_rng_state(),
+            }
 
         ckpt.maybe_save(state, force=step == cfg.unet_steps)
     return ema_unet, ema_text
@@ -404,8 +444,14 @@ def save_pipeline(vae, unet, text_encoder, tokenizer, out: Path, card: dict) -> 
     from diffusers import StableDiffusionPipeline
 
     pipe = StableDiffusionPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=noise_scheduler(),
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=noise_scheduler(),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     pipe.to(torch.float16)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -425,16 +471,29 @@ def save_pipeline(vae, unet, text_encoder, tokenizer, out: Path, card: dict) -> 
     pipe.to(torch.float32)
 
 
-def train(out: Path, cfg: TrainConfig, work: Path | None = None) -> dict:
-    """Run both stages (resuming from ``work`` where checkpoints exist) and write the model to ``out``."""
+def load_models(folder: Path):
+    """The VAE, UNet, text encoder and tokenizer of a toy-world model folder, in fp32, to train further."""
+    from diffusers import StableDiffusionPipeline
+
+    from gen_core.engine import DTYPE_KW
+
+    pipe = StableDiffusionPipeline.from_pretrained(folder, safety_checker=None, **{DTYPE_KW: torch.float32})
+    return pipe.vae, pipe.unet, pipe.text_encoder, pipe.tokenizer
+
+
+def train(out: Path, cfg: TrainConfig, work: Path | None = None, init: Path | None = None) -> dict:
+    """Run both stages (resuming from ``work`` where checkpoints exist) and write the model to ``out``.
+    With ``init`` (a toy-world model folder) the UNet and text encoder train on from that model's weights
+    and its VAE is kept as it is (gated again, not trained)."""
     torch.set_num_threads(cfg.threads)
     work = work or out.parent / f".{out.name}-work"
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
-    vae, unet, text_encoder, tokenizer = build_models(cfg)
+    vae, unet, text_encoder, tokenizer = load_models(init) if init else build_models(cfg)
     t0 = time.monotonic()
-    train_vae(vae, cfg, work)
-    deterministic_posterior(vae)
+    if not init:
+        train_vae(vae, cfg, work)
+        deterministic_posterior(vae)
     gate = vae_gate(vae, cfg)
     log.info("VAE gate: PSNR %.2f dB, judge on reconstructions %s", gate["psnr"], gate["accuracy"])
     if gate["psnr"] < cfg.gate_psnr or min(gate["accuracy"].values()) < cfg.gate_accuracy:
@@ -446,22 +505,44 @@ def train(out: Path, cfg: TrainConfig, work: Path | None = None) -> dict:
     cached = work / "dataset.pt"
     if cached.exists():  # encoding takes minutes: a resumed run reads what the first one encoded
         saved = torch.load(cached, weights_only=True)
-        buckets = [Bucket(tuple(b["size"]), b["weight"], [Scene(*s) for s in b["scenes"]], b["latents"])
-                   for b in saved["buckets"]]
+        buckets = [
+            Bucket(tuple(b["size"]), b["weight"], [Scene(*s) for s in b["scenes"]], b["latents"])
+            for b in saved["buckets"]
+        ]
         scale = saved["scale"]
     else:
         buckets, scale = encode_dataset(vae, unet, cfg)
-        torch.save({"scale": scale, "buckets": [
-            {"size": list(b.size), "weight": b.weight, "latents": b.latents,
-             "scenes": [[s.colour, s.shape, s.background, s.size, s.position, s.style] for s in b.scenes]}
-            for b in buckets]}, cached)
+        if init:  # the UNet learnt the latents at its model's scale
+            scale = vae.config.scaling_factor
+        torch.save(
+            {
+                "scale": scale,
+                "buckets": [
+                    {
+                        "size": list(b.size),
+                        "weight": b.weight,
+                        "latents": b.latents,
+                        "scenes": [
+                            [s.colour, s.shape, s.background, s.size, s.position, s.style] for s in b.scenes
+                        ],
+                    }
+                    for b in buckets
+                ],
+            },
+            cached,
+        )
     vae.register_to_config(scaling_factor=scale)
     for b in buckets:
         b.latents *= scale
     ema_unet, ema_text = train_unet(unet, text_encoder, tokenizer, buckets, cfg, work)
-    card = {"config": asdict(cfg), "vae_gate": gate, "latent_scaling_factor": scale,
-            "seconds": {"vae": round(t_vae), "total": round(time.monotonic() - t0)},
-            "torch": torch.__version__}
+    card = {
+        "config": asdict(cfg),
+        "vae_gate": gate,
+        **({"init": json.loads((init / "training.json").read_text())} if init else {}),
+        "latent_scaling_factor": scale,
+        "seconds": {"vae": round(t_vae), "total": round(time.monotonic() - t0)},
+        "torch": torch.__version__,
+    }
     save_pipeline(vae, ema_unet, ema_text, tokenizer, out, card)
     log.info("wrote the toy-world model to %s", out)
     return card
@@ -474,19 +555,43 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="a few steps of each stage (CI smoke test)")
-    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in the work folder")
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the checkpoints in the work folder"
+    )
     parser.add_argument("--work", type=Path, help="checkpoint folder (default: beside OUT)")
     parser.add_argument("--vae-steps", type=int)
     parser.add_argument("--unet-steps", type=int)
-    parser.add_argument("--threads", type=int, help="torch threads (default 1: fastest on a shared 2-core CPU)")
-    parser.add_argument("--gate-accuracy", type=float, help="the judge's least accuracy on VAE reconstructions")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default 1: fastest on a shared 2-core CPU)"
+    )
+    parser.add_argument(
+        "--gate-accuracy", type=float, help="the judge's least accuracy on VAE reconstructions"
+    )
+    parser.add_argument("--init", type=Path, help="train on from this toy-world model (its VAE is kept)")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="FIELD=VALUE", help="any TrainConfig field"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     cfg = replace(QUICK if args.quick else TrainConfig(), seed=args.seed)
-    overrides = {k: v for k, v in (("vae_steps", args.vae_steps), ("unet_steps", args.unet_steps),
-                                   ("threads", args.threads), ("gate_accuracy", args.gate_accuracy)) if v is not None}
+    overrides = {
+        k: v
+        for k, v in (
+            ("vae_steps", args.vae_steps),
+            ("unet_steps", args.unet_steps),
+            ("threads", args.threads),
+            ("gate_accuracy", args.gate_accuracy),
+        )
+        if v is not None
+    }
+    fields = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+    for item in args.set:
+        name, _, value = item.partition("=")
+        if name not in fields:
+            parser.error(f"--set {item}: no such field; fields: {', '.join(fields)}")
+        overrides[name] = {"int": int, "float": float}[fields[name]](value)
     cfg = replace(cfg, **overrides)
     work = args.work or args.out.parent / f".{args.out.name}-work"
     if work.exists() and not args.resume:
         shutil.rmtree(work)
-    train(args.out, cfg, work)
+    train(args.out, cfg, work, args.init)
