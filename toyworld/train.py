@@ -12,7 +12,8 @@ Two stages, each resumable from its checkpoint:
 
 ``--init MODEL`` trains the UNet and text encoder on from an existing toy-world model (its VAE and latent
 scale are kept), and ``--set FIELD=VALUE`` changes any :class:`TrainConfig` field, e.g. a second phase with
-offset noise only at high timesteps (``--set offset_noise_min_t=400``).
+offset noise only at high timesteps (``--set offset_noise_min_t=400``) or more caption dropout at low ones
+(``--set low_t=300 --set low_t_caption_dropout=0.6``).
 
 The result is a diffusers folder (fp16 safetensors) that ``StableDiffusionPipeline.from_pretrained``
 loads like any SD 1.x checkpoint.  Every random choice comes from the seed, and torch runs on one
@@ -76,6 +77,11 @@ class TrainConfig:
     # Offset noise only from this timestep up: at low noise a picture's own colours must show through, so
     # that img2img at a low strength keeps them instead of repainting them after the prompt.
     offset_noise_min_t: int = 0
+    # Below timestep low_t captions are dropped with low_t_caption_dropout instead: at low noise the picture, not
+    # the words, should decide what it shows, so that guidance there stays small and img2img at a low strength
+    # keeps the upload's colours.
+    low_t: int = 0
+    low_t_caption_dropout: float = 0.1
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
     threads: int = 1
@@ -391,10 +397,12 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
         idx = [rng.randrange(len(scenes)) for _ in range(cfg.unet_batch)]
         # Mostly one 77-token chunk; sometimes 2-3 (long prompts, BREAK), with the caption in any of them.
         chunks = 1 if rng.random() < 0.8 else rng.choice((2, 3))
+        t = torch.randint(0, 1000, (len(idx),))
+        dropout = [cfg.low_t_caption_dropout if step_t < cfg.low_t else cfg.caption_dropout for step_t in t.tolist()]
         texts = [
-            t
-            for i in idx
-            for t in training_texts(None if rng.random() < cfg.caption_dropout else scenes[i], rng, chunks)
+            text
+            for i, p in zip(idx, dropout, strict=True)
+            for text in training_texts(None if rng.random() < p else scenes[i], rng, chunks)
         ]
         clip_skip = rng.choice((1, 2))
         x0 = bucket.latents[idx]
@@ -402,7 +410,6 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
         # latent, so even at the last timestep their colour shows through the mean of the noisy
         # latent; without the offset the UNet reads the background from there and ignores the words
         # (at sampling time the noise carries no colour, so backgrounds came out at random).
-        t = torch.randint(0, 1000, (len(idx),))
         offset = cfg.offset_noise * (t >= cfg.offset_noise_min_t).float().view(-1, 1, 1, 1)
         noise = torch.randn_like(x0) + offset * torch.randn(x0.shape[0], x0.shape[1], 1, 1)
         a = alphas[t].view(-1, 1, 1, 1)
