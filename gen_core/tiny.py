@@ -147,7 +147,9 @@ def clip_text_config(hidden: int, layers: int, pad_id: int, projection: int, int
     )
 
 
-def _tiny_scheduler():
+def sd1_scheduler():
+    """SD 1.x's own noise schedule and scheduler config (the tiny models' and the toy-world model's), so every
+    sampler the engine offers behaves as on a real checkpoint."""
     from diffusers import PNDMScheduler
 
     return PNDMScheduler(
@@ -195,7 +197,7 @@ def build_tiny_pipeline(seed: int = 0, inpainting: bool = False, family: str = "
         text_encoder=text_encoder,
         tokenizer=load_clip_tokenizer(),
         unet=unet,
-        scheduler=_tiny_scheduler(),
+        scheduler=sd1_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
@@ -243,7 +245,7 @@ def _build_tiny_sdxl(seed: int, inpainting: bool):
         tokenizer=load_clip_tokenizer(),
         tokenizer_2=load_clip_tokenizer(pad_token="!"),
         unet=unet,
-        scheduler=_tiny_scheduler(),
+        scheduler=sd1_scheduler(),
         force_zeros_for_empty_prompt=True,
     )
 

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from gen_core.prompts import final_layer_norm
+from gen_core.tiny import sd1_scheduler
 from toyworld.judge import judge
 from toyworld.world import Scene, caption, draw, random_scene
 
@@ -135,21 +136,6 @@ def build_models(cfg: TrainConfig):
     )
     text_encoder = CLIPTextModel(clip_text_config(text_dim, 3, 49407, text_dim, intermediate=256))
     return vae, unet, text_encoder, load_clip_tokenizer()
-
-
-def noise_scheduler():
-    from diffusers import PNDMScheduler
-
-    # SD 1.x's own schedule, so every sampler the engine offers behaves as on a real checkpoint.
-    return PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        num_train_timesteps=1000,
-        skip_prk_steps=True,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
 
 
 def to_tensor(images) -> torch.Tensor:
@@ -360,7 +346,7 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
     import copy
 
     ckpt = Checkpoint(work / "unet.ckpt", cfg.checkpoint_minutes)
-    scheduler = noise_scheduler()
+    scheduler = sd1_scheduler()
     alphas = scheduler.alphas_cumprod
     snr = alphas / (1 - alphas)
     params = list(unet.parameters()) + list(text_encoder.parameters())
@@ -455,7 +441,7 @@ def save_pipeline(vae, unet, text_encoder, tokenizer, out: Path, card: dict) -> 
         text_encoder=text_encoder,
         tokenizer=tokenizer,
         unet=unet,
-        scheduler=noise_scheduler(),
+        scheduler=sd1_scheduler(),
         safety_checker=None,
         feature_extractor=None,
         requires_safety_checker=False,
