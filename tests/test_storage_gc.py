@@ -55,20 +55,27 @@ async def test_a_bucket_is_collected_by_the_same_rules(tmp_path, s3_server, s3_i
     assert not await store.exists(orphan)
 
 
+async def _retention_scene(env, store) -> list[str]:
+    """Five 100-byte pictures a month apart in the books: a cancelled job's result and its upload, a result a member
+    starred, a queued job's upload, and a result recorded now. Their keys in that order."""
+    old_result, favourite, old_upload, queued_upload, new_result = [await store.put(bytes([i]) * 100) for i in range(5)]
+    done, _ = await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="1", params={"init_image": old_upload}))
+    await env.queue.cancel(done.id, None)
+    for key in (old_result, favourite):
+        await env.queue.images.record(job_id=done.id, guild_id=100, user_id=1, key=key, width=8, height=8, seed=1, params={})
+    starred = (await env.queue.images.for_job(done.id))[1]
+    await env.queue.images.add_favourite(2, starred.id)
+    await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="2", params={"init_image": queued_upload}))
+    env.clock.advance(31 * 86400)
+    await env.queue.images.record(job_id=None, guild_id=100, user_id=1, key=new_result, width=8, height=8, seed=1, params={})
+    return [old_result, favourite, old_upload, queued_upload, new_result]
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 async def test_retention_removes_old_pictures_but_keeps_recent_favourite_and_active_ones(backend, tmp_path):
     async with environment(backend, tmp_path) as env:
         store = ImageStore(tmp_path / "images", fsync=False)
-        old_result, favourite, old_upload, queued_upload, new_result = [await store.put(bytes([i]) * 100) for i in range(5)]
-        done, _ = await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="1", params={"init_image": old_upload}))
-        await env.queue.cancel(done.id, None)
-        for key in (old_result, favourite):
-            await env.queue.images.record(job_id=done.id, guild_id=100, user_id=1, key=key, width=8, height=8, seed=1, params={})
-        starred = (await env.queue.images.for_job(done.id))[1]
-        await env.queue.images.add_favourite(2, starred.id)
-        queued, _ = await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="2", params={"init_image": queued_upload}))
-        env.clock.advance(31 * 86400)
-        await env.queue.images.record(job_id=None, guild_id=100, user_id=1, key=new_result, width=8, height=8, seed=1, params={})
+        old_result, favourite, old_upload, queued_upload, new_result = await _retention_scene(env, store)
         old = time.time() - 7200
         for key in (old_result, favourite, old_upload, queued_upload, new_result):
             os.utime(store.path(key), (old, old))
@@ -86,17 +93,8 @@ async def test_retention_removes_old_pictures_but_keeps_recent_favourite_and_act
 async def test_retention_discard_and_usage_on_either_store(kind, request, tmp_path):
     store = ImageStore(tmp_path / "images", fsync=False) if kind == "folder" else bucket_store(request.getfixturevalue("s3_images"))
     async with environment("sqlite", tmp_path) as env:
-        old_result, favourite, old_upload, queued_upload, new_result = [await store.put(bytes([i]) * 100) for i in range(5)]
+        old_result, favourite, old_upload, queued_upload, new_result = await _retention_scene(env, store)
         orphan = await store.put(bytes([9]) * 50)
-        done, _ = await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="1", params={"init_image": old_upload}))
-        await env.queue.cancel(done.id, None)
-        for key in (old_result, favourite):
-            await env.queue.images.record(job_id=done.id, guild_id=100, user_id=1, key=key, width=8, height=8, seed=1, params={})
-        starred = (await env.queue.images.for_job(done.id))[1]
-        await env.queue.images.add_favourite(2, starred.id)
-        await env.queue.enqueue(dataclasses.replace(spec(), interaction_id="2", params={"init_image": queued_upload}))
-        env.clock.advance(31 * 86400)
-        await env.queue.images.record(job_id=None, guild_id=100, user_id=1, key=new_result, width=8, height=8, seed=1, params={})
         assert await gc.usage(store) == gc.Files(files=6, bytes=550)
         assert await gc.usage(store, [favourite, orphan, favourite]) == gc.Files(files=2, bytes=150)
         # a forgotten member's keys: only the one no row names goes, at once (no grace time)
