@@ -56,6 +56,11 @@ def bot_config_data(
     return data
 
 
+def result_job_id(message: Any) -> int:
+    """The job a result message names (its text says "job #<id>")."""
+    return int(message.content.split("job #")[1].split()[0])
+
+
 def toml_text(data: dict[str, Any]) -> str:
     """``data`` (sections of strings, numbers and booleans, or lists of such tables: ``[[models]]``) as TOML."""
     lines = []

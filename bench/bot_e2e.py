@@ -132,6 +132,7 @@ async def _overhead(
 ) -> dict[str, Any]:
     from PIL import Image
 
+    from emulated_bot import result_job_id
     from worker.handlers import sampling_request
     from worker.jobs import params_of
 
@@ -154,7 +155,7 @@ async def _overhead(
             status = it.original_message
             await emu.wait_until(lambda: status is None or status.deleted, 10, "the status message to go")
             if request is None:
-                job = await env.services.queue.get(int(msg.content.split("job #")[1].split()[0]))
+                job = await env.services.queue.get(result_job_id(msg))
                 request = sampling_request(params_of(job))
                 data = await emu.read_attachment(msg.attachments[0])
                 result_pixels = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))

@@ -31,7 +31,7 @@ PATHS = ("here", "there")  # the embedded worker's model name, the remote worker
 
 async def measure(admin_url: str, runs: int, steps: int = 20) -> dict[str, Any]:
     from discord_emulator import Emulator, EmulatorSettings, configure_discord_py
-    from emulated_bot import WorkerProcess, bot_config_data, running_bot
+    from emulated_bot import WorkerProcess, bot_config_data, result_job_id, running_bot
     from services.config import build_config
     from toyworld import MODEL_DIR
 
@@ -67,7 +67,7 @@ async def measure(admin_url: str, runs: int, steps: int = 20) -> dict[str, Any]:
                     await it.wait_acked(5)
                     message = await emu.wait_for_message(channel, _is_result, timeout=120)
                     e2e = time.perf_counter() - t0
-                    job = await queue.get(int(message.content.split("job #")[1].split()[0]))
+                    job = await queue.get(result_job_id(message))
                     assert job.model == model and job.status == "done", job
                     return {
                         "e2e_ms": 1000 * e2e,

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from discord_emulator import Emulator
-from emulated_bot import BotEnv, bot_config, running_bot
+from emulated_bot import BotEnv, bot_config, result_job_id, running_bot
 from gen_core.metadata import parse_parameters, read_png_parameters
 
-__all__ = ["BotEnv", "bot_config", "running_bot"]  # re-exported for the tests
+__all__ = ["BotEnv", "bot_config", "result_job_id", "running_bot"]  # re-exported for the tests
 
 
 async def attachment_pixels(emu: Emulator, attachment: Any) -> np.ndarray:

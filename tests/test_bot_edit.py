@@ -16,6 +16,7 @@ from tests.bot_fixtures import (
     followup_refusal,
     is_result,
     png,
+    result_job_id,
     running_bot,
 )
 
@@ -25,7 +26,7 @@ def picture(width: int = 64, height: int = 64) -> Image.Image:
 
 
 async def result_job(env: BotEnv, message):
-    return await env.services.queue.get(int(message.content.split("job #")[1].split()[0]))
+    return await env.services.queue.get(result_job_id(message))
 
 
 @pytest.fixture

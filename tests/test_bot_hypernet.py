@@ -19,6 +19,7 @@ from tests.bot_fixtures import (
     followup_refusal,
     is_result,
     png,
+    result_job_id,
     running_bot,
 )
 from tests.test_hypernetwork import a1111_file, evil_pt
@@ -36,7 +37,7 @@ async def reply(it) -> str:
 
 
 async def result_job(env: BotEnv, message):
-    return await env.services.queue.get(int(message.content.split("job #")[1].split()[0]))
+    return await env.services.queue.get(result_job_id(message))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from gen_core.metadata import parse_parameters, read_png_parameters
 from storage.models import Job
-from tests.bot_fixtures import BotEnv, bot_config, running_bot
+from tests.bot_fixtures import BotEnv, bot_config, result_job_id, running_bot
 from tests.test_storage_support import create_pg_database, drop_pg_database
 
 
@@ -39,7 +39,7 @@ async def imagine(env: BotEnv, user, channel, **options):
 
 async def posted_job(env: BotEnv, message, timeout: float = 5.0):
     """The job behind a result message, once the bot has recorded that it posted it."""
-    job_id = int(message.content.split("job #")[1].split()[0])
+    job_id = result_job_id(message)
     for _ in range(int(timeout / 0.05)):
         job = await env.services.queue.get(job_id)
         if job.posted_message_id:

@@ -20,6 +20,7 @@ from tests.bot_fixtures import (
     followup_refusal,
     is_result,
     png,
+    result_job_id,
     running_bot,
 )
 from worker.jobs import params_of
@@ -44,7 +45,7 @@ def vae_round_trip(engine, picture: Image.Image) -> Image.Image:
 
 
 async def result_job(env: BotEnv, message):
-    return await env.services.queue.get(int(message.content.split("job #")[1].split()[0]))
+    return await env.services.queue.get(result_job_id(message))
 
 
 async def stored_image(env: BotEnv, key: str) -> Image.Image:

@@ -14,6 +14,7 @@ from tests.bot_fixtures import (
     followup_refusal,
     is_result,
     png,
+    result_job_id,
     running_bot,
 )
 
@@ -42,7 +43,7 @@ async def test_outpaint_pick_and_directional_chaining(bot_env: BotEnv):
     out = await attachment_pixels(emu, result.attachments[0])
     blur = bot_env.config.generation.mask_blur
     assert (out[:, : 128 - blur] == np.asarray(src)[:, : 128 - blur]).all()
-    job = await bot_env.services.queue.get(int(result.content.split("job #")[1].split()[0]))
+    job = await bot_env.services.queue.get(result_job_id(result))
     assert job.kind == "outpaint" and await bot_env.balance(guild, alice) == before - job.cost
 
     labels = {b.label for b in result.buttons}
