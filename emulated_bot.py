@@ -56,6 +56,11 @@ def bot_config_data(
     return data
 
 
+def is_result(message: Any) -> bool:
+    """Whether ``message`` is a job's public result post (its first attachment is ``job...``)."""
+    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
+
+
 def result_job_id(message: Any) -> int:
     """The job a result message names (its text says "job #<id>")."""
     return int(message.content.split("job #")[1].split()[0])

@@ -83,10 +83,6 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[k]
 
 
-def _is_result(message) -> bool:
-    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
-
-
 @contextlib.asynccontextmanager
 async def _bot(data_dir: Path, model_dir: Path, n_users: int = 0, **sections: dict[str, Any]):
     """A started emulator (+ ``n_users`` extra guild members) and the real bot; stopped cleanly."""
@@ -132,7 +128,7 @@ async def _overhead(
 ) -> dict[str, Any]:
     from PIL import Image
 
-    from emulated_bot import result_job_id
+    from emulated_bot import is_result, result_job_id
     from worker.handlers import sampling_request
     from worker.jobs import params_of
 
@@ -150,7 +146,7 @@ async def _overhead(
             t0, w0 = time.perf_counter(), time.time()
             it = await emu.invoke(alice, channel, "imagine", options)
             await it.wait_acked(5)
-            msg = await emu.wait_for_message(channel, _is_result, timeout=120)
+            msg = await emu.wait_for_message(channel, is_result, timeout=120)
             t1 = time.perf_counter()
             status = it.original_message
             await emu.wait_until(lambda: status is None or status.deleted, 10, "the status message to go")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import shutil
 import signal
 import statistics
 import tempfile
@@ -23,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.bot_e2e import WORKER, _is_result
+from bench.bot_e2e import WORKER
 from bench.queue_scale import DEFAULT_URL, pg_database
 
 PATHS = ("here", "there")  # the embedded worker's model name, the remote worker's
@@ -31,7 +32,7 @@ PATHS = ("here", "there")  # the embedded worker's model name, the remote worker
 
 async def measure(admin_url: str, runs: int, steps: int = 20) -> dict[str, Any]:
     from discord_emulator import Emulator, EmulatorSettings, configure_discord_py
-    from emulated_bot import WorkerProcess, bot_config_data, result_job_id, running_bot
+    from emulated_bot import WorkerProcess, bot_config_data, is_result, result_job_id, running_bot
     from services.config import build_config
     from toyworld import MODEL_DIR
 
@@ -65,7 +66,7 @@ async def measure(admin_url: str, runs: int, steps: int = 20) -> dict[str, Any]:
                     it = await emu.invoke(alice, channel, "imagine", {"prompt": "a red circle on a white background",
                                                                       "seed": 7, "model": model})  # fmt: skip
                     await it.wait_acked(5)
-                    message = await emu.wait_for_message(channel, _is_result, timeout=120)
+                    message = await emu.wait_for_message(channel, is_result, timeout=120)
                     e2e = time.perf_counter() - t0
                     job = await queue.get(result_job_id(message))
                     assert job.model == model and job.status == "done", job
@@ -88,6 +89,7 @@ async def measure(admin_url: str, runs: int, steps: int = 20) -> dict[str, Any]:
                 await remote.exited()
             await emu.stop()
             configure_discord_py(*previous)
+            shutil.rmtree(folder, ignore_errors=True)
     med = {
         model: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
         for model, rows in times.items()

@@ -19,10 +19,10 @@ import pytest
 from PIL import Image
 
 from discord_emulator import Emulator
-from emulated_bot import BotEnv, bot_config, result_job_id, running_bot
+from emulated_bot import BotEnv, bot_config, is_result, result_job_id, running_bot
 from gen_core.metadata import parse_parameters, read_png_parameters
 
-__all__ = ["BotEnv", "bot_config", "result_job_id", "running_bot"]  # re-exported for the tests
+__all__ = ["BotEnv", "bot_config", "is_result", "result_job_id", "running_bot"]  # re-exported for the tests
 
 
 async def attachment_pixels(emu: Emulator, attachment: Any) -> np.ndarray:
@@ -41,11 +41,6 @@ def png(image: Image.Image) -> bytes:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def is_result(message) -> bool:
-    """Whether ``message`` is a job's public result post (its first attachment is ``job...``)."""
-    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
 
 
 async def answer(it):

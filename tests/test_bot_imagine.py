@@ -11,7 +11,7 @@ from sqlalchemy import update
 
 from gen_core.metadata import parse_parameters, read_png_parameters
 from storage.models import Job
-from tests.bot_fixtures import BotEnv, bot_config, result_job_id, running_bot
+from tests.bot_fixtures import BotEnv, bot_config, is_result, result_job_id, running_bot
 from tests.test_storage_support import create_pg_database, drop_pg_database
 
 
@@ -25,10 +25,6 @@ async def bot_env(request, emulator, tmp_path, tiny_model_dir):
     finally:
         if url:
             await drop_pg_database(url)
-
-
-def is_result(message) -> bool:
-    return not message.ephemeral and bool(message.attachments) and message.attachments[0].filename.startswith("job")
 
 
 async def imagine(env: BotEnv, user, channel, **options):
