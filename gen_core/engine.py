@@ -423,6 +423,7 @@ class Engine:
             float(req.cfg),
             req.clip_skip,
             denoise,
+            float(req.guidance_min_sigma),
             tuple(req.loras),
         )
 
@@ -729,10 +730,15 @@ class Engine:
                 first.steps, effective_img2img_steps(first.steps, first.strength)
             )
         pipe.scheduler = make_scheduler(first.sampler, self.scheduler_config)
-        if progress is not None or cancel is not None:
+        unguided_from = self.guidance_stop(pipe.scheduler, first)
+        if unguided_from == 0:
+            call["guidance_scale"] = 1.0  # the whole run is below the floor: the prompt alone
+            unguided_from = None
+        if progress is not None or cancel is not None or unguided_from is not None:
             call["callback_on_step_end"] = self.step_callback(
-                tuple(group), counts, progress, cancel, preview_every
+                tuple(group), counts, progress, cancel, preview_every, unguided_from
             )
+            call["callback_on_step_end_tensor_inputs"] = self.guided_tensors
         images = pipe(**call).images
 
         out: dict[int, list[GeneratedImage]] = {}
@@ -746,10 +752,40 @@ class Engine:
             pos += r.count
         return out
 
-    def step_callback(self, indices, counts, progress, cancel, preview_every):
+    @property
+    def guided_tensors(self) -> list[str]:
+        """The pipeline's per-step tensors: latents, and those that hold an unconditional half while
+        classifier-free guidance runs (SDXL's pooled and size embeddings too)."""
+        return ["latents", "prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if self.is_sdxl else [])
+
+    @staticmethod
+    def guidance_stop(scheduler, req: GenerationRequest) -> int | None:
+        """The index (within the run's own steps) of the first step whose noise level is below the
+        request's ``guidance_min_sigma``; ``None`` when guidance runs to the end."""
+        if req.guidance_min_sigma <= 0 or req.cfg <= 1:
+            return None
+        scheduler.set_timesteps(req.steps)
+        timesteps = scheduler.timesteps
+        if req.init_image is not None:  # img2img runs the last steps of the schedule only
+            timesteps = timesteps[-effective_img2img_steps(req.steps, req.strength) * scheduler.order :]
+        done = scheduler.alphas_cumprod[timesteps.round().long().cpu()]
+        sigmas = ((1 - done) / done).sqrt()
+        below = (sigmas < req.guidance_min_sigma).nonzero()
+        return int(below[0]) if len(below) else None
+
+    def step_callback(self, indices, counts, progress, cancel, preview_every, unguided_from: int | None = None):
+        """A pipeline's ``callback_on_step_end``: cancellation, progress and previews, and from step
+        ``unguided_from`` on, no classifier-free guidance (the pipeline's unconditional halves
+        dropped, as diffusers' documented dynamic-CFG callback does)."""
+        guided = self.guided_tensors[1:]
+
         def on_step_end(pipe, step_index, timestep, tensors):
             if is_cancelled(cancel):
                 raise Cancelled()
+            out = {}
+            if unguided_from is not None and step_index + 1 == unguided_from:
+                pipe._guidance_scale = 1.0
+                out = {name: tensors[name].chunk(2)[1] for name in guided}
             if progress is not None:
                 step = step_index + 1
                 preview, previews = None, ()
@@ -763,7 +799,7 @@ class Engine:
                         side_by_side(images[a:b]) for a, b in zip(bounds, bounds[1:], strict=False)
                     )
                 progress(Progress(step, pipe.num_timesteps, indices, preview, previews))
-            return {}
+            return out
 
         return on_step_end
 
@@ -797,6 +833,8 @@ class Engine:
             params["denoising_strength"] = r.strength
             if r.noise:
                 params["extra_noise"] = r.noise
+        if r.guidance_min_sigma > 0:
+            params["guidance_min_sigma"] = r.guidance_min_sigma
         for key, value in r.extra.items():
             params.setdefault(key, value)
         return params

@@ -11,7 +11,8 @@ separated by ``", "``.  Values containing a comma, colon or newline are written 
 
 Parameter dicts use these keys (the engine writes them, :func:`parse_parameters` returns them):
 ``prompt``, ``negative_prompt``, ``steps``, ``sampler``, ``cfg_scale``, ``seed``, ``width``,
-``height``, ``model_hash``, ``model``, ``clip_skip``, ``denoising_strength``, ``extra_noise``.
+``height``, ``model_hash``, ``model``, ``clip_skip``, ``denoising_strength``, ``extra_noise``,
+``guidance_min_sigma`` (A1111's ``NGMS``).
 Any other key is written with the key itself as label (so ``extra`` fields such as ``job`` round
 trip); unknown labels are parsed back as string values under the label.
 """
@@ -42,6 +43,7 @@ _FIELDS: tuple[tuple[str, str, type], ...] = (
     ("clip_skip", "Clip skip", int),
     ("denoising_strength", "Denoising strength", float),
     ("extra_noise", "Extra noise", float),
+    ("guidance_min_sigma", "NGMS", float),
 )
 _BY_LABEL = {label: (key, kind) for key, label, kind in _FIELDS}
 # GenerationRequest field names accepted by format_parameters for the same fields.

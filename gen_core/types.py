@@ -41,6 +41,10 @@ class GenerationRequest:
     denoised; requests with different sets never share a UNet batch.  ``embeddings``
     (:class:`gen_core.embeddings.EmbeddingUse`) are the textual inversions its prompt and negative may
     name (see :mod:`gen_core.prompts`).
+    ``guidance_min_sigma`` (A1111's "NGMS"): classifier-free guidance stops at the first step whose
+    noise level sigma is below it, and the rest runs on the prompt alone (half the UNet work); 0
+    guides every step.  Late guidance no longer decides what the picture shows, but it can recolour a
+    low-strength img2img.
     """
 
     prompt: str
@@ -56,6 +60,7 @@ class GenerationRequest:
     init_image: Image.Image | None = None
     strength: float = 0.7
     noise: float = 0.0
+    guidance_min_sigma: float = 0.0
     extra: dict[str, Any] = field(default_factory=dict)
     prompt_embeds: Any = None
     loras: tuple[Any, ...] = ()

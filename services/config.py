@@ -95,6 +95,9 @@ class GenerationConfig:
         "lowres, bad anatomy, bad hands, text, error, missing fingers, extra digit, fewer digits, cropped, "
         "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
     )
+    # guidance stops at noise levels below this (A1111's "NGMS"): the last steps follow the prompt alone, at
+    # half the UNet work; they no longer decide what the picture shows, and a low-strength img2img keeps its colours
+    guidance_min_sigma: float = 0.5
     img2img_strength: float = 0.7  # default strength of /imagine with an uploaded image (NovelAI's)
     vary_subtle_strength: float = 0.35  # strength of the Vary (Subtle) buttons
     vary_strong_strength: float = 0.7  # strength of the Vary (Strong) and Remix buttons
@@ -366,6 +369,7 @@ def build_config(data: dict[str, Any], env: dict[str, str] | None = None) -> Con
         ("generation", "max_area", 0),
         ("generation", "outpaint_pixels", 0),
         ("generation", "mask_blur", -1),
+        ("generation", "guidance_min_sigma", 0),
         ("storage", "keep_images_days", 0),
         ("storage", "sweep_interval_h", 0.0001),
     ):

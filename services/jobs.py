@@ -243,6 +243,7 @@ class JobService:
             "seed": seed,
             "count": count,
             "clip_skip": clip_skip,
+            "guidance_min_sigma": gen.guidance_min_sigma,
         }
 
     def check_tokens(self, text: str, embeddings: dict[str, int] | None = None) -> None:

@@ -291,6 +291,48 @@ def test_img2img_steps_and_noise(engine):
     assert Engine.pipeline_key(req(init_image=init)) != Engine.pipeline_key(req())
 
 
+def _unet_batch_sizes(engine, request: GenerationRequest) -> tuple[list[int], Image.Image]:
+    """The batch size of every UNet call while ``request`` runs, and its picture."""
+    sizes: list[int] = []
+    handle = engine.unet.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    try:
+        image = engine.generate(request).images[0]
+    finally:
+        handle.remove()
+    return sizes, image
+
+
+@pytest.mark.parametrize("sampler", ["Euler a", "DDIM", "Heun", "DPM++ 2M Karras"])
+def test_guidance_stops_at_the_first_step_below_its_noise_floor(engine, sampler):
+    scheduler = make_scheduler(sampler, engine.scheduler_config)
+    scheduler.set_timesteps(10)
+    done = scheduler.alphas_cumprod[scheduler.timesteps.round().long()]
+    sigmas = ((1 - done) / done).sqrt().tolist()
+    floor = 1.0
+    guided = sum(s >= floor for s in sigmas)  # a schedule's sigmas fall: the guided steps come first
+    assert 0 < guided < len(sigmas)
+    sizes, image = _unet_batch_sizes(engine, req(steps=10, sampler=sampler, guidance_min_sigma=floor))
+    assert sizes == [2] * guided + [1] * (len(sigmas) - guided)  # cond + uncond, then the prompt alone
+    assert image.parameters["guidance_min_sigma"] == floor
+    assert parse_parameters(image.parameters_text)["guidance_min_sigma"] == floor  # "NGMS: 1.0"
+    full_sizes, full = _unet_batch_sizes(engine, req(steps=10, sampler=sampler))
+    assert full_sizes == [2] * len(sigmas) and "guidance_min_sigma" not in full.parameters
+    assert mean_diff(image.image, full.image) > 0  # the unguided tail changed the picture
+
+
+def test_guidance_floor_above_the_whole_run_is_cfg_1(engine):
+    init = _gradient()
+    for extra in ({}, {"init_image": init, "strength": 0.3}):
+        sizes, floored = _unet_batch_sizes(engine, req(steps=8, cfg=7.0, guidance_min_sigma=100.0, **extra))
+        _, plain = _unet_batch_sizes(engine, req(steps=8, cfg=1.0, **extra))
+        assert set(sizes) == {1}
+        assert_close(floored.image, plain.image)
+    # img2img's run starts low: a floor between its first noise level and txt2img's keeps it unguided
+    sizes, _ = _unet_batch_sizes(engine, req(steps=8, init_image=init, strength=0.25, guidance_min_sigma=1.5))
+    assert set(sizes) == {1}
+    assert Engine.pipeline_key(req(guidance_min_sigma=0.5)) != Engine.pipeline_key(req())
+
+
 def test_img2img_batch_matches_alone(engine):
     a = req(init_image=_gradient(), strength=0.6, steps=6, seed=3, noise=0.2)
     b = req(

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gen_core.types import GenerationRequest
+from services.config import GenerationConfig
 from toyworld.judge import Verdict, colour_share, judge
 from toyworld.world import COLOURS, POSITIONS, SHAPES, SIZES, STYLES, Scene, draw, held_out_combinations
 
@@ -40,17 +41,12 @@ def held_out_scenes(n: int, seed: int = 0) -> list[Scene]:
 
 
 def render(engine, prompts: Sequence[str], seeds: Sequence[int], size: int | None = None, **options) -> list:
-    """One picture per (prompt, seed), batched by the engine."""
+    """One picture per (prompt, seed), batched by the engine, on the bot's default guidance (and
+    ``STEPS`` steps) unless ``options`` say otherwise."""
     side = size or engine.geometry.native
+    options = {"steps": STEPS, "guidance_min_sigma": GenerationConfig.guidance_min_sigma} | options
     reqs = [
-        GenerationRequest(
-            prompt=p,
-            width=side,
-            height=side,
-            steps=options.get("steps", STEPS),
-            seed=s,
-            **{k: v for k, v in options.items() if k != "steps"},
-        )
+        GenerationRequest(prompt=p, width=side, height=side, seed=s, **options)
         for p in prompts
         for s in seeds
     ]
@@ -193,7 +189,7 @@ def inpaint_effect(engine, seeds: Sequence[int], prompt: str = "a green square")
 
 
 def img2img_colours(
-    engine, seeds: Sequence[int], strengths: Sequence[float], noise: float = 0.0
+    engine, seeds: Sequence[int], strengths: Sequence[float], noise: float = 0.0, **options
 ) -> dict[str, dict[str, float]]:
     """A red circle redrawn as "a blue circle on a white background" at each strength: the share of
     pictures the judge still calls red, the share it calls blue, and their mean pairwise distance
@@ -203,7 +199,7 @@ def img2img_colours(
     out = {}
     for strength in strengths:
         images = render(engine, ["a blue circle on a white background"], seeds, init_image=source,
-                        strength=strength, noise=noise)  # fmt: skip
+                        strength=strength, noise=noise, **options)  # fmt: skip
         arrays = [np.asarray(im, np.float32) for im in images]
         verdicts = [judge(im) for im in images]
         out[f"{strength:g}"] = {

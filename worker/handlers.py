@@ -57,6 +57,7 @@ def sampling_request(
         seed=params.seed,
         count=params.count,
         clip_skip=params.clip_skip,
+        guidance_min_sigma=params.guidance_min_sigma,
         init_image=init_image,
         strength=0.7 if strength is None else strength,
         noise=noise or 0.0,

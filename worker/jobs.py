@@ -81,6 +81,7 @@ class JobParams:
     seed: int
     count: int = 1
     clip_skip: int = 2
+    guidance_min_sigma: float = 0.0  # guidance stops below this noise level (A1111's NGMS; 0: every step)
     screen: bool = False
     model: str = ""  # the name of the model it runs on (config's [[models]]); workers serving others never take it
 
@@ -112,7 +113,8 @@ class JobParams:
 
     def sampling_key(self) -> str:
         """The settings one pipeline call shares between its requests."""
-        return ":".join(str(v) for v in (self.model, self.width, self.height, self.steps, self.sampler, self.cfg, self.clip_skip))
+        return ":".join(str(v) for v in (self.model, self.width, self.height, self.steps, self.sampler, self.cfg, self.clip_skip,
+                                          self.guidance_min_sigma))
 
 
 def sampling_fields(params: JobParams) -> dict[str, Any]:
