@@ -137,8 +137,6 @@ class Database:
         self.clock: Callable[[], datetime] = clock or utcnow
         if self.is_sqlite:
             _ensure_sqlite_dir(self.url)
-        if not self.is_sqlite:  # a connection the server dropped (a restart) is replaced, not handed out
-            engine_kwargs.setdefault("pool_pre_ping", True)
         self.engine: AsyncEngine = create_async_engine(self.url, echo=echo, **engine_kwargs)
         write_engine = self.engine
         if self.is_sqlite:
@@ -198,15 +196,7 @@ class Database:
         PostgreSQL a deadlock's victim or a serialisation failure is rolled back and run again (``fn`` must not
         have effects outside the transaction)."""
         if self._writer is None:
-            for attempt in range(RETRIES):
-                try:
-                    async with self.write() as session:
-                        return await session.run_sync(fn)
-                except DBAPIError as exc:  # a deadlock's victim or a serialisation failure runs again
-                    if _sqlstate(exc) not in RETRY_SQLSTATES or attempt == RETRIES - 1:
-                        raise
-                    log.info("transaction retried after %s", _sqlstate(exc))
-                    await asyncio.sleep(0.01 * 2**attempt)
+            return await self._run_async(self.write, fn)
         async with self._locked():
             return await self._in_thread(
                 self._writer, functools.partial(self._sync_unit, self._sync_write_sessions, fn)
@@ -215,11 +205,39 @@ class Database:
     async def run_read(self, fn: Callable[[Session], T]) -> T:
         """Run ``fn(session)`` in one read transaction (a consistent snapshot)."""
         if self._readers is None:
-            async with self.read() as session:
-                return await session.run_sync(fn)
+            return await self._run_async(self.read, fn)
         return await self._in_thread(
             self._readers, functools.partial(self._sync_unit, self._sync_read_sessions, fn)
         )
+
+    @staticmethod
+    async def _run_async(
+        unit: Callable[[], contextlib.AbstractAsyncContextManager[AsyncSession]], fn: Callable[[Session], T]
+    ) -> T:
+        """``fn`` in one transaction of ``unit`` on the async driver (PostgreSQL), run again when it cannot
+        have taken effect: a deadlock's victim, a serialisation failure, or a pooled connection the server
+        had dropped (a restart, an idle timeout; the pool then replaces its connections) found before the
+        commit. Checking each connection before use instead ("pre-ping") would cost a round trip per
+        transaction."""
+        for attempt in range(RETRIES):
+            finished = False
+
+            def run(session: Session) -> T:
+                nonlocal finished
+                result = fn(session)
+                finished = True
+                return result
+
+            try:
+                async with unit() as session:
+                    return await session.run_sync(run)
+            except DBAPIError as exc:
+                stale = exc.connection_invalidated and not finished  # a lost commit stays an error
+                if not (stale or _sqlstate(exc) in RETRY_SQLSTATES) or attempt == RETRIES - 1:
+                    raise
+                log.info("transaction retried after %s", "a dropped connection" if stale else _sqlstate(exc))
+                await asyncio.sleep(0 if stale else 0.01 * 2**attempt)
+        raise AssertionError("unreachable")
 
     @staticmethod
     def _sync_unit(factory: sessionmaker[Session], fn: Callable[[Session], T]) -> T:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
 from storage import CostPolicy, Database, JobQueue, JobSpec, Ledger, masked_url
 
@@ -307,3 +308,36 @@ def test_timestamps_are_stored_as_utc(tmp_path):
     )
     assert t.process_bind_param(aware, D()) == datetime(2026, 1, 1, 14, 0)
     assert t.process_result_value(datetime(2026, 1, 1, 14, 0), D()) == datetime(2026, 1, 1, 14, 0, tzinfo=UTC)
+
+
+async def test_postgres_units_replace_connections_the_server_dropped(tmp_path):
+    """A PostgreSQL restart (here: every backend of the database terminated) leaves dead connections in the
+    pool; the next units find one, and run once more on a fresh connection instead of failing, exactly once
+    each. A unit that fails for another reason is not run again."""
+    db = await open_database("postgres", tmp_path)
+    try:
+        runs = {"write": 0, "read": 0}
+
+        def write(s):
+            runs["write"] += 1
+            s.execute(text("INSERT INTO users (id, created_at, updated_at) VALUES (:id, now(), now())"), {"id": runs["write"]})
+
+        def read(s):
+            runs["read"] += 1
+            return s.execute(text("SELECT count(*) FROM users")).scalar()
+
+        await asyncio.gather(db.run_read(read), db.run_read(read))  # two pooled connections
+        await pg_admin(
+            f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db.url.database}' "
+            "AND pid <> pg_backend_pid()"
+        )
+        runs.update(write=0, read=0)
+        await db.run_write(write)
+        assert runs["write"] == 2  # once on the dead connection (rolled back with it), once for real
+        assert await db.run_read(read) == 1 and runs["read"] in (1, 2)  # the pool may still hold a dead one
+        runs["write"] = 1  # inserts user 2 again: a unit that is wrong, not unlucky, runs once and fails
+        with pytest.raises(IntegrityError):
+            await db.run_write(write)
+        assert runs["write"] == 2
+    finally:
+        await close_database(db)
