@@ -20,12 +20,14 @@ def test_environment_overrides_file_values():
 
 def test_unknown_keys_and_bad_values_are_reported_together():
     with pytest.raises(ConfigError) as err:
-        build_config({"model": {"dtype": "fp8", "colour": "red"}, "workr": {}, "limits": {"max_steps": "many"}}, env={})
+        build_config({"model": {"dtype": "fp8", "colour": "red"}, "workr": {}, "limits": {"max_steps": "many"},
+                      "generation": {"guidance_min_sigma": -1.0}}, env={})  # fmt: skip
     text = str(err.value)
     assert "unknown key model.colour" in text
     assert "unknown section [workr]" in text
     assert "model.dtype = 'fp8'" in text
     assert "limits.max_steps: expected int" in text
+    assert "generation.guidance_min_sigma must be at least 0" in text
 
 
 def test_missing_explicit_config_file_is_an_error(tmp_path):
