@@ -430,6 +430,7 @@ _FINISH = (
     )
     .returning(jobs.c.account_id, jobs.c.cost)
 )
+_FINISH_RUNNING_ON = _FINISH.where(jobs.c.status == RUNNING, jobs.c.worker_id == bindparam("p_worker_id"))
 _STATUS = select(jobs.c.status).where(jobs.c.id == bindparam("p_job_id"))
 _MARK_POSTED = (
     update(jobs)
@@ -676,17 +677,19 @@ class SqlJobQueue(JobQueue):
         now = self.db.now()
         rows = builtins.list(images)
 
+        def finish(s: Session, running_on: str | None) -> bool:
+            return _finish(s, job_id, JobStatus.DONE, now, {"result": result}, final_cost=final_cost,
+                           reason="completed", worker_id=running_on)  # fmt: skip
+
         def unit(s: Session) -> bool:
-            if worker_id is not None:
-                holder = s.execute(
-                    select(jobs.c.worker_id, jobs.c.status).where(jobs.c.id == job_id).with_for_update()
-                ).first()
-                ours = holder is not None and holder.status == RUNNING and holder.worker_id == worker_id
-                if not ours and (holder is None or holder.status != QUEUED):
-                    return False
-                if not ours:  # re-queued while this worker was cut off, and not claimed again: its result stands
-                    s.execute(update(jobs).where(jobs.c.id == job_id).values(worker_id=worker_id))
-            done = _finish(s, job_id, JobStatus.DONE, now, {"result": result}, final_cost=final_cost, reason="completed")
+            done = finish(s, worker_id)  # the usual case, one statement: the job still runs on this worker
+            if not done and worker_id is not None:
+                # re-queued while this worker was cut off, and not claimed again: its result stands
+                requeued = s.execute(
+                    update(jobs).where(jobs.c.id == job_id, jobs.c.status == QUEUED)
+                    .values(worker_id=worker_id).returning(jobs.c.id)
+                ).first()  # fmt: skip
+                done = requeued is not None and finish(s, None)
             if done:
                 _notify(s, f"final:{job_id}")
             if done and rows:
@@ -1150,14 +1153,18 @@ def _finish(
     final_cost: int | None = None,
     actor_id: int | None = None,
     reason: str | None = None,
+    worker_id: str | None = None,
 ) -> bool:
     """Move an active job to a final status and post its settle (done) or refund (failed / cancelled).
-    False, with nothing written, if the job is not active any more."""
+    False, with nothing written, if the job is not active any more (or, given ``worker_id``, not running
+    on that worker)."""
     params = {"p_job_id": job_id, "p_status": status.value, "p_now": now, "p_result": None, "p_error": None}
     params["p_cancelled_by"] = None
     params["p_answered_at"] = now if status == JobStatus.CANCELLED else None  # the cancel's reply answers it
     params.update({f"p_{k}": v for k, v in values.items()})
-    row = s.execute(_FINISH, params).first()
+    if worker_id is not None:
+        params["p_worker_id"] = worker_id
+    row = s.execute(_FINISH if worker_id is None else _FINISH_RUNNING_ON, params).first()
     if row is None:
         return False
     if status == JobStatus.DONE:

@@ -83,6 +83,9 @@ class TrainConfig:
     # keeps the upload's colours.
     low_t: int = 0
     low_t_caption_dropout: float = 0.1
+    # ...and the rest get another picture's caption with this probability: a dropped caption only teaches the
+    # empty one, a wrong one teaches the UNet to read the colours there from the picture whatever the words say.
+    low_t_wrong_caption: float = 0.0
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
     threads: int = 1
@@ -319,6 +322,16 @@ class _TokenCache:
         return torch.stack(rows)
 
 
+def caption_scene(scenes: list[Scene], i: int, low_t: bool, cfg: TrainConfig, rng: random.Random) -> Scene | None:
+    """The scene whose caption picture ``i`` trains with: its own, none (caption dropout, for guidance), or
+    below ``cfg.low_t`` possibly another picture's (see ``TrainConfig.low_t_wrong_caption``)."""
+    if rng.random() < (cfg.low_t_caption_dropout if low_t else cfg.caption_dropout):
+        return None
+    if low_t and cfg.low_t_wrong_caption and rng.random() < cfg.low_t_wrong_caption:
+        return scenes[rng.randrange(len(scenes))]
+    return scenes[i]
+
+
 def training_texts(scene: Scene | None, rng: random.Random, chunks: int) -> list[str]:
     """The prompt chunks of one training example: the caption (None: an empty/neutral one, for
     classifier-free guidance) in one chunk, neutral text or nothing in the others."""
@@ -384,11 +397,10 @@ def train_unet(unet, text_encoder, tokenizer, buckets: list[Bucket], cfg: TrainC
         # Mostly one 77-token chunk; sometimes 2-3 (long prompts, BREAK), with the caption in any of them.
         chunks = 1 if rng.random() < 0.8 else rng.choice((2, 3))
         t = torch.randint(0, 1000, (len(idx),))
-        dropout = [cfg.low_t_caption_dropout if step_t < cfg.low_t else cfg.caption_dropout for step_t in t.tolist()]
         texts = [
             text
-            for i, p in zip(idx, dropout, strict=True)
-            for text in training_texts(None if rng.random() < p else scenes[i], rng, chunks)
+            for i, step_t in zip(idx, t.tolist(), strict=True)
+            for text in training_texts(caption_scene(scenes, i, step_t < cfg.low_t, cfg, rng), rng, chunks)
         ]
         clip_skip = rng.choice((1, 2))
         x0 = bucket.latents[idx]
