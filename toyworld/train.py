@@ -83,9 +83,10 @@ class TrainConfig:
     # keeps the upload's colours.
     low_t: int = 0
     low_t_caption_dropout: float = 0.1
-    # ...and the rest get another picture's caption with this probability: a dropped caption only teaches the
-    # empty one, a wrong one teaches the UNet to read the colours there from the picture whatever the words say.
-    low_t_wrong_caption: float = 0.0
+    # ...and the rest name another picture's colours (object and background) with this probability: a dropped
+    # caption only teaches the empty one, wrong colours teach the UNet to read them there from the picture
+    # whatever the words say, while it still reads the rest (a style: what hypernetworks act through).
+    low_t_wrong_colours: float = 0.0
     ema_decay: float = 0.999
     checkpoint_minutes: float = 5.0
     threads: int = 1
@@ -324,11 +325,12 @@ class _TokenCache:
 
 def caption_scene(scenes: list[Scene], i: int, low_t: bool, cfg: TrainConfig, rng: random.Random) -> Scene | None:
     """The scene whose caption picture ``i`` trains with: its own, none (caption dropout, for guidance), or
-    below ``cfg.low_t`` possibly another picture's (see ``TrainConfig.low_t_wrong_caption``)."""
+    below ``cfg.low_t`` possibly with another picture's colours (see ``TrainConfig.low_t_wrong_colours``)."""
     if rng.random() < (cfg.low_t_caption_dropout if low_t else cfg.caption_dropout):
         return None
-    if low_t and cfg.low_t_wrong_caption and rng.random() < cfg.low_t_wrong_caption:
-        return scenes[rng.randrange(len(scenes))]
+    if low_t and cfg.low_t_wrong_colours and rng.random() < cfg.low_t_wrong_colours:
+        other = scenes[rng.randrange(len(scenes))]
+        return replace(scenes[i], colour=other.colour, background=other.background)
     return scenes[i]
 
 
