@@ -301,6 +301,11 @@ def rows_semantics(r: dict[str, Any]) -> list[Row]:
     rows.append(Row("semantics", "img2img red circle → \"a blue circle\": still red / blue at strength " + ", ".join(by_strength),
                     " · ".join(f"{v['red']:.2f}/{v['blue']:.2f}" for v in by_strength.values()),
                     "red at 0.2, blue at 0.8", _check(by_strength["0.2"]["red"] >= 0.5 and by_strength["0.8"]["blue"] >= 0.5)))
+    ngms = toy["img2img_ngms_0.5"]
+    rows.append(Row("semantics", "the same with guidance_min_sigma 0.5: still red / blue at strength " + ", ".join(ngms),
+                    " · ".join(f"{v['red']:.2f}/{v['blue']:.2f}" for v in ngms.values()), "red at 0.2",
+                    _check(ngms["0.2"]["red"] >= 0.5),
+                    "held-out prompts with it: " + " / ".join(f"{v:.2f}" for v in toy["ngms_0.5"].values())))
     quiet, noisy = by_strength["0.3"]["spread"], toy["img2img_noise_1_at_0.3"]["0.3"]["spread"]
     rows.append(Row("semantics", "img2img per-seed spread without / with noise 1", f"{quiet:.2f} / {noisy:.2f}",
                     "≥ 1.2× with noise", _check(noisy >= 1.2 * quiet), "pixel units, strength 0.3"))

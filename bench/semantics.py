@@ -42,6 +42,8 @@ def measure(engine, prompts: int, seeds: tuple[int, ...], steps: int, ceilings: 
     out["inpaint_green_red_in_mask"] = sem.inpaint_effect(engine, many)
     out["img2img_by_strength"] = sem.img2img_colours(engine, many, (0.05, 0.1, 0.2, 0.3, 0.8))
     out["img2img_noise_1_at_0.3"] = sem.img2img_colours(engine, many, (0.3,), noise=1.0)
+    out["img2img_ngms_0.5"] = sem.img2img_colours(engine, many, (0.1, 0.2), guidance_min_sigma=0.5)
+    out["ngms_0.5"] = sem.prompt_accuracy(engine, prompts, seeds, guidance_min_sigma=0.5, **sem_steps)
     vary = GenerationConfig()
     out["vary_distance_subtle_strong"] = sem.vary_distances(
         engine, many, (vary.vary_subtle_strength, vary.vary_strong_strength)

@@ -208,6 +208,15 @@ async def test_img2img_noise_spreads_the_results_of_one_strength(toy_env):
     assert noisy > 1.2 * quiet, (quiet, noisy)
 
 
+def test_guidance_that_stops_at_low_noise_keeps_a_lightly_redrawn_colour(engine):
+    # "a blue circle" over a red one at strength 0.1: guided to the end the last steps recolour it (the
+    # judge sees neither red nor blue); with guidance_min_sigma 0.5 they follow the prompt alone, and red stays
+    seeds = (0, 1, 2, 3)
+    guided = sem.img2img_colours(engine, seeds, (0.1,))["0.1"]
+    floored = sem.img2img_colours(engine, seeds, (0.1,), guidance_min_sigma=0.5)["0.1"]
+    assert guided["red"] <= 0.25 and floored["red"] >= 0.75, (guided, floored)
+
+
 def test_vary_strong_moves_further_than_vary_subtle(engine):
     # the buttons draw a fresh seed each click, so the distance is measured here over fixed seeds at the
     # strengths they use; the test below clicks them
