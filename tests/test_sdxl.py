@@ -297,3 +297,21 @@ def test_hypernetwork_training_is_refused_clearly_on_sdxl(engine):
     source = engine.generate(req()).images[0].image
     with pytest.raises(hypernetwork.HypernetworkError, match="SDXL model. Use a LoRA"):
         hypernetwork.train(engine, "h", [source], ["a red circle"], engine.geometry.buckets())
+
+
+def test_guidance_stops_below_its_noise_floor_on_sdxl(engine):
+    """The unconditional halves of SDXL's pooled and size embeddings are dropped with the prompt's."""
+    sizes: list[int] = []
+    handle = engine.unet.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
+    try:
+        full = engine.generate(req(steps=8))
+        calls = len(sizes)
+        floored = engine.generate(req(steps=8, guidance_min_sigma=1.0))
+        engine.generate(req(steps=8, guidance_min_sigma=1.0, init_image=full.images[0].image, strength=0.75))
+    finally:
+        handle.remove()
+    assert sizes[:calls] == [2] * 8
+    txt2img, img2img = sizes[calls : calls + 8], sizes[calls + 8 :]
+    assert txt2img[0] == 2 and txt2img[-1] == 1 and txt2img == sorted(txt2img, reverse=True)
+    assert img2img[-1] == 1 and len(img2img) == 6
+    assert np.abs(pixels(full) - pixels(floored)).mean() > 0
