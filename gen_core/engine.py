@@ -738,7 +738,7 @@ class Engine:
             call["callback_on_step_end"] = self.step_callback(
                 tuple(group), counts, progress, cancel, preview_every, unguided_from
             )
-            call["callback_on_step_end_tensor_inputs"] = self.guided_tensors
+            call["callback_on_step_end_tensor_inputs"] = ["latents", *self.guided_tensors]
         images = pipe(**call).images
 
         out: dict[int, list[GeneratedImage]] = {}
@@ -754,9 +754,9 @@ class Engine:
 
     @property
     def guided_tensors(self) -> list[str]:
-        """The pipeline's per-step tensors: latents, and those that hold an unconditional half while
-        classifier-free guidance runs (SDXL's pooled and size embeddings too)."""
-        return ["latents", "prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if self.is_sdxl else [])
+        """The pipeline's per-step tensors that hold an unconditional half while classifier-free
+        guidance runs (SDXL's pooled and size embeddings too)."""
+        return ["prompt_embeds"] + (["add_text_embeds", "add_time_ids"] if self.is_sdxl else [])
 
     @staticmethod
     def guidance_stop(scheduler, req: GenerationRequest) -> int | None:
@@ -777,7 +777,7 @@ class Engine:
         """A pipeline's ``callback_on_step_end``: cancellation, progress and previews, and from step
         ``unguided_from`` on, no classifier-free guidance (the pipeline's unconditional halves
         dropped, as diffusers' documented dynamic-CFG callback does)."""
-        guided = self.guided_tensors[1:]
+        guided = self.guided_tensors
 
         def on_step_end(pipe, step_index, timestep, tensors):
             if is_cancelled(cancel):

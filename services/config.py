@@ -96,7 +96,7 @@ class GenerationConfig:
         "worst quality, low quality, normal quality, jpeg artifacts, signature, watermark, username, blurry"
     )
     # guidance stops at noise levels below this (A1111's "NGMS"): the last steps follow the prompt alone, at
-    # half the UNet work; they no longer decide what the picture shows, and a low-strength img2img keeps its colours
+    # half the UNet work; they no longer decide what the picture shows (0: every step guided)
     guidance_min_sigma: float = 0.0
     img2img_strength: float = 0.7  # default strength of /imagine with an uploaded image (NovelAI's)
     vary_subtle_strength: float = 0.35  # strength of the Vary (Subtle) buttons

@@ -21,7 +21,7 @@ from gen_core import prompts
 from gen_core.engine import Engine, effective_img2img_steps
 from gen_core.metadata import parse_parameters, read_png_parameters
 from gen_core.samplers import SAMPLERS, make_scheduler
-from gen_core.types import Cancelled, EngineConfig, GenerationRequest, Progress
+from gen_core.types import Cancelled, EngineConfig, GeneratedImage, GenerationRequest, Progress
 
 
 @pytest.fixture(scope="module")
@@ -291,7 +291,7 @@ def test_img2img_steps_and_noise(engine):
     assert Engine.pipeline_key(req(init_image=init)) != Engine.pipeline_key(req())
 
 
-def _unet_batch_sizes(engine, request: GenerationRequest) -> tuple[list[int], Image.Image]:
+def unet_batch_sizes(engine, request: GenerationRequest) -> tuple[list[int], GeneratedImage]:
     """The batch size of every UNet call while ``request`` runs, and its picture."""
     sizes: list[int] = []
     handle = engine.unet.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
@@ -311,11 +311,11 @@ def test_guidance_stops_at_the_first_step_below_its_noise_floor(engine, sampler)
     floor = 1.0
     guided = sum(s >= floor for s in sigmas)  # a schedule's sigmas fall: the guided steps come first
     assert 0 < guided < len(sigmas)
-    sizes, image = _unet_batch_sizes(engine, req(steps=10, sampler=sampler, guidance_min_sigma=floor))
+    sizes, image = unet_batch_sizes(engine, req(steps=10, sampler=sampler, guidance_min_sigma=floor))
     assert sizes == [2] * guided + [1] * (len(sigmas) - guided)  # cond + uncond, then the prompt alone
     assert image.parameters["guidance_min_sigma"] == floor
     assert parse_parameters(image.parameters_text)["guidance_min_sigma"] == floor  # "NGMS: 1.0"
-    full_sizes, full = _unet_batch_sizes(engine, req(steps=10, sampler=sampler))
+    full_sizes, full = unet_batch_sizes(engine, req(steps=10, sampler=sampler))
     assert full_sizes == [2] * len(sigmas) and "guidance_min_sigma" not in full.parameters
     assert mean_diff(image.image, full.image) > 0  # the unguided tail changed the picture
 
@@ -323,12 +323,12 @@ def test_guidance_stops_at_the_first_step_below_its_noise_floor(engine, sampler)
 def test_guidance_floor_above_the_whole_run_is_cfg_1(engine):
     init = _gradient()
     for extra in ({}, {"init_image": init, "strength": 0.3}):
-        sizes, floored = _unet_batch_sizes(engine, req(steps=8, cfg=7.0, guidance_min_sigma=100.0, **extra))
-        _, plain = _unet_batch_sizes(engine, req(steps=8, cfg=1.0, **extra))
+        sizes, floored = unet_batch_sizes(engine, req(steps=8, cfg=7.0, guidance_min_sigma=100.0, **extra))
+        _, plain = unet_batch_sizes(engine, req(steps=8, cfg=1.0, **extra))
         assert set(sizes) == {1}
         assert_close(floored.image, plain.image)
     # img2img's run starts low: a floor between its first noise level and txt2img's keeps it unguided
-    sizes, _ = _unet_batch_sizes(engine, req(steps=8, init_image=init, strength=0.25, guidance_min_sigma=1.5))
+    sizes, _ = unet_batch_sizes(engine, req(steps=8, init_image=init, strength=0.25, guidance_min_sigma=1.5))
     assert set(sizes) == {1}
     assert Engine.pipeline_key(req(guidance_min_sigma=0.5)) != Engine.pipeline_key(req())
 

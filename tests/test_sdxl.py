@@ -19,6 +19,7 @@ from gen_core.family import FamilyError, detect_family, resolve_family
 from gen_core.geometry import SD1, SDXL, Geometry
 from gen_core.prompts import PromptEncoder, PromptTooLong
 from gen_core.types import EngineConfig, GenerationRequest
+from tests.test_engine import unet_batch_sizes
 
 
 @pytest.fixture(scope="module")
@@ -301,17 +302,10 @@ def test_hypernetwork_training_is_refused_clearly_on_sdxl(engine):
 
 def test_guidance_stops_below_its_noise_floor_on_sdxl(engine):
     """The unconditional halves of SDXL's pooled and size embeddings are dropped with the prompt's."""
-    sizes: list[int] = []
-    handle = engine.unet.register_forward_pre_hook(lambda _m, args: sizes.append(args[0].shape[0]))
-    try:
-        full = engine.generate(req(steps=8))
-        calls = len(sizes)
-        floored = engine.generate(req(steps=8, guidance_min_sigma=1.0))
-        engine.generate(req(steps=8, guidance_min_sigma=1.0, init_image=full.images[0].image, strength=0.75))
-    finally:
-        handle.remove()
-    assert sizes[:calls] == [2] * 8
-    txt2img, img2img = sizes[calls : calls + 8], sizes[calls + 8 :]
+    full_sizes, full = unet_batch_sizes(engine, req(steps=8))
+    txt2img, floored = unet_batch_sizes(engine, req(steps=8, guidance_min_sigma=1.0))
+    img2img, _ = unet_batch_sizes(engine, req(steps=8, guidance_min_sigma=1.0, init_image=full.image, strength=0.75))
+    assert full_sizes == [2] * 8
     assert txt2img[0] == 2 and txt2img[-1] == 1 and txt2img == sorted(txt2img, reverse=True)
     assert img2img[-1] == 1 and len(img2img) == 6
-    assert np.abs(pixels(full) - pixels(floored)).mean() > 0
+    assert np.abs(np.asarray(full.image, np.int16) - np.asarray(floored.image, np.int16)).mean() > 0
